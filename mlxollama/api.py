@@ -1,0 +1,239 @@
+"""The contract types shared by the engine, the store, the SDK, the CLI and the HTTP layer.
+
+This module mirrors Ollama's `api/types.go`: the option table with defaults and types, the
+split between load-time and sampling options, chat messages, and the chunks a generation
+streams. It imports nothing heavier than the standard library, so every layer can use it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from mlxollama.errors import InvalidOption
+
+# Every option Ollama accepts, with its type and default. `None` means "unset": the engine
+# then uses the model's own value (num_ctx: the model's context length; seed: random).
+OPTION_TYPES: dict[str, type] = {
+    # sampling / runtime
+    "num_keep": int,
+    "seed": int,
+    "num_predict": int,
+    "top_k": int,
+    "top_p": float,
+    "min_p": float,
+    "typical_p": float,
+    "repeat_last_n": int,
+    "temperature": float,
+    "repeat_penalty": float,
+    "presence_penalty": float,
+    "frequency_penalty": float,
+    "stop": list,
+    # load time: changing one means a reload
+    "num_ctx": int,
+    "num_batch": int,
+    "num_gpu": int,
+    "main_gpu": int,
+    "use_mmap": bool,
+    "num_thread": int,
+}
+
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "num_keep": 4,
+    "seed": -1,
+    "num_predict": -1,
+    "top_k": 40,
+    "top_p": 0.9,
+    "min_p": 0.0,
+    "typical_p": 1.0,
+    "repeat_last_n": 64,
+    "temperature": 0.8,
+    "repeat_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "stop": [],
+    "num_ctx": None,
+    "num_batch": 512,
+    "num_gpu": -1,
+    "main_gpu": 0,
+    "use_mmap": True,
+    "num_thread": 0,
+}
+
+LOAD_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
+
+# Accepted for compatibility and dropped, as Ollama does (the Modelfile parser warns).
+DEPRECATED_OPTIONS = frozenset(
+    {
+        "penalize_newline",
+        "numa",
+        "low_vram",
+        "f16_kv",
+        "logits_all",
+        "vocab_only",
+        "use_mlock",
+        "mirostat",
+        "mirostat_tau",
+        "mirostat_eta",
+        "tfs_z",
+    }
+)
+
+
+def coerce_option(name: str, value: Any) -> Any:
+    """Convert one option value to its declared type.
+
+    Any JSON number is accepted for int and float options (fractions given to int options are
+    truncated, as Ollama does); strings are parsed, which is what Modelfile PARAMETER lines give.
+
+    Raises:
+        InvalidOption: the name is unknown or the value does not fit the type.
+    """
+    kind = OPTION_TYPES.get(name)
+    if kind is None:
+        raise InvalidOption(f"unknown parameter '{name}'")
+    try:
+        if kind is list:
+            items = value if isinstance(value, list) else [value]
+            if not all(isinstance(s, str) for s in items):
+                raise TypeError
+            return list(items)
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            raise TypeError
+        if isinstance(value, bool):
+            raise TypeError
+        if isinstance(value, str):
+            value = float(value.strip())
+        if not isinstance(value, (int, float)) or math.isnan(value):
+            raise TypeError
+        return int(value) if kind is int else float(value)
+    except (TypeError, ValueError, OverflowError):
+        type_name = {int: "int", float: "float32", bool: "bool", list: "[]string"}[kind]
+        raise InvalidOption(f'option "{name}" must be of type {type_name}') from None
+
+
+def parse_options(raw: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate a request's or Modelfile's options; deprecated names are dropped.
+
+    Raises:
+        InvalidOption: an unknown option name or a wrongly typed value.
+    """
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidOption("options must be an object")
+    return {k: coerce_option(k, v) for k, v in raw.items() if k not in DEPRECATED_OPTIONS}
+
+
+def merge_options(*layers: dict[str, Any] | None) -> dict[str, Any]:
+    """DEFAULT_OPTIONS < model parameters < request options (later layers win)."""
+    merged = dict(DEFAULT_OPTIONS)
+    for layer in layers:
+        merged.update(layer or {})
+    return merged
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Options fixed when a model is loaded; a different value means a reload."""
+
+    num_ctx: int | None = None
+    num_batch: int = 512
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> LoadOptions:
+        return cls(num_ctx=options.get("num_ctx"), num_batch=options.get("num_batch", 512))
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Per-request generation options, in Ollama's names."""
+
+    temperature: float = 0.8
+    top_p: float = 0.9
+    top_k: int = 40
+    min_p: float = 0.0
+    seed: int = -1
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop: tuple[str, ...] = ()
+    num_predict: int = -1
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> SamplingOptions:
+        merged = merge_options(options)
+        fields = {k: merged[k] for k in cls.__dataclass_fields__}
+        fields["stop"] = tuple(s for s in fields["stop"] if s)
+        return cls(**fields)
+
+
+Role = Literal["system", "user", "assistant", "tool"]
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass
+class Message:
+    """One chat message; `role` is lower-cased on input, as Ollama does."""
+
+    role: str
+    content: str = ""
+    images: list[str] | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Message:
+        if not isinstance(d, dict):
+            raise InvalidOption("each message must be an object")
+        role = d.get("role")
+        if not isinstance(role, str) or role.lower() not in ROLES:
+            raise InvalidOption(f"invalid message role {role!r}: use one of {', '.join(ROLES)}")
+        content = d.get("content") or ""
+        if not isinstance(content, str):
+            raise InvalidOption("message content must be a string")
+        return cls(role=role.lower(), content=content, images=d.get("images") or None)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.images:
+            d["images"] = self.images
+        return d
+
+
+DoneReason = Literal["stop", "length"]
+
+
+@dataclass
+class Chunk:
+    """A piece of a streamed answer. The last one has `done=True`, a `done_reason` and
+    Ollama's metrics (durations in nanoseconds)."""
+
+    text: str = ""
+    done: bool = False
+    done_reason: DoneReason | None = None
+    prompt_eval_count: int = 0
+    eval_count: int = 0
+    total_duration: int = 0
+    load_duration: int = 0
+    prompt_eval_duration: int = 0
+    eval_duration: int = 0
+    context: list[int] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, int]:
+        d = asdict(self)
+        return {k: d[k] for k in METRIC_FIELDS}
+
+
+METRIC_FIELDS = (
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+)
