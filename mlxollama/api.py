@@ -205,7 +205,7 @@ class Message:
         return d
 
 
-DoneReason = Literal["stop", "length"]
+DoneReason = Literal["stop", "length", "load", "unload"]
 
 
 @dataclass
@@ -237,3 +237,39 @@ METRIC_FIELDS = (
     "eval_count",
     "eval_duration",
 )
+
+
+def now_rfc3339() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def generate_response(model: str, chunk: Chunk) -> dict[str, Any]:
+    """One `/api/generate` object (a stream line, or the whole answer when not streaming)."""
+    body: dict[str, Any] = {
+        "model": model,
+        "created_at": now_rfc3339(),
+        "response": chunk.text,
+        "done": chunk.done,
+    }
+    if chunk.done:
+        body["done_reason"] = chunk.done_reason
+        if chunk.context:
+            body["context"] = chunk.context
+        body.update(chunk.metrics())
+    return body
+
+
+def chat_response(model: str, chunk: Chunk) -> dict[str, Any]:
+    """One `/api/chat` object."""
+    body: dict[str, Any] = {
+        "model": model,
+        "created_at": now_rfc3339(),
+        "message": {"role": "assistant", "content": chunk.text},
+        "done": chunk.done,
+    }
+    if chunk.done:
+        body["done_reason"] = chunk.done_reason
+        body.update(chunk.metrics())
+    return body

@@ -1,0 +1,181 @@
+"""Streaming generation: Ollama options → mlx-lm sampler and processors, incremental
+detokenization, stop strings that never leak, done reasons and Ollama's timing metrics."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import mlx.core as mx
+from mlx_lm.generate import generate_step
+from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+from mlxollama.api import Chunk, SamplingOptions
+
+
+def make_sampling(options: SamplingOptions, num_ctx: int):
+    """Map Ollama's options onto mlx-lm's sampler and logits processors.
+
+    `temperature` 0 is greedy; `repeat_last_n` 0 turns the penalties' window off and -1 makes
+    it the context length, as in Ollama.
+    """
+    sampler = make_sampler(
+        temp=max(options.temperature, 0.0),
+        top_p=options.top_p if 0.0 < options.top_p < 1.0 else 0.0,
+        min_p=options.min_p,
+        top_k=max(options.top_k, 0),
+    )
+    window = num_ctx if options.repeat_last_n < 0 else options.repeat_last_n
+    processors = []
+    if window > 0:
+        processors = make_logits_processors(
+            repetition_penalty=options.repeat_penalty if options.repeat_penalty != 1.0 else None,
+            repetition_context_size=window,
+            presence_penalty=options.presence_penalty or None,
+            presence_context_size=window,
+            frequency_penalty=options.frequency_penalty or None,
+            frequency_context_size=window,
+        )
+    return sampler, processors
+
+
+class StopMatcher:
+    """Holds back text that may be the start of a stop string.
+
+    `feed` returns the text that is safe to emit and whether a stop string was reached; text
+    from the stop string on is dropped.
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        self.pending += text
+        if not self.stops:
+            out, self.pending = self.pending, ""
+            return out, False
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[: min(hits)], ""
+            return out, True
+        keep = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(stop[:n]):
+                    keep = max(keep, n)
+                    break
+        cut = len(self.pending) - keep
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+@dataclass
+class Budget:
+    """How many tokens a request may generate, from num_predict and the context left."""
+
+    max_tokens: int
+    prompt_tokens: list[int]
+
+
+def fit_context(prompt: list[int], num_ctx: int, num_predict: int, num_keep: int = 4) -> Budget:
+    """Trim the prompt to the context window and size the generation.
+
+    A prompt that does not fit keeps its first `num_keep` tokens and its end (Ollama's
+    truncation); at least one token of room is left for the answer. Generation stops at the
+    window's end (done reason `length`) unless num_predict ends it first.
+    """
+    if len(prompt) >= num_ctx:
+        keep = max(0, min(num_keep, num_ctx // 2))
+        tail = num_ctx - 1 - keep
+        prompt = prompt[:keep] + prompt[len(prompt) - tail :]
+    room = num_ctx - len(prompt)
+    max_tokens = room if num_predict < 0 else min(num_predict, room)
+    return Budget(max_tokens=max_tokens, prompt_tokens=prompt)
+
+
+def stream(
+    model,
+    tokenizer,
+    prompt: list[int],
+    options: SamplingOptions,
+    num_ctx: int,
+    *,
+    prefill_step_size: int = 512,
+    cancelled: Callable[[], bool] | None = None,
+) -> Iterator[Chunk]:
+    """Generate from token ids, yielding text chunks and a final chunk with metrics.
+
+    Args:
+        model: an mlx-lm model.
+        tokenizer: its mlx-lm TokenizerWrapper.
+        prompt: the prompt's token ids.
+        options: sampling options (stop strings, num_predict, seed, ...).
+        num_ctx: the context window.
+        prefill_step_size: prompt tokens per prefill step (Ollama's num_batch).
+        cancelled: polled between tokens; when it returns True the stream ends early.
+    """
+    tic = time.perf_counter_ns()
+    budget = fit_context(prompt, num_ctx, options.num_predict)
+    final = Chunk(done=True, done_reason="length", prompt_eval_count=len(budget.prompt_tokens))
+    if budget.max_tokens <= 0:
+        final.total_duration = time.perf_counter_ns() - tic
+        yield final
+        return
+    if options.seed is not None and options.seed >= 0:
+        mx.random.seed(options.seed)
+    sampler, processors = make_sampling(options, num_ctx)
+    detokenizer = copy.copy(tokenizer.detokenizer)
+    detokenizer.reset()
+    stops = StopMatcher(options.stop)
+    eos = set(tokenizer.eos_token_ids)
+    steps = generate_step(
+        mx.array(budget.prompt_tokens),
+        model,
+        max_tokens=budget.max_tokens,
+        sampler=sampler,
+        logits_processors=processors,
+        prefill_step_size=prefill_step_size,
+    )
+    first = None
+    n = 0
+    stopped = False  # a stop string ended the answer: nothing after it may be emitted
+    try:
+        for token, _ in steps:
+            token = int(token)
+            if first is None:
+                first = time.perf_counter_ns()
+                final.prompt_eval_duration = first - tic
+            n += 1
+            if token in eos:
+                final.done_reason = "stop"
+                break
+            detokenizer.add_token(token)
+            text, stopped = stops.feed(detokenizer.last_segment)
+            if text:
+                yield Chunk(text=text)
+            if stopped or (cancelled is not None and cancelled()):
+                final.done_reason = "stop"
+                break
+    finally:
+        steps.close()
+    if not stopped:
+        detokenizer.finalize()
+        text, stopped = stops.feed(detokenizer.last_segment)
+        if stopped:
+            final.done_reason = "stop"
+        else:
+            text += stops.flush()
+        if text:
+            yield Chunk(text=text)
+    end = time.perf_counter_ns()
+    final.eval_count = n
+    final.eval_duration = end - (first or end)
+    final.total_duration = end - tic
+    yield final

@@ -1,0 +1,180 @@
+"""The Python API: the same calls as Ollama's Python client, answered in-process.
+
+`Embedded` runs the store and MLX inside the calling process: no daemon, no HTTP, and none of
+Falcon, waitress or the actors is imported (tests/test_layering.py checks it), so an app can
+embed inference without the server. Answers have Ollama's shapes (plain dicts).
+
+    from mlxollama.sdk import Embedded
+    client = Embedded()
+    for part in client.chat("smollm2", [{"role": "user", "content": "Hi"}], stream=True):
+        print(part["message"]["content"], end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from mlxollama import api
+from mlxollama.config import Config
+from mlxollama.store import info
+from mlxollama.store.build import create as build_create
+from mlxollama.store.buildspec import BuildSpec
+from mlxollama.store.store import Problem, Store
+
+
+class Embedded:
+    """Ollama's client calls on a store path, with inference in this process.
+
+    Args:
+        models: the store root. Default: ``MLXOLLAMA_MODELS`` or ``~/.mlxollama``.
+    """
+
+    def __init__(self, models: str | Path | None = None):
+        self.config = Config.from_env()
+        self.store = Store(models if models is not None else self.config.models)
+        self._loaded: dict[str, Any] = {}  # name -> LoadedModel (one at a time)
+
+    # -- the store -------------------------------------------------------------------------
+
+    def list(self) -> dict[str, Any]:
+        return {"models": [info.tag_entry(self.store, m) for m in self.store.list()]}
+
+    def show(self, model: str, verbose: bool = False) -> dict[str, Any]:
+        return info.show(self.store, self.store.get(model), verbose=verbose)
+
+    def create(
+        self,
+        model: str,
+        from_: str | None = None,
+        *,
+        spec: BuildSpec | None = None,
+        template: str | None = None,
+        system: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        messages: list[dict[str, str]] | None = None,
+        license: str | list[str] | None = None,
+        quantize: str | None = None,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Build a model from a BuildSpec, or from Ollama's `create` fields.
+
+        `from_` is a model name, a GGUF file or a safetensors folder.
+        """
+        if spec is None:
+            if from_ is None:
+                raise ValueError("create needs `from_` (a model, GGUF file or folder) or `spec`")
+            spec = BuildSpec(
+                source=str(from_),
+                parameters=api.parse_options(parameters),
+                template=template,
+                system=system,
+                messages=messages,
+                license=[license] if isinstance(license, str) else list(license or []),
+                quantize=quantize,
+            )
+        build_create(self.store, model, spec, progress)
+        self._loaded.pop(model, None)
+        return {"status": "success"}
+
+    def copy(self, source: str, destination: str) -> dict[str, Any]:
+        self.store.copy(source, destination)
+        return {"status": "success"}
+
+    def delete(self, model: str) -> dict[str, Any]:
+        removed = self.store.remove(model)
+        self._loaded.pop(removed.name.display(), None)
+        return {"status": "success"}
+
+    def verify(self, model: str) -> list[Problem]:
+        return self.store.verify(model)
+
+    def gc(self) -> tuple[int, int]:
+        return self.store.gc()
+
+    # -- inference -------------------------------------------------------------------------
+
+    def _load(self, model: str):
+        from mlxollama.engine import loader
+
+        stored = self.store.get(model)
+        name = stored.name.display()
+        lm = self._loaded.get(name)
+        if lm is not None and lm.digest == stored.digest:
+            return lm, 0
+        self._loaded.clear()  # one model at a time in-process: free the old one first
+        lm = loader.load(self.store, name)
+        self._loaded[name] = lm
+        return lm, int(lm.load_duration * 1e9)
+
+    def _run(self, lm, tokens: list[int], options: dict[str, Any] | None, load_ns: int):
+        from mlxollama.engine.generate import stream
+
+        opts = api.merge_options(lm.parameters, api.parse_options(options))
+        num_ctx = opts["num_ctx"] or min(self.config.context_length, lm.context_length)
+        sampling = api.SamplingOptions.from_options(opts)
+        tic = time.perf_counter_ns()
+        for chunk in stream(lm.model, lm.tokenizer, tokens, sampling, num_ctx):
+            if chunk.done:
+                chunk.load_duration = load_ns
+                chunk.total_duration = time.perf_counter_ns() - tic + load_ns
+            yield chunk
+
+    def generate(
+        self,
+        model: str,
+        prompt: str = "",
+        *,
+        system: str | None = None,
+        template: str | None = None,
+        raw: bool = False,
+        options: dict[str, Any] | None = None,
+        stream: bool = False,
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """Ollama's `generate`: a completion of `prompt` (an empty prompt just loads)."""
+        from mlxollama.engine.prompt import generate_tokens
+
+        api.parse_options(options)  # bad options fail before the model loads
+        lm, load_ns = self._load(model)
+        if not prompt:
+            chunks = iter([api.Chunk(done=True, done_reason="load", load_duration=load_ns)])
+        else:
+            tokens = generate_tokens(lm, prompt, system=system, template=template, raw=raw)
+            chunks = self._run(lm, tokens, options, load_ns)
+        parts = (api.generate_response(lm.name, c) for c in chunks)
+        return parts if stream else _join(parts, "response")
+
+    def chat(
+        self,
+        model: str,
+        messages: list[dict[str, Any]] | None = None,
+        *,
+        options: dict[str, Any] | None = None,
+        stream: bool = False,
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """Ollama's `chat`: the assistant's next message (no messages just loads)."""
+        from mlxollama.engine.prompt import chat_tokens
+
+        msgs = [api.Message.from_dict(m) for m in messages or []]
+        api.parse_options(options)
+        lm, load_ns = self._load(model)
+        if not msgs:
+            chunks = iter([api.Chunk(done=True, done_reason="load", load_duration=load_ns)])
+        else:
+            chunks = self._run(lm, chat_tokens(lm, msgs), options, load_ns)
+        parts = (api.chat_response(lm.name, c) for c in chunks)
+        return parts if stream else _join(parts, "message")
+
+
+def _join(parts: Iterator[dict[str, Any]], field: str) -> dict[str, Any]:
+    """Fold a stream into one answer, as Ollama does for `stream: false`."""
+    text, last = [], {}
+    for last in parts:
+        text.append(last[field]["content"] if field == "message" else last[field])
+    if field == "message":
+        last["message"] = {"role": "assistant", "content": "".join(text)}
+    else:
+        last[field] = "".join(text)
+    return last

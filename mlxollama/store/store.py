@@ -1,0 +1,254 @@
+"""The model store: tags pointing at manifests, manifests pointing at blobs.
+
+Layout under the root (`MLXOLLAMA_MODELS`, default `~/.mlxollama`):
+
+    blobs/sha256/<hex>                          content-addressed files
+    manifests/<host>/<namespace>/<model>/<tag>  OCI manifest JSON; the tag is the path
+    cache/verified.json                         stat of blobs last hashed at load
+    logs/                                       daemon logs
+    .lock                                       held by whoever mutates the store
+
+One writer at a time: every mutation runs under the `.lock` file lock, in this process or
+another. Readers take no lock: a manifest appears by an atomic rename after all its blobs
+exist, and only unreferenced blobs are ever deleted, so a reader sees a model whole or not
+at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from filelock import FileLock
+
+from mlxollama.errors import BlobNotFound, DigestMismatch, ModelNotFound
+from mlxollama.store.blobs import BlobStore
+from mlxollama.store.manifests import Manifest
+from mlxollama.store.names import ModelName, parse_name
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """A tag as found in the store."""
+
+    name: ModelName
+    manifest: Manifest
+    digest: str  # sha256 hex of the manifest bytes (Ollama's model digest / ID)
+    modified_at: float
+
+    @property
+    def size(self) -> int:
+        return self.manifest.size()
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad blob found by `verify`."""
+
+    digest: str
+    error: str
+
+
+class Store:
+    def __init__(self, root: Path | str, clock: Callable[[], float] = time.time):
+        self.root = Path(root).expanduser()
+        self.blobs = BlobStore(self.root)
+        self.manifests_dir = self.root / "manifests"
+        self.clock = clock
+        self._lock = FileLock(str(self.root / ".lock"))
+
+    # -- locking ---------------------------------------------------------------------------
+
+    def lock(self) -> FileLock:
+        """The writer lock (re-entrant within a thread). Hold it around any mutation."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self._lock
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _tag_paths(self) -> list[Path]:
+        if not self.manifests_dir.is_dir():
+            return []
+        return [p for p in self.manifests_dir.glob("*/*/*/*") if p.is_file()]
+
+    def _name_of(self, path: Path) -> ModelName:
+        host, namespace, model, tag = path.relative_to(self.manifests_dir).parts
+        return ModelName(host, namespace, model, tag)
+
+    def find(self, name: str | ModelName) -> ModelName | None:
+        """The stored spelling of `name`, matched case-insensitively, or None."""
+        wanted = parse_name(name) if isinstance(name, str) else name
+        exact = self.manifests_dir / wanted.path()
+        if exact.is_file():
+            return wanted
+        folded = wanted.casefold()
+        for path in self._tag_paths():
+            candidate = self._name_of(path)
+            if candidate.casefold() == folded:
+                return candidate
+        return None
+
+    def get(self, name: str | ModelName) -> StoredModel:
+        """Read one model's manifest.
+
+        Raises:
+            InvalidName: the name does not follow the grammar.
+            ModelNotFound: no such tag.
+        """
+        found = self.find(name)
+        if found is None:
+            raise ModelNotFound(str(name) if isinstance(name, str) else name.display())
+        return self._read(found)
+
+    def _read(self, name: ModelName) -> StoredModel:
+        path = self.manifests_dir / name.path()
+        data = path.read_bytes()
+        return StoredModel(
+            name=name,
+            manifest=Manifest.from_bytes(data),
+            digest=hashlib.sha256(data).hexdigest(),
+            modified_at=path.stat().st_mtime,
+        )
+
+    def list(self) -> list[StoredModel]:
+        """Every tag, newest first."""
+        models = []
+        for path in self._tag_paths():
+            try:
+                models.append(self._read(self._name_of(path)))
+            except (OSError, ValueError):
+                continue  # a foreign file under manifests/ is not a model
+        return sorted(models, key=lambda m: m.modified_at, reverse=True)
+
+    def config(self, model: StoredModel) -> dict[str, Any]:
+        """The model's config blob (model config, details, provenance)."""
+        return orjson.loads(self.blobs.read_bytes(model.manifest.config.digest))
+
+    def referenced(self) -> set[str]:
+        refs: set[str] = set()
+        for model in self.list():
+            refs.update(model.manifest.digests())
+        return refs
+
+    # -- writing (callers hold the lock) ----------------------------------------------------
+
+    def put_manifest(self, name: ModelName, manifest: Manifest) -> StoredModel:
+        """Point `name` at `manifest`, atomically. Every blob must already be stored.
+
+        Raises:
+            BlobNotFound: a referenced blob is missing (the tag is left untouched).
+        """
+        for digest in manifest.digests():
+            if not self.blobs.exists(digest):
+                raise BlobNotFound(f"cannot tag {name.display()}: blob {digest} is missing")
+        path = self.manifests_dir / name.path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(manifest.to_bytes())
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return self._read(name)
+
+    def copy(self, source: str, destination: str) -> StoredModel:
+        """Tag `destination` with `source`'s manifest (blobs are shared, nothing is copied)."""
+        dst = parse_name(destination)
+        with self.lock():
+            src = self.get(source)
+            return self.put_manifest(dst, src.manifest)
+
+    def remove(self, name: str) -> StoredModel:
+        """Delete a tag, then every blob no other tag references."""
+        with self.lock():
+            model = self.get(name)
+            path = self.manifests_dir / model.name.path()
+            path.unlink()
+            for parent in list(path.parents)[:3]:  # tag's model, namespace and host folders
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+            self._remove_unreferenced(set(model.manifest.digests()))
+            return model
+
+    def _remove_unreferenced(self, candidates: set[str]) -> tuple[int, int]:
+        unreferenced = candidates - self.referenced()
+        freed = 0
+        for digest in unreferenced:
+            try:
+                freed += self.blobs.size(digest)
+            except BlobNotFound:
+                continue
+            self.blobs.remove(digest)
+        return len(unreferenced), freed
+
+    def gc(self) -> tuple[int, int]:
+        """Remove blobs that no manifest references and stale temp files.
+
+        Returns:
+            (blobs removed, bytes freed)
+        """
+        with self.lock():
+            self.blobs.clean_temp()
+            return self._remove_unreferenced(self.blobs.digests())
+
+    def check_blobs(self, model: StoredModel) -> None:
+        """Check every blob of a model before it is loaded.
+
+        A blob is re-hashed unless its size, mtime and inode equal those recorded when it last
+        hashed correctly (`cache/verified.json`), so a blob changed on disk is caught while an
+        unchanged store loads without reading every byte twice.
+
+        Raises:
+            BlobNotFound, DigestMismatch: the first bad blob.
+        """
+        cache_path = self.root / "cache" / "verified.json"
+        try:
+            cache = orjson.loads(cache_path.read_bytes())
+        except (OSError, ValueError):
+            cache = {}
+        changed = False
+        for digest in model.manifest.digests():
+            path = self.blobs.path(digest)
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                raise BlobNotFound(f"blob {digest} is missing from the store") from None
+            stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+            if cache.get(digest) == stamp:
+                continue
+            self.blobs.check(digest)
+            cache[digest] = stamp
+            changed = True
+        if changed:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=cache_path.parent)
+            with os.fdopen(fd, "wb") as f:
+                f.write(orjson.dumps(cache))
+            os.replace(tmp, cache_path)
+
+    def verify(self, name: str, progress: Callable[[str], None] | None = None) -> list[Problem]:
+        """Re-hash every blob of a model; returns the problems found (empty: all good)."""
+        model = self.get(name)
+        problems = []
+        for digest in model.manifest.digests():
+            if progress:
+                progress(digest)
+            try:
+                self.blobs.check(digest)
+            except (BlobNotFound, DigestMismatch) as e:
+                problems.append(Problem(digest, str(e)))
+        return problems
