@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from mlxollama.api import Message
-from mlxollama.engine import gotemplate
 
 PLAIN_TEMPLATE = "{{ if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }}"
 
@@ -59,5 +58,7 @@ def _render(lm: Any, messages: list[Message], system: str | None, template: str 
         return lm.tokenizer.encode(text, add_special_tokens=False)
     system_text = next((m["content"] for m in msgs if m["role"] == "system"), None)
     rest = [m for m in msgs if m["role"] != "system"]
+    from mlxollama.engine import gotemplate
+
     text = gotemplate.render_messages(go or PLAIN_TEMPLATE, rest, system=system_text)
     return lm.tokenizer.encode(text)

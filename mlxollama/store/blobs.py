@@ -76,11 +76,13 @@ class BlobStore:
         return {f"sha256:{p.name}" for p in self.dir.iterdir() if len(p.name) == 64}
 
     @contextmanager
-    def writer(self, expected: str | None = None):
+    def writer(self, expected: str | None = None, sync: bool = True):
         """Yield a file-like object; on clean exit its bytes become a blob.
 
         The final digest is available as `w.digest` after the block. With `expected`, a
-        different hash raises DigestMismatch and nothing is stored.
+        different hash raises DigestMismatch and nothing is stored. With `sync=False` the
+        caller promises to call `sync()` before anything refers to the blob (a build writes
+        hundreds of tensor blobs and flushes them once, before its manifest).
         """
         self.dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.dir)
@@ -89,7 +91,8 @@ class BlobStore:
                 w = _HashingWriter(f)
                 yield w
                 f.flush()
-                os.fsync(f.fileno())
+                if sync:
+                    os.fsync(f.fileno())
             w.digest = f"sha256:{w.h.hexdigest()}"
             if expected is not None and parse_digest(expected) != w.digest:
                 raise DigestMismatch(
@@ -101,13 +104,14 @@ class BlobStore:
             else:
                 os.chmod(tmp, 0o644)
                 os.replace(tmp, final)
-                _fsync_dir(self.dir)
+                if sync:
+                    _fsync_dir(self.dir)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
-    def put_bytes(self, data: bytes) -> str:
-        with self.writer() as w:
+    def put_bytes(self, data: bytes, sync: bool = True) -> str:
+        with self.writer(sync=sync) as w:
             w.write(data)
         return w.digest
 
@@ -123,6 +127,10 @@ class BlobStore:
             return parse_digest(expected)
         with open(src, "rb") as f:
             return self.put_stream(iter(lambda: f.read(CHUNK), b""), expected)
+
+    def sync(self) -> None:
+        """Flush blobs written with `sync=False` to disk (one filesystem sync)."""
+        os.sync()
 
     def check(self, digest: str) -> None:
         """Re-hash one blob.

@@ -112,7 +112,7 @@ class _Builder:
             return digest
         if announce:
             self.say(f"creating new layer {digest}")
-        self.store.blobs.put_bytes(data)
+        self.store.blobs.put_bytes(data, sync=False)
         self.added.add(digest)
         return digest
 
@@ -283,6 +283,7 @@ def _build(store: Store, b: _Builder, target, spec: BuildSpec, quantize: str | N
     config_layer = b.layer(mt.CONFIG_MEDIA_TYPE, orjson.dumps(info, option=orjson.OPT_SORT_KEYS))
     manifest = Manifest(config=config_layer, layers=(*tensor_layers, *file_layers, *text_layers))
     b.say("writing manifest")
+    store.blobs.sync()
     return store.put_manifest(target, manifest)
 
 

