@@ -25,12 +25,24 @@ import mlxollama.engine  # noqa: F401  (loads OpenBLAS for MLX's CPU backend bef
 
 SHAPES = {
     "smollm2": dict(
-        hidden_size=576, num_hidden_layers=30, intermediate_size=1536, num_attention_heads=9,
-        num_key_value_heads=3, vocab_size=49152, rope_theta=100000.0, tie_word_embeddings=True,
+        hidden_size=576,
+        num_hidden_layers=30,
+        intermediate_size=1536,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
     ),
     "llama8b": dict(
-        hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, num_attention_heads=32,
-        num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, tie_word_embeddings=False,
+        hidden_size=4096,
+        num_hidden_layers=32,
+        intermediate_size=14336,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        tie_word_embeddings=False,
     ),
 }
 
@@ -42,7 +54,9 @@ def synthetic_folder(shape: str, tokenizer_dir: Path, out: Path) -> Path:
     from mlx_lm.models import llama
 
     config = {
-        "model_type": "llama", "rms_norm_eps": 1e-5, "max_position_embeddings": 8192,
+        "model_type": "llama",
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 8192,
         **SHAPES[shape],
     }
     model = llama.Model(llama.ModelArgs.from_dict(config))
@@ -96,7 +110,11 @@ def timed_mlx_lm(lm, prompt, n):
     first = None
     count = 0
     for _ in stream_generate(
-        lm.model, lm.tokenizer, prompt, max_tokens=n, sampler=make_sampler(0.0),
+        lm.model,
+        lm.tokenizer,
+        prompt,
+        max_tokens=n,
+        sampler=make_sampler(0.0),
         prefill_step_size=512,
     ):
         count += 1
@@ -107,7 +125,9 @@ def timed_mlx_lm(lm, prompt, n):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--gguf", type=Path)
     src.add_argument("--folder", type=Path, help="an HF/mlx-lm safetensors folder")
@@ -159,17 +179,26 @@ def main() -> None:
             rows["mlx_lm"].append(timed_mlx_lm(lm, prompt, args.tokens))
 
         print(f"device: {mx.default_device()}  mlx {mx.__version__}  mlx-lm {mlx_lm.__version__}")
-        print(f"model: {source}  prompt {len(prompt)} tokens, {args.tokens} generated, "
-              f"median of {args.repeats}")
+        print(
+            f"model: {source}  prompt {len(prompt)} tokens, {args.tokens} generated, "
+            f"median of {args.repeats}"
+        )
         print(f"{'':8} {'prefill tok/s':>14} {'decode tok/s':>13}")
         med = {}
         for name, runs in rows.items():
-            med[name] = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+            med[name] = (
+                statistics.median(r[0] for r in runs),
+                statistics.median(r[1] for r in runs),
+            )
             print(f"{name:8} {med[name][0]:14.1f} {med[name][1]:13.1f}")
-        print(f"{'ratio':8} {med['engine'][0] / med['mlx_lm'][0]:14.3f} "
-              f"{med['engine'][1] / med['mlx_lm'][1]:13.3f}   (engine / mlx_lm)")
+        print(
+            f"{'ratio':8} {med['engine'][0] / med['mlx_lm'][0]:14.3f} "
+            f"{med['engine'][1] / med['mlx_lm'][1]:13.3f}   (engine / mlx_lm)"
+        )
         s, m = statistics.median(loads_store), statistics.median(loads_mlx)
-        print(f"load: store {s:.3f} s (blob checks + build), mlx_lm.load {m:.3f} s, ratio {s / m:.2f}")
+        print(
+            f"load: store {s:.3f} s (blob checks + build), mlx_lm.load {m:.3f} s, ratio {s / m:.2f}"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

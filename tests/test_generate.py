@@ -96,7 +96,9 @@ def test_stop_string_ends_answer_without_leaking(smollm2_loaded):
 
 @pytest.mark.model
 def test_num_predict_gives_length(smollm2_loaded):
-    _, final, chunks = run(smollm2_loaded, "Count from one to fifty.", temperature=0.0, num_predict=5)
+    _, final, chunks = run(
+        smollm2_loaded, "Count from one to fifty.", temperature=0.0, num_predict=5
+    )
     assert final.done_reason == "length"
     assert final.eval_count == 5
     assert all(not c.done for c in chunks[:-1])

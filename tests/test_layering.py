@@ -22,7 +22,11 @@ def test_embedded_sdk_imports_no_daemon_code():
 
 def test_import_linter_contracts_hold():
     out = subprocess.run(
-        [str(Path(sys.executable).parent / "lint-imports"), "--config", str(ROOT / "pyproject.toml")],
+        [
+            str(Path(sys.executable).parent / "lint-imports"),
+            "--config",
+            str(ROOT / "pyproject.toml"),
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -31,6 +35,8 @@ def test_import_linter_contracts_hold():
 
 
 def test_cli_help_does_not_import_mlx():
-    code = "import sys, mlxollama.cli.main; print('mlx' in sys.modules or 'mlx.core' in sys.modules)"
+    code = (
+        "import sys, mlxollama.cli.main; print('mlx' in sys.modules or 'mlx.core' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "False", out.stderr

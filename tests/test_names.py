@@ -10,7 +10,11 @@ VALID = [
     ("example.com/ns/m:v1.2", "example.com/ns/m:v1.2", "example.com/ns/m:v1.2"),
     ("localhost:5000/ns/m", "localhost:5000/ns/m:latest", "localhost:5000/ns/m:latest"),
     ("https://example.com/ns/m:t", "example.com/ns/m:t", "example.com/ns/m:t"),
-    ("_private.model-1:tag_2", "registry.ollama.ai/library/_private.model-1:tag_2", "_private.model-1:tag_2"),
+    (
+        "_private.model-1:tag_2",
+        "registry.ollama.ai/library/_private.model-1:tag_2",
+        "_private.model-1:tag_2",
+    ),
     ("SmolLM2:Latest", "registry.ollama.ai/library/SmolLM2:Latest", "SmolLM2:Latest"),
 ]
 
@@ -83,7 +87,14 @@ def test_digests_normalise(text, digest):
 
 @pytest.mark.parametrize(
     "text",
-    ["sha256:" + "a" * 63, "sha256:" + "g" * 64, "md5:" + "a" * 64, "sha256:../" + "a" * 61, "", None],
+    [
+        "sha256:" + "a" * 63,
+        "sha256:" + "g" * 64,
+        "md5:" + "a" * 64,
+        "sha256:../" + "a" * 61,
+        "",
+        None,
+    ],
 )
 def test_bad_digests_are_rejected(text):
     with pytest.raises(InvalidDigest):

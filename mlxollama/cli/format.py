@@ -53,7 +53,9 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """No borders, left aligned, four spaces between columns, no rule under the header."""
     all_rows = [list(header), *[list(r) for r in rows]]
     widths = [max(len(r[i]) for r in all_rows) for i in range(len(header))]
-    lines = ["    ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in all_rows]
+    lines = [
+        "    ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in all_rows
+    ]
     return "\n".join(lines)
 
 

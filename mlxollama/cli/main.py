@@ -29,7 +29,9 @@ class _Group(click.Group):
         except (MlxOllamaError, FileNotFoundError, ValueError, PermissionError) as e:
             raise click.ClickException(str(e)) from None
         except OSError as e:
-            raise click.ClickException(f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")) from None
+            raise click.ClickException(
+                f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")
+            ) from None
 
 
 def _client():
@@ -46,8 +48,14 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("model")
-@click.option("-f", "--file", "path", default="Modelfile", show_default=True,
-              help="Modelfile, or ModelSpec (.yaml), to build from.")
+@click.option(
+    "-f",
+    "--file",
+    "path",
+    default="Modelfile",
+    show_default=True,
+    help="Modelfile, or ModelSpec (.yaml), to build from.",
+)
 @click.option("-q", "--quantize", help="Quantize the weights: int4, int8, fp16 or bf16.")
 def create(model: str, path: str, quantize: str | None) -> None:
     """Create a model from a Modelfile or ModelSpec."""
@@ -134,7 +142,8 @@ def show(model: str, part: str | None, verbose: bool) -> None:
     sections = [("Model", [r for r in model_rows if r[1]])]
     sections.append(("Capabilities", [(c, "") for c in body["capabilities"]]))
     if body["parameters"]:
-        sections.append(("Parameters", [(line, "") for line in body["parameters"].splitlines()]))
+        rows = [tuple(line.split(None, 1)) for line in body["parameters"].splitlines()]
+        sections.append(("Parameters", [(k, v) for k, v in rows]))
     if body["system"]:
         sections.append(("System", [(line, "") for line in body["system"].splitlines()[:2]]))
     if body["license"]:
@@ -197,8 +206,14 @@ def gc() -> None:
 @click.argument("prompt", nargs=-1)
 @click.option("--verbose", is_flag=True, help="Print timings after each answer.")
 @click.option("--system", help="System message for this run.")
-@click.option("-p", "--parameter", "params", multiple=True, metavar="NAME=VALUE",
-              help="An option for this run, e.g. -p temperature=0 (repeatable).")
+@click.option(
+    "-p",
+    "--parameter",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="An option for this run, e.g. -p temperature=0 (repeatable).",
+)
 def run(model: str, prompt: tuple[str, ...], verbose: bool, system: str | None, params) -> None:
     """Run a model: answer PROMPT (or stdin), or chat interactively without one.
 
@@ -235,7 +250,9 @@ def run(model: str, prompt: tuple[str, ...], verbose: bool, system: str | None, 
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line})
-        messages.append({"role": "assistant", "content": _answer(client, model, messages, options, verbose)})
+        messages.append(
+            {"role": "assistant", "content": _answer(client, model, messages, options, verbose)}
+        )
 
 
 def _answer(client, model: str, messages: list[dict], options: dict, verbose: bool) -> str:

@@ -117,7 +117,7 @@ def read_gguf(path: str | Path) -> GGUFModel:
         UnsupportedModel: The file is not GGUF, is truncated, or holds an architecture, a
             tensor or a tensor type that we cannot map to mlx-lm.
     """
-    from mlxollama.engine.gguf_tokenizer import tokenizer_files
+    from mlxollama.engine.gguf_tokenizer import end_of_generation_ids, tokenizer_files
 
     path = Path(path)
     if not path.is_file():
@@ -160,6 +160,8 @@ def read_gguf(path: str | Path) -> GGUFModel:
     }
     metadata.setdefault("general.parameter_count", sum(prod(i.shape) for i in infos.values()))
     config = _config(arch_name, arch, metadata, infos, path)
+    if eog := end_of_generation_ids(raw):
+        config["eos_token_id"] = eog
     if "rope_freqs.weight" in tensors:
         config["rope_scaling"] = _llama3_rope_scaling(
             tensors.pop("rope_freqs.weight"), config, path

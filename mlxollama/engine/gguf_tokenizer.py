@@ -245,6 +245,18 @@ PRE_TOKENIZERS: dict[str, Pre] = {
 _MODELS = ("gpt2", "llama")
 
 
+def end_of_generation_ids(meta: dict) -> list[int]:
+    """The ids that end an answer, as llama.cpp decides them: the EOS, EOT and EOM ids the
+    metadata names, plus every token whose text llama.cpp treats as end-of-generation (so
+    SmolLM2 stops at `<|endoftext|>` as well as at `<|im_end|>`)."""
+    ids = {
+        int(_scalar(meta, f"tokenizer.ggml.{key}_token_id", -1)) for key in ("eos", "eot", "eom")
+    }
+    tokens = _list(meta, "tokenizer.ggml.tokens")
+    ids |= {i for i, text in enumerate(tokens) if text in _CONTROL_BY_TEXT}
+    return sorted(i for i in ids if 0 <= i < len(tokens))
+
+
 def tokenizer_files(meta: dict) -> dict[str, bytes]:
     """Build the files of a Hugging Face tokenizer directory from GGUF metadata.
 

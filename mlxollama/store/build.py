@@ -208,7 +208,9 @@ class _Builder:
         return layers
 
 
-def create(store: Store, name: str, spec: BuildSpec, progress: Progress | None = None) -> StoredModel:
+def create(
+    store: Store, name: str, spec: BuildSpec, progress: Progress | None = None
+) -> StoredModel:
     """Build `spec` and tag it `name`.
 
     Raises:
@@ -328,7 +330,11 @@ def _config_blob(store: Store, target, parts: _Parts, config, quantize, spec: Bu
             "revision": spec.revision,
             "quantization": quantize,
             "recipe": spec.recipe,
-            "tools": {"mlxollama": __version__, "mlx": mx.__version__, "mlx_lm": mlx_lm.__version__},
+            "tools": {
+                "mlxollama": __version__,
+                "mlx": mx.__version__,
+                "mlx_lm": mlx_lm.__version__,
+            },
             "created_at": dt.datetime.now(dt.UTC).isoformat(),
         },
     }
@@ -349,7 +355,9 @@ def _inherited_text(store: Store, parent: StoredModel | None) -> dict[str, Any]:
         return empty
 
     def texts(media_type: str) -> list[str]:
-        return [store.blobs.read_bytes(d.digest).decode() for d in parent.manifest.layers_of(media_type)]
+        return [
+            store.blobs.read_bytes(d.digest).decode() for d in parent.manifest.layers_of(media_type)
+        ]
 
     params, messages = texts(mt.PARAMS_MEDIA_TYPE), texts(mt.MESSAGES_MEDIA_TYPE)
     template, system = texts(mt.TEMPLATE_MEDIA_TYPE), texts(mt.SYSTEM_MEDIA_TYPE)
@@ -386,7 +394,12 @@ def _looks_like_path(ref: str) -> bool:
 def _file_source(kind: str, path: Path) -> dict[str, Any]:
     from mlxollama.store.blobs import sha256_file
 
-    return {"type": kind, "path": str(path.resolve()), "digest": sha256_file(path), "size": path.stat().st_size}
+    return {
+        "type": kind,
+        "path": str(path.resolve()),
+        "digest": sha256_file(path),
+        "size": path.stat().st_size,
+    }
 
 
 def _file_type(config: dict[str, Any], model) -> str:

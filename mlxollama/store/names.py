@@ -81,9 +81,7 @@ class ModelName:
         """True when every given part follows the grammar (missing parts are allowed)."""
         if not self.model:
             return False
-        return all(
-            not value or _PART[part].fullmatch(value) for part, value in self._items()
-        )
+        return all(not value or _PART[part].fullmatch(value) for part, value in self._items())
 
     def is_fully_qualified(self) -> bool:
         return self.is_valid() and all(value for _, value in self._items())
