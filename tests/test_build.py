@@ -299,3 +299,32 @@ license: Apache-2.0
     body = show(store, stored)
     assert body["system"] == "Be brief." and "num_predict" in body["parameters"]
     assert "spec" in info["provenance"]["recipe"]
+
+
+@pytest.mark.model
+@pytest.mark.parametrize(
+    ("quantize", "file_type", "dtype"),
+    [
+        ("fp16", "F16", "float16"),
+        ("bf16", "BF16", "bfloat16"),
+        ("int4", "int4", "uint32"),
+        ("q8_0", "int8", "uint32"),
+    ],
+)
+def test_quantize_at_build(tmp_path, smollm2_store, quantize, file_type, dtype):
+    import mlx.core as mx
+
+    from mlxollama.engine.loader import load
+
+    folder = tiny_llama_folder(tmp_path / "tiny", Store(smollm2_store))
+    store = Store(tmp_path / "s")
+    create(store, "tiny", BuildSpec(source=str(folder), quantize=quantize))
+    stored = store.get("tiny")
+    assert store.config(stored)["file_type"] == file_type
+    q = next(
+        d for d in stored.manifest.layers if d.name == "model.layers.0.self_attn.q_proj.weight"
+    )
+    arr = mx.load(str(store.blobs.path(q.digest)), format="safetensors")[q.name]
+    assert str(arr.dtype).endswith(dtype)
+    lm = load(store, "tiny", float32_on_cpu=False)
+    assert lm.model.layers[0].self_attn.q_proj.weight.dtype == arr.dtype

@@ -254,7 +254,7 @@ def _build(store: Store, b: _Builder, target, spec: BuildSpec, quantize: str | N
 
         b.say(f"quantizing model to {quantize}")
         parts.model, config = convert(parts.model, config, quantize)
-        parts.details["file_type"] = quantize
+        parts.details["file_type"] = {"fp16": "F16", "bf16": "BF16"}.get(quantize, quantize)
     tensor_layers = b.tensors(parts.model) if parts.model is not None else parts.tensors
     file_layers = parts.reused_files + [
         b.layer(mt.FILE_MEDIA_TYPE, data, fname) for fname, data in sorted(parts.files.items())
