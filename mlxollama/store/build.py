@@ -116,8 +116,10 @@ class _Builder:
         self.added.add(digest)
         return digest
 
-    def layer(self, media_type: str, data: bytes, name: str | None = None) -> Descriptor:
-        return Descriptor(media_type, self.put(data), len(data), name)
+    def layer(
+        self, media_type: str, data: bytes, name: str | None = None, announce: bool = True
+    ) -> Descriptor:
+        return Descriptor(media_type, self.put(data, announce), len(data), name)
 
     # -- sources ---------------------------------------------------------------------------
 
@@ -200,7 +202,8 @@ class _Builder:
         layers, new = [], 0
         for i, (name, array) in enumerate(params, 1):
             before = len(self.added)
-            layers.append(self.layer(mt.TENSOR_MEDIA_TYPE, tensor_bytes(name, array), name))
+            data = tensor_bytes(name, array)
+            layers.append(self.layer(mt.TENSOR_MEDIA_TYPE, data, name, announce=False))
             new += len(self.added) - before
             if i % 50 == 0 or i == len(params):
                 self.say("writing tensors", total=len(params), completed=i)
