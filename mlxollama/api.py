@@ -273,3 +273,66 @@ def chat_response(model: str, chunk: Chunk) -> dict[str, Any]:
         body["done_reason"] = chunk.done_reason
         body.update(chunk.metrics())
     return body
+
+
+FOREVER = float("inf")
+
+
+def parse_keep_alive(value: Any) -> float | None:
+    """Ollama's `keep_alive`: seconds (a JSON number) or a Go duration string (`"10m"`,
+    `"1h30m"`, `"-1m"`, `"0"`); None when unset. Negative means forever (`FOREVER`); zero
+    means unload as soon as the model is idle.
+
+    Raises:
+        InvalidOption: another type, or a string that is not a duration (as in Ollama, a bare
+            number in a string such as `"300"` is refused).
+    """
+    import re
+
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise InvalidOption("keep_alive: Unsupported type bool")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text in ("0", "-0"):
+            return 0.0
+        m = re.fullmatch(r"([+-]?)((?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+", text)
+        if not m:
+            raise InvalidOption(f'time: invalid duration "{value}"')
+        units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+        parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", text)
+        seconds = sum(float(n) * units[u] for n, u in parts)
+        if m.group(1) == "-":
+            seconds = -seconds
+    else:
+        raise InvalidOption(f"keep_alive: Unsupported type {type(value).__name__}")
+    return FOREVER if seconds < 0 else seconds
+
+
+@dataclass
+class InferenceRequest:
+    """A generate or chat request, validated and ready for the runtime.
+
+    `options` are the request's own (already through `parse_options`); the model's
+    PARAMETERs are merged in by the runtime. `keep_alive` is in seconds (None: keep the
+    model's current setting; `FOREVER`; 0: unload when idle).
+    """
+
+    model: str
+    kind: Literal["generate", "chat"]
+    prompt: str = ""
+    messages: list[Message] = field(default_factory=list)
+    system: str | None = None
+    template: str | None = None
+    raw: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    keep_alive: float | None = None
+    request_id: str = ""
+
+    @property
+    def empty(self) -> bool:
+        """An empty prompt / no messages: Ollama's "load (or unload) the model" request."""
+        return not self.prompt if self.kind == "generate" else not self.messages

@@ -1,0 +1,1 @@
+"""Pykka actors: model, session, governor and store, and the runtime that starts them."""
