@@ -19,7 +19,35 @@ class Setting:
 
 
 SETTINGS = (
+    Setting("MLXOLLAMA_HOST", "127.0.0.1:11435", "Address the daemon binds and clients call."),
     Setting("MLXOLLAMA_MODELS", "~/.mlxollama", "Store root: blobs, manifests, logs."),
+    Setting(
+        "MLXOLLAMA_KEEP_ALIVE",
+        "5m",
+        "How long an idle model stays loaded (seconds or a duration such as 10m; negative: "
+        "forever; 0: unload when idle).",
+    ),
+    Setting(
+        "MLXOLLAMA_MAX_LOADED_MODELS", "3", "Models loaded at once; the idle LRU one is evicted."
+    ),
+    Setting("MLXOLLAMA_NUM_PARALLEL", "4", "Requests each model generates at once (one batch)."),
+    Setting(
+        "MLXOLLAMA_MAX_QUEUE",
+        "512",
+        "Requests that may wait per model, and model loads that may wait; beyond it: 503.",
+    ),
+    Setting("MLXOLLAMA_LOAD_TIMEOUT", "5m", "How long a model load may take before it fails."),
+    Setting(
+        "MLXOLLAMA_MAX_MEMORY",
+        "auto",
+        "Memory budget for loaded models (weights + KV cache estimate), e.g. 24GB; auto: 90% "
+        "of the device's memory (the machine's RAM on CPU).",
+    ),
+    Setting(
+        "MLXOLLAMA_MAX_BODY",
+        "64MB",
+        "Largest JSON request body (blob uploads are not limited); larger gets 413.",
+    ),
     Setting(
         "MLXOLLAMA_CONTEXT_LENGTH",
         "4096",
@@ -37,25 +65,79 @@ SETTINGS = (
 
 @dataclass(frozen=True)
 class Config:
+    host: str
     models: Path
+    keep_alive: float  # seconds; inf: forever
+    max_loaded_models: int
+    num_parallel: int
+    max_queue: int
+    load_timeout: float
+    max_memory: int | None  # bytes; None: auto
+    max_body: int
     context_length: int
     blas: str
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Config:
         env = os.environ if env is None else env
-        get = {s.name: env.get(s.name) or s.default for s in SETTINGS}
-        try:
-            context_length = int(get["MLXOLLAMA_CONTEXT_LENGTH"])
-        except ValueError:
-            raise ValueError(
-                f"MLXOLLAMA_CONTEXT_LENGTH must be an integer, got {get['MLXOLLAMA_CONTEXT_LENGTH']!r}"
-            ) from None
+        get = {s.name.removeprefix("MLXOLLAMA_"): env.get(s.name) or s.default for s in SETTINGS}
+        memory = get["MAX_MEMORY"]
         return cls(
-            models=Path(get["MLXOLLAMA_MODELS"]).expanduser(),
-            context_length=context_length,
-            blas=get["MLXOLLAMA_BLAS"],
+            host=get["HOST"],
+            models=Path(get["MODELS"]).expanduser(),
+            keep_alive=_seconds("KEEP_ALIVE", get["KEEP_ALIVE"]),
+            max_loaded_models=_positive("MAX_LOADED_MODELS", get["MAX_LOADED_MODELS"]),
+            num_parallel=_positive("NUM_PARALLEL", get["NUM_PARALLEL"]),
+            max_queue=_positive("MAX_QUEUE", get["MAX_QUEUE"]),
+            load_timeout=_seconds("LOAD_TIMEOUT", get["LOAD_TIMEOUT"]),
+            max_memory=None if memory == "auto" else _bytes("MAX_MEMORY", memory),
+            max_body=_bytes("MAX_BODY", get["MAX_BODY"]),
+            context_length=_positive("CONTEXT_LENGTH", get["CONTEXT_LENGTH"]),
+            blas=get["BLAS"],
         )
+
+
+def _positive(name: str, value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"MLXOLLAMA_{name} must be a positive integer, got {value!r}")
+    return n
+
+
+def _seconds(name: str, value: str) -> float:
+    """Seconds or a Go duration; the env var also accepts bare integers, as Ollama's does."""
+    from mlxollama.api import parse_keep_alive
+
+    try:
+        return parse_keep_alive(float(value) if value.strip().lstrip("-").isdigit() else value)
+    except ValueError as e:
+        raise ValueError(f"MLXOLLAMA_{name}: {e}") from None
+
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+
+
+def _bytes(name: str, value: str) -> int:
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
+    if not m or m.group(2).upper() not in _UNITS:
+        raise ValueError(f"MLXOLLAMA_{name} must be a size such as 24GB or 512MiB, got {value!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 def settings_table() -> str:

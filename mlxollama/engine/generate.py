@@ -10,7 +10,13 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 from mlx_lm.generate import generate_step
-from mlx_lm.sample_utils import make_logits_processors, make_sampler
+from mlx_lm.sample_utils import (
+    apply_min_p,
+    apply_top_k,
+    apply_top_p,
+    make_logits_processors,
+    make_sampler,
+)
 
 from mlxollama.api import Chunk, SamplingOptions
 
@@ -19,14 +25,21 @@ def make_sampling(options: SamplingOptions, num_ctx: int):
     """Map Ollama's options onto mlx-lm's sampler and logits processors.
 
     `temperature` 0 is greedy; `repeat_last_n` 0 turns the penalties' window off and -1 makes
-    it the context length, as in Ollama.
+    it the context length, as in Ollama. A `seed` gives the sampler its own random key, so a
+    request's answer does not depend on what else runs in the same batch.
     """
-    sampler = make_sampler(
-        temp=max(options.temperature, 0.0),
-        top_p=options.top_p if 0.0 < options.top_p < 1.0 else 0.0,
-        min_p=options.min_p,
-        top_k=max(options.top_k, 0),
-    )
+    top_p = options.top_p if 0.0 < options.top_p < 1.0 else 0.0
+    if options.seed is None or options.seed < 0 or options.temperature <= 0:
+        sampler = make_sampler(
+            temp=max(options.temperature, 0.0),
+            top_p=top_p,
+            min_p=options.min_p,
+            top_k=max(options.top_k, 0),
+        )
+    else:
+        sampler = _seeded_sampler(
+            options.temperature, top_p, options.min_p, options.top_k, options.seed
+        )
     window = num_ctx if options.repeat_last_n < 0 else options.repeat_last_n
     processors = []
     if window > 0:
@@ -39,6 +52,27 @@ def make_sampling(options: SamplingOptions, num_ctx: int):
             frequency_context_size=window,
         )
     return sampler, processors
+
+
+def _seeded_sampler(temp: float, top_p: float, min_p: float, top_k: int, seed: int):
+    """mlx-lm's filter chain, sampling with a key of the request's own."""
+    filters = []
+    if top_p:
+        filters.append(lambda x: apply_top_p(x, top_p))
+    if min_p:
+        filters.append(lambda x: apply_min_p(x, min_p))
+    if top_k > 0:
+        filters.append(lambda x: apply_top_k(x, top_k))
+    key = mx.random.key(seed)
+
+    def sampler(logprobs: mx.array) -> mx.array:
+        nonlocal key
+        for f in filters:
+            logprobs = f(logprobs)
+        key, sub = mx.random.split(key)
+        return mx.random.categorical(logprobs * (1 / temp), key=sub)
+
+    return sampler
 
 
 class StopMatcher:
@@ -128,8 +162,6 @@ def stream(
         final.total_duration = time.perf_counter_ns() - tic
         yield final
         return
-    if options.seed is not None and options.seed >= 0:
-        mx.random.seed(options.seed)
     sampler, processors = make_sampling(options, num_ctx)
     detokenizer = copy.copy(tokenizer.detokenizer)
     detokenizer.reset()
