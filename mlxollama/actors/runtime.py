@@ -9,17 +9,27 @@ reads, and calls `session.cancel()` if the client goes away. Nothing here return
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import queue
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import pykka
+import structlog
+
+from mlxollama import api
+from mlxollama.actors.session import CANCEL, DONE, Admission, SessionActor
 from mlxollama.api import Chunk, InferenceRequest
 from mlxollama.config import Config
+from mlxollama.errors import UnsupportedModel
 from mlxollama.store.buildspec import BuildSpec
 from mlxollama.store.store import Store, StoredModel
 
-DONE = object()  # the sentinel a session queue ends with
+__all__ = ["DONE", "RunningModel", "Runtime", "Session"]
+
+log = structlog.get_logger("mlxollama.runtime")
 
 
 class Session:
@@ -82,18 +92,40 @@ class Runtime:
     Args:
         config: settings (store root, limits).
         store: the store (default: the one at `config.models`).
-        load_model: how a model is loaded (default `engine.loader.load`); tests inject fakes.
+        load_model: `load(store, name) -> LoadedModel` (default `engine.loader.load`); tests
+            inject fakes.
     """
 
     def __init__(self, config: Config, store: Store | None = None, load_model=None):
-        raise NotImplementedError
+        self.config = config
+        self._store = store or Store(config.models)
+        if load_model is None:
+            from mlxollama.engine.loader import load as load_model
+        self._load = load_model
+        self._ids = itertools.count(1)
+        self.governor = None
+        self.store_actor = None
 
     def start(self) -> Runtime:
-        raise NotImplementedError
+        from mlxollama.actors.governor import GovernorActor
+        from mlxollama.actors.store_actor import StoreActor
+
+        self.governor = GovernorActor.start(self.config, self._store, self._load)
+        self.store_actor = StoreActor.start(self._store)
+        self._store_proxy = self.store_actor.proxy()
+        return self
 
     def stop(self) -> None:
         """Unload everything and stop every actor (SIGINT/SIGTERM)."""
-        raise NotImplementedError
+        if self.governor is not None and self.governor.is_alive():
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.governor.proxy().unload_all().get(timeout=30)
+        pykka.ActorRegistry.stop_all(block=True, timeout=30)
+
+    @property
+    def store(self) -> Store:
+        """For reads (list, show, blobs); writes go through the methods below."""
+        return self._store
 
     # -- inference ---------------------------------------------------------------------------
 
@@ -106,31 +138,97 @@ class Runtime:
 
         Raises:
             InvalidName, ModelNotFound: the model.
-            InvalidOption: options or messages.
+            InvalidOption: options.
             UnsupportedModel: a capability the model lacks (e.g. chat on an embedding model).
-            Busy: the queue is full (HTTP 503).
-        Load failures (corrupted blob, timeout) arrive as an exception on the session's queue
-        before any chunk.
+            Busy: too many model loads are waiting (HTTP 503). A full queue on a loaded model
+                arrives as Busy on the session's queue, before any chunk.
+        Load failures (corrupted blob, timeout) arrive the same way.
         """
-        raise NotImplementedError
+        from mlxollama.actors.governor import estimate_size
+
+        stored = self._store.get(request.model)
+        info = self._store.config(stored)
+        name = stored.name.display()
+        if "completion" not in info.get("capabilities", ["completion"]):
+            raise UnsupportedModel(f'"{name}" does not support {request.kind}')
+        request.options = api.parse_options(request.options)
+        num_ctx = min(
+            request.options.get("num_ctx") or self.config.context_length,
+            info.get("context_length") or self.config.context_length,
+        )
+        facts = {
+            "digest": stored.digest,
+            "size": estimate_size(info, stored.size, self.config.num_parallel, num_ctx),
+            "context_length": num_ctx,
+            "details": _details(info),
+        }
+        out: queue.Queue = queue.Queue()
+        admission_id = next(self._ids)
+        governor = self.governor
+
+        def cancel_model(aid: int) -> None:
+            governor.tell(("cancel", name, aid))
+
+        session_ref = SessionActor.start(admission_id, request.request_id, out, cancel_model)
+        adm = Admission(id=admission_id, request=request, name=name, session=session_ref, out=out)
+        try:
+            self.governor.proxy().acquire(adm, facts).get(timeout=30)
+        except BaseException:
+            session_ref.stop()
+            raise
+        return Session(name, request.request_id, out, lambda: session_ref.tell((CANCEL,)))
 
     def ps(self) -> list[RunningModel]:
-        raise NotImplementedError
+        return [
+            RunningModel(
+                name=m["name"],
+                digest=m["digest"],
+                size=m["size"],
+                details=m["details"],
+                expires_at=m["expires_at"],
+                context_length=m["context_length"],
+                active=m["active"],
+            )
+            for m in self.governor.proxy().ps().get(timeout=30)
+        ]
 
     # -- store writes (serialized through the StoreActor) -------------------------------------
 
     def create(self, name: str, spec: BuildSpec) -> Iterator[dict[str, Any]]:
         """Build a model; yields Ollama's progress objects, ending with `{"status": "success"}`.
         Errors are raised from the iterator."""
-        raise NotImplementedError
+        events: queue.Queue = queue.Queue()
+        future = self._store_proxy.create(name, spec, events.put)
+        while True:
+            try:
+                yield events.get(timeout=0.1)
+                continue
+            except queue.Empty:
+                pass
+            if _done(future):
+                break
+        while not events.empty():
+            yield events.get()
+        future.get()  # raises the build's error, if any
 
     def copy(self, source: str, destination: str) -> StoredModel:
-        raise NotImplementedError
+        return self._store_proxy.copy(source, destination).get()
 
     def delete(self, name: str) -> StoredModel:
-        raise NotImplementedError
+        return self._store_proxy.delete(name).get()
 
-    @property
-    def store(self) -> Store:
-        """For reads (list, show, blobs); writes go through the methods above."""
-        raise NotImplementedError
+
+def _done(future) -> bool:
+    try:
+        future.get(timeout=0)
+    except pykka.Timeout:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+def _details(info: dict[str, Any]) -> dict[str, Any]:
+    from mlxollama.store.info import details
+
+    return details(info)

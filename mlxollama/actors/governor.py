@@ -1,0 +1,296 @@
+"""GovernorActor: the one owner of residency (Ollama's scheduler).
+
+It alone loads, evicts and expires models. Each loaded model has an entry with a reference
+count (requests admitted and not yet finished), a keep-alive duration, an expiry deadline
+and a last-use time. Loading one more model first evicts idle models (least recently used
+first) while `max_loaded_models` or the memory budget says so; when nothing is idle the load
+waits. Loads that wait beyond `max_queue` are refused at once (`Busy`, HTTP 503).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+import structlog
+
+from mlxollama.actors.model import ModelActor
+from mlxollama.actors.session import FAIL, Admission
+from mlxollama.api import FOREVER
+from mlxollama.config import Config
+from mlxollama.errors import Busy
+from mlxollama.store.store import Store
+
+log = structlog.get_logger("mlxollama.governor")
+
+BUSY = "server busy, please try again.  maximum pending requests exceeded"
+
+
+@dataclass
+class Entry:
+    name: str
+    digest: str
+    ref: pykka.ActorRef
+    size: int  # bytes: weights + KV estimate
+    context_length: int
+    details: dict[str, Any]
+    keep_alive: float
+    state: str = "loading"  # loading | ready
+    refs: int = 0
+    pending: list[Admission] = field(default_factory=list)  # admitted while loading
+    expires_at: float = FOREVER
+    last_used: float = 0.0
+    load_ns: int = 0
+    timer: threading.Timer | None = None
+    generation: int = 0  # bumps whenever the keep-alive timer is reset
+
+
+def device_memory() -> int:
+    """Bytes of memory the models may use: the GPU's (Metal, CUDA) or the machine's RAM."""
+    try:
+        import mlx.core as mx
+
+        size = mx.device_info().get("memory_size")
+        if size:
+            return int(size)
+    except Exception:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def estimate_size(info: dict[str, Any], stored_size: int, num_parallel: int, num_ctx: int) -> int:
+    """Weights plus a KV cache for `num_parallel` full contexts (float16 K and V)."""
+    cfg = info.get("model_config", {})
+    layers = cfg.get("num_hidden_layers", 0)
+    heads = cfg.get("num_attention_heads", 1)
+    kv_heads = cfg.get("num_key_value_heads", heads)
+    head_dim = cfg.get("head_dim") or cfg.get("hidden_size", 0) // max(heads, 1)
+    kv = 2 * layers * kv_heads * head_dim * 2 * num_ctx * num_parallel
+    return stored_size + kv
+
+
+class GovernorActor(pykka.ThreadingActor):
+    def __init__(self, config: Config, store: Store, load, clock: Callable[[], float] = time.time):
+        super().__init__()
+        self.config, self.store, self.load, self.clock = config, store, load, clock
+        self.budget = config.max_memory or int(device_memory() * 0.9)
+        self.loaded: dict[str, Entry] = {}
+        self.waiting_loads: list[tuple[Admission, dict]] = []  # (admission, model facts)
+
+    # -- the API (asks) ----------------------------------------------------------------------
+
+    def acquire(self, adm: Admission, facts: dict[str, Any]) -> None:
+        """Route an admitted request to its model, loading it if needed.
+
+        Raises:
+            Busy: too many loads are waiting.
+        """
+        entry = self.loaded.get(adm.name)
+        if entry is not None and entry.digest != facts["digest"] and entry.refs == 0:
+            self._unload(entry, "changed")  # the tag now points at another model
+            entry = None
+        request = adm.request
+        if entry is None and request.empty and request.keep_alive == 0:
+            ModelActor.answer_loaded(adm, "unload")  # nothing loaded, nothing to unload
+            return
+        if entry is None:
+            if len(self.waiting_loads) >= self.config.max_queue:
+                log.warning("queue.reject", model=adm.name, request_id=request.request_id)
+                raise Busy(BUSY)
+            self.waiting_loads.append((adm, facts))
+            self._start_waiting_loads()
+            return
+        self._route(entry, adm)
+
+    def ps(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        out = []
+        for e in self.loaded.values():
+            expires = e.expires_at if e.refs == 0 else now + e.keep_alive
+            out.append(
+                {
+                    "name": e.name,
+                    "digest": e.digest,
+                    "size": e.size,
+                    "details": e.details,
+                    "expires_at": expires,
+                    "context_length": e.context_length,
+                    "active": e.refs,
+                    "state": e.state,
+                }
+            )
+        return sorted(out, key=lambda m: m["expires_at"], reverse=True)
+
+    def unload_all(self) -> None:
+        for entry in list(self.loaded.values()):
+            self._unload(entry, "shutdown")
+        for adm, _ in self.waiting_loads:
+            adm.session.tell((FAIL, RuntimeError("the server is shutting down")))
+        self.waiting_loads.clear()
+
+    # -- messages from model actors and timers (tells) --------------------------------------
+
+    def on_receive(self, message: tuple) -> Any:
+        kind, name = message[0], message[1]
+        entry = self.loaded.get(name)
+        if kind == "cancel":  # (cancel, model name, admission id)
+            self._cancel(name, message[2])
+        elif entry is None:
+            return None
+        elif kind == "loaded":
+            entry.state, entry.load_ns = "ready", message[2]
+            pending, entry.pending = entry.pending, []
+            entry.refs -= len(pending)
+            for adm in pending:
+                adm.load_ns = entry.load_ns
+                self._route(entry, adm)
+            self._maybe_idle(entry)
+        elif kind in ("load_failed", "died"):
+            self.loaded.pop(name, None)
+            self._cancel_timer(entry)
+            for adm in entry.pending:
+                adm.session.tell((FAIL, message[2]))
+            self._start_waiting_loads()
+        elif kind == "release":
+            entry.refs = max(0, entry.refs - 1)
+            entry.last_used = self.clock()
+            self._maybe_idle(entry)
+        elif kind == "expire" and message[2] == entry.generation and entry.refs == 0:
+            self._unload(entry, "expired")
+        elif kind == "load_timeout" and entry.state == "loading":
+            error = TimeoutError(f"timed out waiting for model '{name}' to load")
+            for adm in entry.pending:
+                adm.session.tell((FAIL, error))
+            entry.pending.clear()
+            self._unload(entry, "load_timeout")
+        return None
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _route(self, entry: Entry, adm: Admission) -> None:
+        request = adm.request
+        if request.keep_alive is not None:
+            entry.keep_alive = request.keep_alive  # last writer wins, as in Ollama
+        entry.refs += 1
+        self._cancel_timer(entry)
+        entry.last_used = self.clock()
+        if entry.state == "loading":
+            entry.pending.append(adm)
+            return
+        if request.empty:
+            reason = "unload" if request.keep_alive == 0 else "load"
+            ModelActor.answer_loaded(adm, reason)
+            entry.refs -= 1
+            self._maybe_idle(entry)
+            return
+        entry.ref.tell(("submit", adm))
+
+    def _maybe_idle(self, entry: Entry) -> None:
+        if entry.refs > 0 or entry.state != "ready":
+            return
+        if entry.keep_alive == 0:
+            self._unload(entry, "keep_alive")
+            return
+        self._cancel_timer(entry)
+        entry.expires_at = self.clock() + entry.keep_alive
+        if entry.keep_alive != FOREVER:
+            generation = entry.generation
+            me = self.actor_ref
+            entry.timer = threading.Timer(
+                entry.keep_alive, lambda: me.tell(("expire", entry.name, generation))
+            )
+            entry.timer.daemon = True
+            entry.timer.start()
+        self._start_waiting_loads()
+
+    def _cancel_timer(self, entry: Entry) -> None:
+        entry.generation += 1
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+        entry.expires_at = FOREVER
+
+    def _cancel(self, name: str, admission_id: int) -> None:
+        for i, (adm, _) in enumerate(self.waiting_loads):
+            if adm.id == admission_id:
+                del self.waiting_loads[i]
+                return
+        entry = self.loaded.get(name)
+        if entry is None:
+            return
+        for adm in entry.pending:
+            if adm.id == admission_id:
+                entry.pending.remove(adm)
+                entry.refs -= 1
+                return
+        entry.ref.tell(("cancel", admission_id))
+
+    def _unload(self, entry: Entry, reason: str) -> None:
+        self._cancel_timer(entry)
+        self.loaded.pop(entry.name, None)
+        log.info(
+            "model.evict" if reason == "evicted" else "model.stop", model=entry.name, reason=reason
+        )
+        entry.ref.tell(("unload",))
+        self._start_waiting_loads()
+
+    def _start_waiting_loads(self) -> None:
+        """Start the loads that fit, evicting idle models (LRU) to make room."""
+        still = []
+        for adm, facts in self.waiting_loads:
+            entry = self.loaded.get(adm.name)
+            if entry is not None:  # another request started this load meanwhile
+                self._route(entry, adm)
+            elif self._make_room(facts["size"]):
+                entry = self._start_load(adm, facts)
+                self._route(entry, adm)
+            else:
+                still.append((adm, facts))
+        self.waiting_loads = still
+
+    def _make_room(self, size: int) -> bool:
+        def fits() -> bool:
+            used = sum(e.size for e in self.loaded.values())
+            return len(self.loaded) < self.config.max_loaded_models and (
+                used + size <= self.budget or not self.loaded
+            )
+
+        while not fits():
+            idle = [e for e in self.loaded.values() if e.refs == 0 and e.state == "ready"]
+            if not idle:
+                return False
+            victim = min(idle, key=lambda e: (e.last_used, e.name))
+            self._unload(victim, "evicted")
+        return True
+
+    def _start_load(self, adm: Admission, facts: dict[str, Any]) -> Entry:
+        ref = ModelActor.start(
+            adm.name,
+            self.load,
+            self.store,
+            self.actor_ref,
+            self.config.num_parallel,
+            self.config.max_queue,
+            self.config.context_length,
+        )
+        keep_alive = adm.request.keep_alive
+        entry = Entry(
+            name=adm.name,
+            digest=facts["digest"],
+            ref=ref,
+            size=facts["size"],
+            context_length=facts["context_length"],
+            details=facts["details"],
+            keep_alive=self.config.keep_alive if keep_alive is None else keep_alive,
+        )
+        self.loaded[adm.name] = entry
+        me, name = self.actor_ref, adm.name
+        timer = threading.Timer(self.config.load_timeout, lambda: me.tell(("load_timeout", name)))
+        timer.daemon = True
+        timer.start()
+        return entry

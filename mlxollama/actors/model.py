@@ -1,0 +1,226 @@
+"""ModelActor: one per loaded model. It owns the MLX model and an mlx-lm BatchGenerator and
+generates step by step: one `step` message runs one `BatchGenerator.next()` for every active
+session and then re-sends itself, so `submit`, `cancel` and `unload` interleave between steps
+(a cancel costs at most one step) and up to `num_parallel` requests share the model.
+
+All MLX work happens on this actor's thread, from `on_start` on (MLX streams are
+thread-local). A failing step is reported to the sessions it affected; nothing escapes a
+`tell` (that would kill the actor).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections import deque
+from typing import Any
+
+import pykka
+import structlog
+
+from mlxollama import api
+from mlxollama.actors.session import BEGIN, FAIL, LOADED, TOKEN, Admission
+from mlxollama.errors import Busy
+
+log = structlog.get_logger("mlxollama.model")
+
+STEP = ("step",)
+
+
+class ModelActor(pykka.ThreadingActor):
+    """Args:
+    name: the model's display name.
+    load: `load(store, name) -> LoadedModel` (engine.loader.load, or a fake in tests).
+    store: the store to load from.
+    governor: the GovernorActor's ref (told `loaded`, `load_failed`, `release`, `died`).
+    num_parallel: sequences generated at once.
+    max_waiting: sessions that may wait for a slot; more get Busy.
+    default_ctx: num_ctx when neither the request nor the model sets one.
+    """
+
+    def __init__(self, name, load, store, governor, num_parallel, max_waiting, default_ctx):
+        super().__init__()
+        self.name, self._load, self.store, self.governor = name, load, store, governor
+        self.num_parallel, self.max_waiting, self.default_ctx = (
+            num_parallel,
+            max_waiting,
+            default_ctx,
+        )
+        self.active: dict[int, Admission] = {}  # admission id -> admission
+        self.uids: dict[int, int] = {}  # BatchGenerator uid -> admission id
+        self.waiting: deque[Admission] = deque()
+        self.stepping = False
+        self.lm = None
+        self.gen = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        tic = time.perf_counter()
+        try:
+            self.lm = self._load(self.store, self.name)
+            self.gen = self._new_generator()
+        except Exception as e:  # reported, not raised: the governor fails the waiting requests
+            log.warning("model.load_failed", model=self.name, error=str(e))
+            self.governor.tell(("load_failed", self.name, e))
+            self.actor_ref.tell(("unload",))
+            return
+        seconds = time.perf_counter() - tic
+        log.info("model.load", model=self.name, seconds=round(seconds, 3))
+        self.governor.tell(("loaded", self.name, int(seconds * 1e9)))
+
+    def _new_generator(self):
+        from mlx_lm.generate import BatchGenerator
+
+        eos = sorted(self.lm.tokenizer.eos_token_ids)
+        return BatchGenerator(
+            self.lm.model,
+            stop_tokens=[[t] for t in eos],
+            completion_batch_size=self.num_parallel,
+            prefill_batch_size=self.num_parallel,
+            prefill_step_size=512,
+        )
+
+    def on_stop(self) -> None:
+        for adm in [*self.active.values(), *self.waiting]:
+            adm.session.tell((FAIL, RuntimeError(f"model '{self.name}' was unloaded")))
+            self.governor.tell(("release", self.name))
+        self.active.clear()
+        self.waiting.clear()
+        self._free()
+
+    def on_failure(self, exception_type, exception_value, traceback) -> None:
+        log.error("model.died", model=self.name, error=str(exception_value))
+        self.governor.tell(("died", self.name, exception_value))
+        self._free()
+
+    def _free(self) -> None:
+        if self.gen is not None:
+            self.gen.close()
+        self.gen = self.lm = None
+        gc.collect()
+        try:
+            import mlx.core as mx
+
+            mx.clear_cache()
+        except Exception:
+            pass
+        log.info("model.unload", model=self.name)
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def on_receive(self, message: tuple) -> Any:
+        kind = message[0]
+        if kind == "step":
+            self._step()
+        elif kind == "submit":
+            self._submit(message[1])
+        elif kind == "cancel":
+            self._cancel(message[1])
+        elif kind == "unload":
+            self.stop()
+        elif kind == "stats":
+            return {"active": len(self.active), "waiting": len(self.waiting)}
+        return None
+
+    def _submit(self, adm: Admission) -> None:
+        if len(self.active) < self.num_parallel:
+            self._admit(adm)
+        elif len(self.waiting) < self.max_waiting:
+            self.waiting.append(adm)
+        else:
+            log.warning("queue.reject", model=self.name, request_id=adm.request.request_id)
+            adm.session.tell(
+                (FAIL, Busy("server busy, please try again.  maximum pending requests exceeded"))
+            )
+            self.governor.tell(("release", self.name))
+
+    def _admit(self, adm: Admission) -> None:
+        from mlxollama.engine.generate import fit_context, make_sampling
+        from mlxollama.engine.prompt import chat_tokens, generate_tokens
+
+        req, lm = adm.request, self.lm
+        try:
+            opts = api.merge_options(lm.parameters, req.options)
+            num_ctx = min(opts["num_ctx"] or self.default_ctx, lm.context_length)
+            sampling = api.SamplingOptions.from_options(opts)
+            if req.kind == "chat":
+                tokens = chat_tokens(lm, req.messages, template=req.template)
+            else:
+                tokens = generate_tokens(
+                    lm, req.prompt, system=req.system, template=req.template, raw=req.raw
+                )
+            budget = fit_context(tokens, num_ctx, sampling.num_predict, opts["num_keep"])
+            sampler, processors = make_sampling(sampling, num_ctx)
+        except Exception as e:  # a bad template or option: this request only
+            adm.session.tell((FAIL, e))
+            self.governor.tell(("release", self.name))
+            return
+        adm.session.tell((BEGIN, lm.tokenizer, sampling, len(budget.prompt_tokens), adm.load_ns))
+        if budget.max_tokens <= 0:
+            adm.session.tell((LOADED, "length", adm.load_ns))  # no room left: an empty answer
+            self.governor.tell(("release", self.name))
+            return
+        (uid,) = self.gen.insert(
+            [budget.prompt_tokens],
+            max_tokens=[budget.max_tokens],
+            samplers=[sampler],
+            logits_processors=[processors],
+        )
+        self.active[adm.id] = adm
+        self.uids[uid] = adm.id
+        adm.uid = uid
+        self._kick()
+
+    def _cancel(self, admission_id: int) -> None:
+        for adm in list(self.waiting):
+            if adm.id == admission_id:
+                self.waiting.remove(adm)
+                self.governor.tell(("release", self.name))
+                return
+        adm = self.active.get(admission_id)
+        if adm is not None:
+            self.gen.remove([adm.uid])
+            self._leave(adm)
+
+    def _leave(self, adm: Admission) -> None:
+        self.active.pop(adm.id, None)
+        self.uids.pop(adm.uid, None)
+        self.governor.tell(("release", self.name))
+        while self.waiting and len(self.active) < self.num_parallel:
+            self._admit(self.waiting.popleft())
+
+    def _kick(self) -> None:
+        if not self.stepping:
+            self.stepping = True
+            self.actor_ref.tell(STEP)
+
+    def _step(self) -> None:
+        self.stepping = False
+        if not self.active:
+            return
+        try:
+            _, responses = self.gen.next()
+        except Exception as e:  # report to every affected session, keep the actor alive
+            log.error("model.step_failed", model=self.name, error=str(e), exc_info=True)
+            for adm in list(self.active.values()):
+                adm.session.tell((FAIL, RuntimeError(f"generation failed: {e}")))
+                self._leave(adm)
+            self.gen = self._new_generator()
+            return
+        for r in responses:
+            adm_id = self.uids.get(r.uid)
+            if adm_id is None:
+                continue
+            adm = self.active[adm_id]
+            adm.session.tell((TOKEN, r.token, r.finish_reason))
+            if r.finish_reason is not None:
+                self._leave(adm)
+        if self.active:
+            self._kick()
+
+    # -- empty requests ----------------------------------------------------------------------
+
+    @staticmethod
+    def answer_loaded(adm: Admission, reason: str) -> None:
+        adm.session.tell((LOADED, reason, adm.load_ns))

@@ -1,0 +1,135 @@
+"""SessionActor: one per request. It turns the token ids its model sends into text
+(incremental detokenization, stop strings that never leak) and puts Chunks on the queue the
+HTTP handler reads, with Ollama's timings on the last one.
+"""
+
+from __future__ import annotations
+
+import copy
+import queue
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+import structlog
+
+from mlxollama.api import Chunk, InferenceRequest
+from mlxollama.engine.generate import StopMatcher
+
+log = structlog.get_logger("mlxollama.session")
+
+DONE = object()  # what a session's queue ends with
+
+# A client that stops reading while connected would make its queue grow without bound;
+# past this many undelivered chunks the session gives up its slot.
+MAX_BACKLOG = 4096
+
+
+@dataclass
+class Admission:
+    """A request on its way to a model: what the governor and the model actor need."""
+
+    id: int
+    request: InferenceRequest
+    name: str  # the model's display name
+    session: pykka.ActorRef
+    out: queue.Queue
+    started_ns: int = field(default_factory=time.perf_counter_ns)
+    load_ns: int = 0
+
+
+# Messages to a SessionActor (tuples, so the model actor's hot loop stays cheap).
+TOKEN = "token"  # (TOKEN, token_id, finish_reason | None)
+BEGIN = "begin"  # (BEGIN, tokenizer, sampling options, prompt token count, model proxy)
+FAIL = "fail"  # (FAIL, exception)
+CANCEL = "cancel"  # (CANCEL,)
+LOADED = "loaded"  # (LOADED, done_reason, load_ns): an empty request's answer
+
+
+class SessionActor(pykka.ThreadingActor):
+    def __init__(self, admission_id: int, request_id: str, out: queue.Queue, cancel_model):
+        super().__init__()
+        self.id = admission_id
+        self.request_id = request_id
+        self.out = out
+        self.cancel_model = cancel_model  # tells the model/governor to drop this session
+        self.started_ns = time.perf_counter_ns()
+        self.done = False
+        self.final = Chunk(done=True, done_reason="length")
+
+    def on_receive(self, message: tuple) -> Any:
+        kind = message[0]
+        if self.done:
+            return None
+        if kind == TOKEN:
+            self._token(message[1], message[2])
+        elif kind == BEGIN:
+            _, tokenizer, options, prompt_count, load_ns = message
+            self.detokenizer = copy.copy(tokenizer.detokenizer)
+            self.detokenizer.reset()
+            self.stops = StopMatcher(options.stop)
+            self.final.prompt_eval_count = prompt_count
+            self.final.load_duration = load_ns
+            self.admitted_ns = time.perf_counter_ns()
+            self.first_ns = None
+        elif kind == FAIL:
+            self._end(error=message[1])
+        elif kind == LOADED:
+            self.final.done_reason, self.final.load_duration = message[1], message[2]
+            self._end()
+        elif kind == CANCEL:
+            self.cancel_model(self.id)
+            self._end(error=None, cancelled=True)
+        return None
+
+    def _token(self, token: int, finish: str | None) -> None:
+        now = time.perf_counter_ns()
+        if self.first_ns is None:
+            self.first_ns = now
+            self.final.prompt_eval_duration = now - self.admitted_ns
+        self.final.eval_count += 1
+        if finish == "stop":  # an end-of-generation token: not part of the answer
+            self.final.done_reason = "stop"
+            self._flush_and_end()
+            return
+        self.detokenizer.add_token(token)
+        text, hit = self.stops.feed(self.detokenizer.last_segment)
+        if text:
+            self._put(Chunk(text=text))
+        if hit:
+            self.final.done_reason = "stop"
+            self.cancel_model(self.id)  # the model stops generating for us
+            self._end()
+        elif finish is not None:
+            self.final.done_reason = "length"
+            self._flush_and_end()
+        elif self.out.qsize() > MAX_BACKLOG:
+            log.warning("session.stalled", request_id=self.request_id, backlog=self.out.qsize())
+            self.cancel_model(self.id)
+            self._end(cancelled=True)
+
+    def _flush_and_end(self) -> None:
+        self.detokenizer.finalize()
+        text, hit = self.stops.feed(self.detokenizer.last_segment)
+        if not hit:
+            text += self.stops.flush()
+        if text:
+            self._put(Chunk(text=text))
+        self._end()
+
+    def _put(self, item) -> None:
+        self.out.put(item)
+
+    def _end(self, error: BaseException | None = None, cancelled: bool = False) -> None:
+        self.done = True
+        if error is not None:
+            self.out.put(error)
+        elif not cancelled:
+            end = time.perf_counter_ns()
+            first = getattr(self, "first_ns", None) or end
+            self.final.eval_duration = end - first
+            self.final.total_duration = end - self.started_ns
+            self.out.put(self.final)
+        self.out.put(DONE)
+        self.stop()

@@ -1,0 +1,36 @@
+"""StoreActor: every store mutation the daemon makes, one at a time, on one thread.
+
+The file lock already keeps writers apart across processes; the actor keeps the daemon's
+own writers in order and off the HTTP threads (a create can run for minutes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+from mlxollama.store.build import create
+from mlxollama.store.buildspec import BuildSpec
+from mlxollama.store.store import Store, StoredModel
+
+
+class StoreActor(pykka.ThreadingActor):
+    def __init__(self, store: Store):
+        super().__init__()
+        self.store = store
+
+    def create(
+        self, name: str, spec: BuildSpec, progress: Callable[[dict[str, Any]], None]
+    ) -> StoredModel:
+        return create(self.store, name, spec, progress)
+
+    def copy(self, source: str, destination: str) -> StoredModel:
+        return self.store.copy(source, destination)
+
+    def delete(self, name: str) -> StoredModel:
+        return self.store.remove(name)
+
+    def gc(self) -> tuple[int, int]:
+        return self.store.gc()
