@@ -1,8 +1,12 @@
-"""Ollama's CLI formats: decimal sizes, humanized times, borderless tables, `--verbose` stats."""
+"""Ollama's CLI formats: decimal sizes, humanized times, borderless tables, `--verbose` stats,
+the `ps` columns and the `show` sections."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
 
 def human_bytes(n: int | float) -> str:
@@ -47,6 +51,76 @@ def human_duration(seconds: float) -> str:
 
 def human_time_ago(ts: float, now: float) -> str:
     return f"{human_duration(max(0.0, now - ts))} ago"
+
+
+def parse_time(text: str) -> float | None:
+    """Epoch seconds of an RFC3339 time (Go's nanosecond fractions included); None for Go's
+    zero time."""
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text)
+    if not m:
+        raise ValueError(f"not an RFC3339 time: {text!r}")
+    if m.group(1).startswith("0001-01-01"):
+        return None
+    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+    stamp = datetime.fromisoformat(m.group(1) + zone).timestamp()
+    return stamp + float(f"0.{m.group(2)}") if m.group(2) else stamp
+
+
+def human_until(expires_at: str, now: float) -> str:
+    """The `ps` UNTIL column: `4 minutes from now`, `Forever`, `Stopping...` or `Never`."""
+    ts = parse_time(expires_at)
+    if ts is None:
+        return "Never"
+    if ts <= now:
+        return "Stopping..."
+    if ts - now > 20 * 365 * 86400:
+        return "Forever"
+    return f"{human_duration(ts - now)} from now"
+
+
+def processor(size: int, size_vram: int) -> str:
+    """The `ps` PROCESSOR column: where the model's bytes are."""
+    if size_vram == 0:
+        return "100% CPU"
+    if size_vram == size:
+        return "100% GPU"
+    if size_vram > size or size == 0:
+        return "Unknown"
+    cpu = round((size - size_vram) / size * 100)
+    return f"{cpu}%/{100 - cpu}% CPU/GPU"
+
+
+def show_text(body: dict[str, Any], verbose: bool = False) -> str:
+    """`show`'s sections (Model, Capabilities, Parameters, System, License; verbose adds
+    Metadata and Provenance) from an `/api/show` body."""
+    info, details = body.get("model_info") or {}, body["details"]
+    family = info.get("general.architecture", details.get("family", ""))
+    model_rows = [
+        ("architecture", family),
+        ("parameters", details.get("parameter_size", "")),
+        ("context length", str(info.get(f"{family}.context_length", ""))),
+        ("embedding length", str(info.get(f"{family}.embedding_length", ""))),
+        ("quantization", details.get("quantization_level", "")),
+    ]
+    sections = [("Model", [r for r in model_rows if r[1]])]
+    sections.append(("Capabilities", [(c, "") for c in body.get("capabilities") or []]))
+    if body.get("parameters"):
+        rows = [tuple(line.split(None, 1)) for line in body["parameters"].splitlines()]
+        sections.append(("Parameters", [(r[0], r[-1] if len(r) > 1 else "") for r in rows]))
+    for title, key in (("System", "system"), ("License", "license")):
+        if body.get(key):
+            sections.append((title, [(line, "") for line in body[key].splitlines()[:2]]))
+    if verbose:
+        sections.append(("Metadata", [(k, str(v)) for k, v in sorted(info.items())]))
+        prov = body.get("provenance") or {}
+        sections.append(("Provenance", [(k, str(v)) for k, v in sorted(prov.items()) if v]))
+    out = []
+    for title, rows in sections:
+        out.append(f"  {title}")
+        width = max((len(k) for k, v in rows if v), default=0)
+        out += [f"    {k:<{width}}    {v}".rstrip() if v else f"    {k}" for k, v in rows]
+        out.append("")
+    return "\n".join(out)
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

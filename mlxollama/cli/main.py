@@ -1,23 +1,26 @@
-"""`mlxctl`: Ollama's verbs. One short function per verb: build the client, call one method,
-print Ollama's formats, and turn our errors into `Error: <message>` with exit status 1.
+"""`mlxctl`: Ollama's verbs. One short function per verb: pick the client (the daemon when one
+answers, else the store in-process: `cli/connect.py`), call one method, print Ollama's
+formats, and turn our errors into `Error: <message>` with exit status 1.
 
-MLX is imported only by the verbs that run a model, so `mlxctl --help` and `mlxctl list`
-stay fast.
+MLX is imported only by the verbs that run a model in-process, so `mlxctl --help` and
+`mlxctl list` stay fast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import click
 
 from mlxollama import __version__
 from mlxollama.cli import format as fmt
+from mlxollama.cli import repl
+from mlxollama.cli.connect import connect, daemon, is_daemon, local
 from mlxollama.config import settings_table
-from mlxollama.errors import MlxOllamaError
+from mlxollama.errors import MlxOllamaError, ModelNotFound
 
 
 class _Group(click.Group):
@@ -34,16 +37,73 @@ class _Group(click.Group):
             ) from None
 
 
-def _client():
-    from mlxollama.sdk import Embedded
+def _version(ctx: click.Context, _param, value: bool) -> None:
+    """Ollama's `-v`: the daemon's version, with a warning when this client's differs."""
+    if not value or ctx.resilient_parsing:
+        return
+    from mlxollama.client import Client, ResponseError
 
-    return Embedded()
+    client = Client()
+    try:
+        server = client.version().get("version") if client.heartbeat() else None
+    except ResponseError:
+        server = None
+    if server:
+        click.echo(f"mlxctl version is {server}")
+        if server != __version__:
+            click.echo(f"Warning: client version is {__version__}", err=True)
+    else:
+        click.echo("Warning: could not connect to a running mlxctl daemon", err=True)
+        click.echo(f"Warning: client version is {__version__}", err=True)
+    ctx.exit()
 
 
-@click.group(cls=_Group, epilog="Environment:\n\n" + settings_table().replace("\n", "\n\n"))
-@click.version_option(__version__, "-v", "--version", message="mlxctl version is %(version)s")
+ENVIRONMENT = "Environment:\n\n" + settings_table().replace("\n", "\n\n")
+
+
+@click.group(cls=_Group, epilog=ENVIRONMENT)
+@click.option(
+    "-v",
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_version,
+    help="Show the version (the daemon's, when one runs) and exit.",
+)
 def cli() -> None:
-    """Run MLX models with Ollama's workflow: create, run, list, show, cp, rm."""
+    """Run MLX models with Ollama's workflow: serve, create, run, ps, stop, list, show, cp, rm.
+
+    Verbs talk to the daemon at MLXOLLAMA_HOST when one answers; otherwise they work on the
+    local store in this process (ps and stop need the daemon).
+    """
+
+
+embedded_option = click.option(
+    "--embedded", is_flag=True, help="Work in this process, even when a daemon is running."
+)
+
+
+@cli.command(epilog=ENVIRONMENT)
+def serve() -> None:
+    """Start the daemon (Ollama's API on MLXOLLAMA_HOST) in the foreground."""
+    from mlxollama import log
+    from mlxollama.actors.runtime import Runtime
+    from mlxollama.config import Config
+    from mlxollama.http.server import serve as serve_http
+
+    config = Config.from_env()
+    log.configure(config.models / "logs")
+    runtime = Runtime(config).start()
+    try:
+        serve_http(config, runtime)
+    finally:
+        runtime.stop()
+
+
+def serve_entry() -> None:
+    """The `mlxserve` console script: `mlxctl serve`."""
+    cli.main(["serve", *sys.argv[1:]], prog_name="mlxctl")
 
 
 @cli.command()
@@ -57,18 +117,19 @@ def cli() -> None:
     help="Modelfile, or ModelSpec (.yaml), to build from.",
 )
 @click.option("-q", "--quantize", help="Quantize the weights: int4, int8, fp16 or bf16.")
-def create(model: str, path: str, quantize: str | None) -> None:
-    """Create a model from a Modelfile or ModelSpec."""
+@embedded_option
+def create(model: str, path: str, quantize: str | None, embedded: bool) -> None:
+    """Create a model from a Modelfile or ModelSpec (local files are sent to the daemon)."""
     from mlxollama.store.modelfile import load_recipe
 
     spec = load_recipe(Path(path))
     if quantize:
         spec.quantize = quantize
-    _client().create(model, spec=spec, progress=_Progress())
+    connect(embedded).create(model, spec=spec, progress=_Progress())
 
 
 class _Progress:
-    """Prints create/pull progress to stderr: one line per status, tensor counts in place."""
+    """Prints create/pull progress to stderr: one line per status, counts in place on a tty."""
 
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
@@ -77,7 +138,7 @@ class _Progress:
     def __call__(self, event: dict) -> None:
         status = event["status"]
         if "completed" in event and "total" in event:
-            line = f"{status} {event['completed']}/{event['total']}"
+            line = f"{status} {_fraction(event['completed'], event['total'], status)}"
             if self.tty:
                 click.echo(f"\r{line}", nl=False, err=True)
                 self.inline = True
@@ -92,18 +153,24 @@ class _Progress:
         click.echo(status, err=True)
 
 
+def _fraction(completed: int, total: int, status: str) -> str:
+    if status.startswith("copying file"):  # bytes: Ollama shows a percentage
+        return f"{100 * completed // total if total else 100}%"
+    return f"{completed}/{total}"
+
+
 @cli.command("list")
 @click.argument("prefix", required=False)
 def list_(prefix: str | None) -> None:
     """List models."""
-    models = _client().list()["models"]
+    models = connect().list()["models"]
     now = time.time()
     rows = [
         [
             m["name"],
             m["digest"][:12],
             fmt.human_bytes(m["size"]),
-            fmt.human_time_ago(datetime.fromisoformat(m["modified_at"]).timestamp(), now),
+            fmt.human_time_ago(fmt.parse_time(m["modified_at"]) or 0, now),
         ]
         for m in models
         if not prefix or m["name"].startswith(prefix)
@@ -112,6 +179,37 @@ def list_(prefix: str | None) -> None:
 
 
 cli.add_command(list_, "ls")
+
+
+@cli.command()
+@click.argument("prefix", required=False)
+def ps(prefix: str | None) -> None:
+    """List running models (needs the daemon)."""
+    models = daemon().ps()["models"]
+    now = time.time()
+    rows = [
+        [
+            m["name"],
+            m["digest"][:12],
+            fmt.human_bytes(m["size"]),
+            fmt.processor(m["size"], m.get("size_vram", 0)),
+            str(m.get("context_length", "")),
+            fmt.human_until(m["expires_at"], now),
+        ]
+        for m in models
+        if not prefix or m["name"].startswith(prefix)
+    ]
+    click.echo(fmt.table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], rows))
+
+
+@cli.command()
+@click.argument("model")
+def stop(model: str) -> None:
+    """Stop a running model (unload it now; needs the daemon)."""
+    try:
+        daemon().unload(model)
+    except ModelNotFound:
+        raise click.ClickException(f'couldn\'t find model "{model}" to stop') from None
 
 
 @cli.command()
@@ -124,47 +222,19 @@ cli.add_command(list_, "ls")
 @click.option("--verbose", is_flag=True, help="Also show metadata and provenance.")
 def show(model: str, part: str | None, verbose: bool) -> None:
     """Show information about a model."""
-    body = _client().show(model, verbose=verbose)
-    if part:
-        click.echo(body[part])
-        return
-    info, details = body["model_info"], body["details"]
-    family = info.get("general.architecture", details["family"])
-    model_rows = [
-        ("architecture", family),
-        ("parameters", details["parameter_size"]),
-        ("context length", str(info.get(f"{family}.context_length", ""))),
-        ("embedding length", str(info.get(f"{family}.embedding_length", ""))),
-        ("quantization", details["quantization_level"]),
-    ]
-    sections = [("Model", [r for r in model_rows if r[1]])]
-    sections.append(("Capabilities", [(c, "") for c in body["capabilities"]]))
-    if body["parameters"]:
-        rows = [tuple(line.split(None, 1)) for line in body["parameters"].splitlines()]
-        sections.append(("Parameters", [(k, v) for k, v in rows]))
-    if body["system"]:
-        sections.append(("System", [(line, "") for line in body["system"].splitlines()[:2]]))
-    if body["license"]:
-        sections.append(("License", [(line, "") for line in body["license"].splitlines()[:2]]))
-    if verbose:
-        sections.append(("Metadata", [(k, str(v)) for k, v in sorted(info.items())]))
-        prov = body.get("provenance") or {}
-        sections.append(("Provenance", [(k, str(v)) for k, v in sorted(prov.items()) if v]))
-    out = []
-    for title, rows in sections:
-        out.append(f"  {title}")
-        width = max((len(k) for k, v in rows if v), default=0)
-        out += [f"    {k:<{width}}    {v}".rstrip() if v else f"    {k}" for k, v in rows]
-        out.append("")
-    click.echo("\n".join(out))
+    body = connect().show(model, verbose=verbose)
+    click.echo(body[part] if part else fmt.show_text(body, verbose))
 
 
 @cli.command()
 @click.argument("models", nargs=-1, required=True)
 def rm(models: tuple[str, ...]) -> None:
-    """Remove models (and the blobs no other model uses)."""
-    client = _client()
+    """Remove models (stopping them first) and the blobs no other model uses."""
+    client = connect()
     for model in models:
+        if is_daemon(client):
+            with contextlib.suppress(ModelNotFound):
+                client.unload(model)
         client.delete(model)
         click.echo(f"deleted '{model}'")
 
@@ -174,15 +244,15 @@ def rm(models: tuple[str, ...]) -> None:
 @click.argument("destination")
 def cp(source: str, destination: str) -> None:
     """Copy a model (a new tag sharing every blob)."""
-    _client().copy(source, destination)
+    connect().copy(source, destination)
     click.echo(f"copied '{source}' to '{destination}'")
 
 
 @cli.command()
 @click.argument("model")
 def verify(model: str) -> None:
-    """Re-hash every blob of a model against its digest."""
-    problems = _client().verify(model)
+    """Re-hash every blob of a model against its digest (on the local store)."""
+    problems = local().verify(model)
     for p in problems:
         click.echo(f"{p.digest}: {p.error}", err=True)
     if problems:
@@ -194,29 +264,41 @@ def verify(model: str) -> None:
 
 @cli.command()
 def gc() -> None:
-    """Delete blobs that no model references."""
-    count, freed = _client().gc()
+    """Delete blobs that no model references (on the local store)."""
+    count, freed = local().gc()
     click.echo(f"removed {count} unreferenced blob(s), freed {fmt.human_bytes(freed)}")
 
 
-@cli.command()
-@click.argument("model")
-@click.argument("prompt", nargs=-1)
-@click.option("--verbose", is_flag=True, help="Print timings after each answer.")
-@click.option("--system", help="System message for this run.")
-@click.option(
-    "-p",
-    "--parameter",
-    "params",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="An option for this run, e.g. -p temperature=0 (repeatable).",
-)
-def run(model: str, prompt: tuple[str, ...], verbose: bool, system: str | None, params) -> None:
-    """Run a model: answer PROMPT (or stdin), or chat interactively without one.
+def chat_options(f):
+    """The options `run` and `chat` share."""
+    for option in reversed(
+        [
+            click.option("--verbose", is_flag=True, help="Print timings after each answer."),
+            click.option("--system", help="System message for this session."),
+            click.option(
+                "-p",
+                "--parameter",
+                "params",
+                multiple=True,
+                metavar="NAME=VALUE",
+                help="An option for this session, e.g. -p temperature=0 (repeatable).",
+            ),
+            click.option(
+                "--format", "format_", type=click.Choice(["json"]), help="Answer in JSON."
+            ),
+            click.option(
+                "--keepalive",
+                metavar="DURATION",
+                help="How long the daemon keeps the model loaded, e.g. 10m, -1 (forever).",
+            ),
+            embedded_option,
+        ]
+    ):
+        f = option(f)
+    return f
 
-    The model runs in this process on the local store.
-    """
+
+def _conversation(model: str, embedded: bool, params, **settings) -> repl.Conversation:
     from mlxollama.api import coerce_option
 
     options: dict = {}
@@ -226,43 +308,43 @@ def run(model: str, prompt: tuple[str, ...], verbose: bool, system: str | None, 
             raise click.BadParameter(f"'{item}': use NAME=VALUE", param_hint="--parameter")
         value = coerce_option(key, value)
         options[key] = options.get(key, []) + value if key == "stop" else value
+    client = connect(embedded, announce=True)
+    return repl.Conversation(client, model, options=options, **settings)
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("prompt", nargs=-1)
+@chat_options
+def run(model: str, prompt: tuple[str, ...], params, embedded: bool, **settings) -> None:
+    """Run a model: answer PROMPT (or stdin), or chat interactively without one.
+
+    The daemon runs the model when one answers at MLXOLLAMA_HOST; otherwise (or with
+    --embedded) it runs in this process on the local store.
+    """
     text = " ".join(prompt)
     if not sys.stdin.isatty():
         piped = sys.stdin.read()
         text = f"{piped}\n\n{text}" if text and piped else (piped or text)
-    client = _client()
-    messages: list[dict] = [{"role": "system", "content": system}] if system else []
+    conversation = _conversation(model, embedded, params, **_settings(settings))
     if text:
-        messages.append({"role": "user", "content": text})
-        _answer(client, model, messages, options, verbose)
-        return
-    client.chat(model, [])  # load now, so the first answer does not wait
-    while True:
-        try:
-            line = click.prompt(">>>", prompt_suffix=" ", default="", show_default=False)
-        except (EOFError, click.Abort):
-            click.echo()
-            return
-        if line.strip() in ("/bye", "/exit"):
-            return
-        if not line.strip():
-            continue
-        messages.append({"role": "user", "content": line})
-        messages.append(
-            {"role": "assistant", "content": _answer(client, model, messages, options, verbose)}
-        )
+        conversation.ask(text)
+    else:
+        repl.repl(conversation)
 
 
-def _answer(client, model: str, messages: list[dict], options: dict, verbose: bool) -> str:
-    parts, final = [], {}
-    for final in client.chat(model, messages, options=options, stream=True):
-        piece = final["message"]["content"]
-        parts.append(piece)
-        click.echo(piece, nl=False)
-    click.echo("\n")
-    if verbose:
-        click.echo(fmt.stats(final), err=True)
-    return "".join(parts)
+@cli.command()
+@click.argument("model")
+@chat_options
+def chat(model: str, params, embedded: bool, **settings) -> None:
+    """Chat with a model interactively (type /? for the commands)."""
+    repl.repl(_conversation(model, embedded, params, **_settings(settings)))
+
+
+def _settings(settings: dict) -> dict:
+    """Click's option names → `Conversation`'s keywords."""
+    renamed = {"format_": "format", "keepalive": "keep_alive"}
+    return {renamed.get(k, k): v for k, v in settings.items()}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,356 @@
+"""The CLI's daemon side: hybrid fallback, `ps`/`stop`, verbs over a stand-in daemon, and the
+interactive chat's slash commands (on a stand-in, and in-process on the real SmolLM2)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from mlxollama.cli import format as fmt
+from mlxollama.cli.main import cli
+from mlxollama.cli.repl import read_message
+
+try:
+    from tests.test_client import closed_port, stand_in
+except ImportError:  # tests/ is not a package: pytest put it on sys.path itself
+    from test_client import closed_port, stand_in
+
+
+@pytest.fixture(autouse=True)
+def no_daemon(monkeypatch):
+    """Point MLXOLLAMA_HOST at a closed port, so a daemon running here changes nothing."""
+    host = f"127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("MLXOLLAMA_HOST", host)
+    return host
+
+
+def mlxctl(*args, input: str | None = None):
+    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+
+
+def rfc3339(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+# -- without a daemon ----------------------------------------------------------------------
+
+
+def test_ps_and_stop_need_the_daemon(no_daemon):
+    for args in (["ps"], ["stop", "smollm2"]):
+        out = CliRunner().invoke(cli, args)
+        assert out.exit_code == 1
+        assert out.output == (
+            f"Error: no mlxctl daemon is running at http://{no_daemon}: "
+            "start one with 'mlxctl serve'\n"
+        )
+
+
+def test_store_verbs_fall_back_to_the_local_store_quietly():
+    out = mlxctl("list")
+    assert out.exit_code == 0 and out.output == "NAME    ID    SIZE    MODIFIED\n"
+    out = CliRunner().invoke(cli, ["show", "ghost"])
+    assert out.exit_code == 1 and out.output == "Error: model 'ghost' not found\n"
+
+
+def test_version_without_a_daemon_warns():
+    out = mlxctl("-v")
+    assert "Warning: could not connect to a running mlxctl daemon" in out.output
+    assert "Warning: client version is " in out.output
+
+
+def test_bad_host_is_one_error_line(monkeypatch):
+    monkeypatch.setenv("MLXOLLAMA_HOST", "box:99999")
+    out = CliRunner().invoke(cli, ["list"])
+    assert out.exit_code == 1 and out.output.startswith("Error: MLXOLLAMA_HOST: port 99999")
+
+
+@pytest.mark.model
+def test_run_without_a_daemon_runs_in_process(store_root, no_daemon):
+    out = mlxctl("run", "smollm2", "Say hi.", "-p", "num_predict=5", input="")
+    assert out.exit_code == 0
+    assert out.output.startswith(f"no daemon at http://{no_daemon}: running in-process\n")
+    out = mlxctl("run", "smollm2", "Say hi.", "-p", "num_predict=5", "--embedded", input="")
+    assert out.exit_code == 0 and "no daemon" not in out.output
+
+
+@pytest.mark.model
+def test_chat_commands_in_process(store_root):
+    lines = [
+        "/set parameter temperature 0",
+        "/set parameter num_predict 40",
+        "/set parameter stop <|im_end|> <|endoftext|>",
+        "What is the capital of France? Answer in one sentence.",
+        "/save me/paris",
+        "/show parameters",
+        "/show system",
+        "/clear",
+        "/set format json",
+        "Hello",
+        "/set noformat",
+        "/bye",
+        "never read",
+    ]
+    out = mlxctl("chat", "smollm2", input="\n".join(lines) + "\n")
+    assert out.exit_code == 0, out.output
+    text = out.output
+    assert "Set parameter 'temperature' to '0'" in text
+    assert "Set parameter 'stop' to '<|im_end|>, <|endoftext|>'" in text
+    assert "Paris" in text
+    assert "Created new model 'me/paris'" in text
+    assert "Model defined parameters:\n  stop " in text
+    assert re.search(r"User defined parameters:\n  temperature\s+0\.0\n", text)
+    assert "No system message was specified for this model." in text
+    assert "Cleared session context" in text
+    assert "Error: format is not supported in-process" in text
+    assert "never read" not in text
+    modelfile = mlxctl("show", "me/paris", "--modelfile").output
+    assert "PARAMETER temperature 0" in modelfile
+    assert "MESSAGE user What is the capital of France?" in modelfile
+    assert re.search(r"MESSAGE assistant .*Paris", modelfile)
+
+
+# -- over a stand-in daemon ----------------------------------------------------------------
+
+
+@pytest.fixture
+def daemon(monkeypatch):
+    with stand_in() as app:
+        monkeypatch.setenv("MLXOLLAMA_HOST", app.host)
+        yield app
+
+
+def echo_chat(body):
+    """A chat route: loads, or streams back 'echo: <last message>' in two pieces."""
+    if not body["messages"]:
+        return 200, {"model": body["model"], "done": True, "done_reason": "load", "message": {}}
+    if body.get("format"):
+        return 400, {"error": "format is not supported yet"}
+    last = body["messages"][-1]["content"]
+    final = {"message": {"content": ""}, "done": True, "done_reason": "stop"}
+    final.update(eval_count=3, eval_duration=1_500_000_000, total_duration=2_000_000_000)
+    return 200, [
+        {"message": {"content": "echo: "}, "done": False},
+        {
+            "message": {"content": last},
+            "done": False,
+        },
+        final,
+    ]
+
+
+def test_ps_prints_ollama_table(daemon):
+    now = dt.datetime.now(dt.UTC).timestamp()
+    models = [
+        {
+            "name": "smollm2:latest",
+            "digest": "ab12" * 16,
+            "size": 98_000_000,
+            "size_vram": 98_000_000,
+            "context_length": 4096,
+            "expires_at": rfc3339(now + 245),
+        },
+        {
+            "name": "me/forever:v1",
+            "digest": "cd34" * 16,
+            "size": 1_500_000_000,
+            "size_vram": 0,
+            "context_length": 8192,
+            "expires_at": "2318-04-11T23:47:16.854775807Z",
+        },
+        {
+            "name": "other:latest",
+            "digest": "ef56" * 16,
+            "size": 2_000_000,
+            "size_vram": 2_000_000,
+            "context_length": 2048,
+            "expires_at": rfc3339(now - 1),
+        },
+    ]
+    daemon.routes[("GET", "/api/ps")] = lambda body: (200, {"models": models})
+    out = mlxctl("ps")
+    assert out.exit_code == 0
+    assert out.output.splitlines() == [
+        "NAME              ID              SIZE      PROCESSOR    CONTEXT    UNTIL",
+        "smollm2:latest    ab12ab12ab12    98 MB     100% GPU     4096       4 minutes from now",
+        "me/forever:v1     cd34cd34cd34    1.5 GB    100% CPU     8192       Forever",
+        "other:latest      ef56ef56ef56    2 MB      100% GPU     2048       Stopping...",
+    ]
+    assert mlxctl("ps", "me/").output.splitlines()[1].startswith("me/forever:v1")
+
+
+def test_stop_unloads_and_names_unknown_models(daemon):
+    def generate(body):
+        if body["model"] == "ghost":
+            return 404, {"error": "model 'ghost' not found"}
+        return 200, {"model": body["model"], "done": True, "done_reason": "unload"}
+
+    daemon.routes[("POST", "/api/generate")] = generate
+    assert mlxctl("stop", "smollm2").output == ""
+    assert daemon.bodies("/api/generate") == [
+        {"model": "smollm2", "prompt": "", "keep_alive": 0, "stream": False}
+    ]
+    out = CliRunner().invoke(cli, ["stop", "ghost"])
+    assert out.exit_code == 1 and out.output == 'Error: couldn\'t find model "ghost" to stop\n'
+
+
+def test_store_verbs_go_through_the_daemon(daemon, tmp_path):
+    tags = {
+        "models": [
+            {
+                "name": "remote:latest",
+                "digest": "9f" * 32,
+                "size": 5_000_000,
+                "modified_at": rfc3339(dt.datetime.now(dt.UTC).timestamp() - 7200),
+            }
+        ]
+    }
+    daemon.routes[("GET", "/api/tags")] = lambda body: (200, tags)
+    daemon.routes[("POST", "/api/generate")] = lambda body: (404, {"error": "not found"})
+    daemon.routes[("DELETE", "/api/delete")] = lambda body: (200, b"")
+    daemon.routes[("POST", "/api/copy")] = lambda body: (200, b"")
+    daemon.routes[("POST", "/api/create")] = lambda body: (
+        200,
+        [{"status": "parsing GGUF"}, {"status": "success"}],
+    )
+    assert re.fullmatch(
+        r"NAME\s+ID\s+SIZE\s+MODIFIED\nremote:latest\s+9f9f9f9f9f9f\s+5 MB\s+2 hours ago\n",
+        mlxctl("list").output,
+    )
+    assert mlxctl("cp", "remote", "copy").output == "copied 'remote' to 'copy'\n"
+    assert mlxctl("rm", "copy").output == "deleted 'copy'\n"
+    paths = [(r["method"], r["path"]) for r in daemon.requests if r["method"] != "HEAD"]
+    assert paths[-2:] == [("POST", "/api/generate"), ("DELETE", "/api/delete")]
+    (tmp_path / "w.gguf").write_bytes(b"GGUF fake")
+    (tmp_path / "Modelfile").write_text("FROM ./w.gguf\nPARAMETER temperature 0\n")
+    out = mlxctl("create", "fake", "-f", str(tmp_path / "Modelfile"))
+    assert out.exit_code == 0
+    assert out.output.splitlines() == [
+        "gathering model components",
+        f"copying file {fmt_digest(b'GGUF fake')} 100%",
+        "parsing GGUF",
+        "success",
+    ]
+    body = daemon.bodies("/api/create")[0]
+    assert body["files"] == {"w.gguf": fmt_digest(b"GGUF fake")}
+    assert body["parameters"] == {"temperature": 0.0}
+
+
+def fmt_digest(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_run_one_shot_over_the_daemon(daemon):
+    daemon.routes[("POST", "/api/chat")] = echo_chat
+    out = mlxctl("run", "m", "world", "--verbose", "--keepalive", "1h", input="piped")
+    assert out.exit_code == 0
+    assert out.output.startswith("echo: piped\n\nworld\n\n")
+    assert "eval rate:            2.00 tokens/s" in out.output
+    body = daemon.bodies("/api/chat")[-1]
+    assert body["keep_alive"] == "1h" and body["stream"] is True
+
+
+def test_chat_commands_over_the_daemon(daemon):
+    daemon.routes[("POST", "/api/chat")] = echo_chat
+    daemon.routes[("POST", "/api/show")] = lambda body: (
+        200,
+        {"license": "", "system": "", "template": "{{ .Prompt }}", "parameters": ""},
+    )
+    lines = [
+        "/?",
+        "/? set",
+        "/nope",
+        "/set",
+        "/set wat",
+        "/set parameter",
+        "/set parameter temperature hot",
+        "/set system You are terse.",
+        '"""first',
+        'second"""',
+        "/set format json",
+        "again",
+        "/set noformat",
+        "/set verbose",
+        "third",
+        "/show template",
+        "/show license",
+        "/show system",
+        "/load ghost",
+        "/exit",
+    ]
+    out = mlxctl("chat", "m", input="\n".join(lines) + "\n")
+    assert out.exit_code == 0, out.output
+    text = out.output
+    assert "/load <model>   Load a session or model" in text
+    assert "/set system <string>   Set system message" in text
+    assert "Unknown command '/nope'. Type /? for help" in text
+    assert "Unknown command '/set wat'. Type /? for help" in text
+    assert "Available Parameters:" in text
+    assert 'Couldn\'t set parameter: option "temperature" must be of type float32' in text
+    assert "... echo: first\nsecond\n" in text
+    assert "Error: format is not supported yet" in text
+    assert "echo: third" in text and "eval count:           3 token(s)" in text
+    assert "{{ .Prompt }}" in text and "No license was specified for this model." in text
+    assert "You are terse." in text
+    assert "Loading model 'ghost'" in text
+    chats = daemon.bodies("/api/chat")
+    assert chats[0]["messages"] == []  # the preload
+    asked = [c for c in chats if c["messages"]]
+    assert asked[0]["messages"] == [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "first\nsecond"},
+    ]
+    assert asked[1]["format"] == "json"
+    assert [m["content"] for m in asked[2]["messages"]] == [
+        "You are terse.",
+        "first\nsecond",
+        "echo: first\nsecond",
+        "third",
+    ]
+    assert chats[-1] == {"model": "ghost", "messages": [], "stream": False}
+
+
+def test_a_missing_model_on_load_is_reported(daemon):
+    def chat(body):
+        if body["model"] == "ghost":
+            return 404, {"error": "model 'ghost' not found"}
+        return echo_chat(body)
+
+    daemon.routes[("POST", "/api/chat")] = chat
+    out = mlxctl("chat", "m", input="/load ghost\n/bye\n")
+    assert "Couldn't find model 'ghost'" in out.output
+    out = CliRunner().invoke(cli, ["chat", "ghost"], input="")
+    assert out.exit_code == 1 and out.output == "Error: model 'ghost' not found\n"
+
+
+# -- pieces --------------------------------------------------------------------------------
+
+
+def test_read_message_joins_triple_quoted_lines():
+    def reader(lines):
+        it = iter(lines)
+        return lambda prompt: next(it)
+
+    assert read_message(reader(["hello"])) == "hello"
+    assert read_message(reader(['"""one"""'])) == "one"
+    assert read_message(reader(['"""', "a", "b", '"""'])) == "a\nb"
+    assert read_message(reader(['/set system """You', 'are terse."""'])) == (
+        "/set system You\nare terse."
+    )
+
+
+def test_until_and_processor_columns():
+    now = 1_000_000.0
+    assert fmt.human_until(rfc3339(now + 300), now) == "5 minutes from now"
+    assert fmt.human_until(rfc3339(now + 30), now) == "30 seconds from now"
+    assert fmt.human_until("2318-04-11T23:47:16.854775807Z", now) == "Forever"
+    assert fmt.human_until(rfc3339(now), now) == "Stopping..."
+    assert fmt.human_until("0001-01-01T00:00:00Z", now) == "Never"
+    assert fmt.parse_time("2026-01-01T00:00:00.5+01:00") == 1767222000.5
+    assert fmt.processor(100, 100) == "100% GPU"
+    assert fmt.processor(100, 0) == "100% CPU"
+    assert fmt.processor(100, 25) == "75%/25% CPU/GPU"
