@@ -287,6 +287,10 @@ class Client:
     def _send(self, request: httpx.Request, stream: bool = False) -> httpx.Response:
         try:
             return self._http.send(request, stream=stream)
+        except httpx.TimeoutException as e:
+            raise DaemonUnreachable(
+                f"the mlxctl daemon at {self.host} did not answer in time ({type(e).__name__})"
+            ) from None
         except httpx.TransportError as e:
             raise DaemonUnreachable(
                 f"could not reach the mlxctl daemon at {self.host}: {e}"
@@ -372,9 +376,12 @@ class _Lines:
                 if isinstance(obj, dict) and "error" in obj:
                     raise _error(_stream_status(obj["error"]), str(obj["error"]), self._model)
                 return obj
+        except httpx.TimeoutException:
+            self.close()
+            raise DaemonUnreachable("the mlxctl daemon stopped sending (read timeout)") from None
         except httpx.TransportError as e:
             self.close()
-            raise DaemonUnreachable(f"the daemon dropped the connection: {e}") from None
+            raise DaemonUnreachable(f"the mlxctl daemon dropped the connection: {e}") from None
         except BaseException:
             self.close()
             raise

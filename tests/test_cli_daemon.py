@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -252,6 +253,8 @@ def test_run_one_shot_over_the_daemon(daemon):
     assert "eval rate:            2.00 tokens/s" in out.output
     body = daemon.bodies("/api/chat")[-1]
     assert body["keep_alive"] == "1h" and body["stream"] is True
+    mlxctl("run", "m", "hi", "--keepalive", "-1", input="")
+    assert daemon.bodies("/api/chat")[-1]["keep_alive"] == -1
 
 
 def test_chat_commands_over_the_daemon(daemon):
@@ -354,3 +357,199 @@ def test_until_and_processor_columns():
     assert fmt.processor(100, 100) == "100% GPU"
     assert fmt.processor(100, 0) == "100% CPU"
     assert fmt.processor(100, 25) == "75%/25% CPU/GPU"
+
+
+class _Interrupted:
+    """A stream that yields one piece, then gets Ctrl-C; records that it was closed."""
+
+    def __init__(self):
+        self.closed = False
+        self.pieces = iter([{"message": {"content": "Par"}}])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        piece = next(self.pieces, None)
+        if piece is None:
+            raise KeyboardInterrupt
+        return piece
+
+    def close(self):
+        self.closed = True
+
+
+def test_ctrl_c_closes_the_stream_and_drops_the_turn(capsys):
+    from mlxollama.cli.repl import Conversation
+
+    stream = _Interrupted()
+
+    class Stub:
+        def chat(self, model, messages, **kw):
+            return stream
+
+    conv = Conversation(Stub(), "m")
+    assert conv.ask("capital of France?") is None
+    assert stream.closed and conv.history == []
+    assert capsys.readouterr().out == "Par\n\n"
+
+
+# -- end to end: the real daemon -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, smollm2_store):
+    """The real daemon in this process: the actor Runtime and the Falcon app on waitress
+    (port 0), on a copy of the SmolLM2 store. One generating slot, so a stream that is not
+    cancelled would hold up the next request."""
+    import shutil
+    import threading
+    from types import SimpleNamespace
+
+    import structlog
+
+    pytest.importorskip("mlxollama.http.server")  # until the HTTP layer is committed
+    from mlxollama.actors.runtime import Runtime
+    from mlxollama.config import Config
+    from mlxollama.http.app import create_app
+    from mlxollama.http.server import make_server, shutdown
+
+    root = tmp_path_factory.mktemp("live") / "store"
+    shutil.copytree(smollm2_store, root, symlinks=True)
+    config = Config.from_env({"MLXOLLAMA_MODELS": str(root), "MLXOLLAMA_NUM_PARALLEL": "1"})
+    saved = structlog.get_config()
+    structlog.configure(logger_factory=structlog.ReturnLoggerFactory())  # keep output clean
+    runtime = Runtime(config).start()
+    srv = make_server(create_app(runtime, config), "127.0.0.1", 0, threads=16)
+    threading.Thread(target=srv.run, name="waitress", daemon=True).start()
+    try:
+        yield SimpleNamespace(host=f"127.0.0.1:{srv.effective_port}", root=root)
+    finally:
+        shutdown(srv, runtime)
+        structlog.configure(**saved)
+
+
+@pytest.fixture
+def on_live(live, monkeypatch):
+    monkeypatch.setenv("MLXOLLAMA_HOST", live.host)
+    monkeypatch.setenv("MLXOLLAMA_MODELS", str(live.root))
+    return live
+
+
+QUESTION = "What is the capital of France? Answer in one sentence."
+
+
+@pytest.mark.model
+def test_live_run_ps_stop(on_live):
+    out = mlxctl("run", "smollm2", QUESTION, "-p", "temperature=0", "--verbose", input="")
+    assert out.exit_code == 0 and "no daemon" not in out.output
+    assert "Paris" in out.output and re.search(r"load duration:\s+\S+", out.output)
+    header, *rows = mlxctl("ps").output.splitlines()
+    assert header.split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
+    assert re.fullmatch(
+        r"smollm2:latest {4,}[0-9a-f]{12} {4,}\d+ MB {4,}100% [CG]PU {4,}\d+ {4,}\d+ minutes from now",
+        rows[0],
+    )
+    assert mlxctl("stop", "smollm2").exit_code == 0
+    deadline = time.time() + 10
+    while "smollm2" in mlxctl("ps").output and time.time() < deadline:
+        time.sleep(0.1)
+    assert mlxctl("ps").output == "NAME    ID    SIZE    PROCESSOR    CONTEXT    UNTIL\n"
+    out = CliRunner().invoke(cli, ["stop", "ghost"])
+    assert out.exit_code == 1 and out.output == 'Error: couldn\'t find model "ghost" to stop\n'
+
+
+@pytest.mark.model
+def test_live_create_uploads_once_then_cp_rm(on_live, smollm2_gguf, tmp_path):
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text(f"FROM {smollm2_gguf}\nPARAMETER temperature 0\nSYSTEM Be brief.\n")
+    first = mlxctl("create", "brief", "-f", str(modelfile))
+    assert first.exit_code == 0 and first.output.endswith("success\n")
+    assert re.search(r"copying file sha256:[0-9a-f]{64} 100%", first.output)
+    again = mlxctl("create", "brief2", "-f", str(modelfile))
+    assert again.exit_code == 0 and "copying file" not in again.output
+    assert "    Be brief." in mlxctl("show", "brief").output
+    assert mlxctl("cp", "brief", "me/brief:v1").output == "copied 'brief' to 'me/brief:v1'\n"
+    names = [line.split()[0] for line in mlxctl("list").output.splitlines()[1:]]
+    assert {"brief:latest", "brief2:latest", "me/brief:v1"} <= set(names)
+    out = mlxctl("rm", "me/brief:v1", "brief2")
+    assert out.output == "deleted 'me/brief:v1'\ndeleted 'brief2'\n"
+    assert "brief2" not in mlxctl("list").output
+    out = CliRunner().invoke(cli, ["rm", "ghost"])
+    assert out.exit_code == 1 and out.output == "Error: model 'ghost' not found\n"
+
+
+@pytest.mark.model
+def test_live_chat_commands(on_live):
+    lines = [
+        "/set parameter temperature 0",
+        "/set parameter num_predict 40",
+        QUESTION,
+        "/save me/paris",
+        "/set format json",
+        "Hello",
+        "/bye",
+    ]
+    out = mlxctl("chat", "smollm2", input="\n".join(lines) + "\n")
+    assert out.exit_code == 0 and "no daemon" not in out.output
+    assert "Paris" in out.output and "Created new model 'me/paris'" in out.output
+    assert "Error: format (structured output) is not supported yet" in out.output
+    modelfile = mlxctl("show", "me/paris", "--modelfile").output
+    assert (
+        "PARAMETER temperature 0" in modelfile and "MESSAGE user What is the capital" in modelfile
+    )
+
+
+@pytest.mark.model
+def test_live_closing_a_stream_cancels_it(on_live):
+    from mlxollama.client import Client
+
+    client = Client(timeout=60)
+    long = client.generate(  # counting on without a template: it never stops by itself
+        "smollm2",
+        "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,",
+        raw=True,
+        options={"num_predict": 100_000, "temperature": 0},
+        stream=True,
+    )
+    assert [next(long)["done"] for _ in range(3)] == [False, False, False]
+    long.close()  # what Ctrl-C does in the REPL
+    # One generating slot: this answer only comes once the first stream was cancelled.
+    answer = client.chat(
+        "smollm2",
+        [{"role": "user", "content": QUESTION}],
+        options={"num_predict": 20, "temperature": 0},
+    )
+    assert "Paris" in answer["message"]["content"]
+
+
+@pytest.mark.model
+def test_serve_runs_the_daemon_until_sigint(store_root):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mlxollama.client import Client
+
+    pytest.importorskip("mlxollama.http.server")
+    host = f"127.0.0.1:{closed_port()}"
+    env = {**os.environ, "MLXOLLAMA_HOST": host, "MLXOLLAMA_MODELS": str(store_root)}
+    mlxserve = Path(sys.executable).parent / "mlxserve"
+    proc = subprocess.Popen([str(mlxserve)], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        client = Client(host)
+        deadline = time.time() + 60
+        while not client.heartbeat() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert client.heartbeat(), "the daemon did not answer"
+        assert [m["name"] for m in client.list()["models"]] == ["smollm2:latest"]
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "server.listening" in stderr and "server.stopped" in stderr
+    assert (store_root / "logs" / "daemon.log").is_file()

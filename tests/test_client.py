@@ -400,3 +400,13 @@ def test_create_error_before_streaming(client, server):
     with pytest.raises(ResponseError, match="invalid model name") as e:
         client.create("../x", "smollm2")
     assert e.value.status_code == 400
+
+
+def test_a_slow_daemon_times_out_with_a_clear_error(server):
+    def slow(body):
+        time.sleep(0.5)
+        return 200, {"models": []}
+
+    server.routes[("GET", "/api/tags")] = slow
+    with pytest.raises(DaemonUnreachable, match="did not answer in time"):
+        Client(server.host, timeout=0.1).list()

@@ -41,12 +41,12 @@ def _version(ctx: click.Context, _param, value: bool) -> None:
     """Ollama's `-v`: the daemon's version, with a warning when this client's differs."""
     if not value or ctx.resilient_parsing:
         return
-    from mlxollama.client import Client, ResponseError
+    from mlxollama.client import Client
 
-    client = Client()
     try:
+        client = Client()
         server = client.version().get("version") if client.heartbeat() else None
-    except ResponseError:
+    except (MlxOllamaError, ValueError):  # a bad MLXOLLAMA_HOST, a daemon that went away
         server = None
     if server:
         click.echo(f"mlxctl version is {server}")
@@ -96,9 +96,9 @@ def serve() -> None:
     log.configure(config.models / "logs")
     runtime = Runtime(config).start()
     try:
-        serve_http(config, runtime)
+        serve_http(config, runtime)  # until SIGINT/SIGTERM; it stops the runtime itself
     finally:
-        runtime.stop()
+        runtime.stop()  # again, harmlessly, or after a failure to bind
 
 
 def serve_entry() -> None:
@@ -223,7 +223,7 @@ def stop(model: str) -> None:
 def show(model: str, part: str | None, verbose: bool) -> None:
     """Show information about a model."""
     body = connect().show(model, verbose=verbose)
-    click.echo(body[part] if part else fmt.show_text(body, verbose))
+    click.echo(body.get(part) or "" if part else fmt.show_text(body, verbose))
 
 
 @cli.command()
@@ -289,7 +289,7 @@ def chat_options(f):
             click.option(
                 "--keepalive",
                 metavar="DURATION",
-                help="How long the daemon keeps the model loaded, e.g. 10m, -1 (forever).",
+                help="How long the daemon keeps the model loaded: 10m, 1h30m, 300 (seconds), -1 (forever).",
             ),
             embedded_option,
         ]
@@ -342,9 +342,13 @@ def chat(model: str, params, embedded: bool, **settings) -> None:
 
 
 def _settings(settings: dict) -> dict:
-    """Click's option names → `Conversation`'s keywords."""
+    """Click's option names → `Conversation`'s keywords; a bare number of seconds for
+    --keepalive is sent as a number (the API reads a string as a Go duration)."""
     renamed = {"format_": "format", "keepalive": "keep_alive"}
-    return {renamed.get(k, k): v for k, v in settings.items()}
+    out = {renamed.get(k, k): v for k, v in settings.items()}
+    with contextlib.suppress(TypeError, ValueError):
+        out["keep_alive"] = float(out["keep_alive"])
+    return out
 
 
 if __name__ == "__main__":

@@ -163,7 +163,7 @@ def repl(conversation: Conversation) -> None:
         except EOFError:
             click.echo()
             return
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # the typed line (if any) is dropped
             click.echo("\nUse Ctrl + d or /bye to exit.\n")
             continue
         try:
