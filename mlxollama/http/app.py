@@ -1,0 +1,155 @@
+"""The Falcon app: every route in one place, JSON through orjson, Ollama's error bodies, a
+request ID per request, and one `request.start` / `request.end` log line per request.
+
+`request.end` is written by `RequestLog.process_response` for ordinary answers. A streamed
+answer sets `req.context.streaming`, and its iterator writes `request.end` when it ends,
+because Falcon runs `process_response` before the stream is iterated.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from functools import partial
+from typing import Any
+
+import falcon
+import falcon.media
+import orjson
+import structlog
+
+from mlxollama import __version__
+from mlxollama.api import Chunk
+from mlxollama.config import Config
+from mlxollama.http import blobs, errors, native
+
+log = structlog.get_logger("mlxollama.http")
+
+
+class RequestLog:
+    """Binds a fresh `request_id` (also sent as `X-Request-Id`) and logs start and end."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        structlog.contextvars.clear_contextvars()  # waitress reuses its worker threads
+        request_id = uuid.uuid4().hex
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        resp.set_header("X-Request-Id", request_id)
+        ctx = req.context
+        ctx.request_id = request_id
+        ctx.started_at = time.perf_counter()
+        ctx.started = ctx.ended = ctx.streaming = False
+        ctx.model = ctx.error = ctx.stats = None
+        ctx.log_start = partial(_log_start, req)
+        ctx.log_end = partial(_log_end, req)
+
+    def process_resource(self, req, resp, resource, params) -> None:
+        # Resources that read a model name from the body log the start themselves, with it.
+        if not getattr(resource, "reads_model", False):
+            req.context.log_start()
+
+    def process_response(self, req, resp, resource, req_succeeded: bool) -> None:
+        if getattr(req.context, "streaming", False):
+            return
+        req.context.log_start()
+        req.context.log_end(resp.status_code, req.context.stats)
+
+
+def _log_start(req: falcon.Request, model: Any = None) -> None:
+    ctx = req.context
+    if ctx.started:
+        return
+    ctx.started = True
+    fields: dict[str, Any] = {"method": req.method, "path": req.path}
+    if model is not None:
+        ctx.model = model
+        fields["model"] = model
+    log.info("request.start", **fields)
+
+
+def _log_end(
+    req: falcon.Request, status: int, chunk: Chunk | None = None, error: str | None = None
+) -> None:
+    ctx = req.context
+    if ctx.ended:
+        return
+    ctx.ended = True
+    fields: dict[str, Any] = {
+        "status": status,
+        "request_id": ctx.request_id,
+        "duration_ms": round((time.perf_counter() - ctx.started_at) * 1000, 1),
+    }
+    if ctx.model is not None:
+        fields["model"] = ctx.model
+    if chunk is not None:
+        fields["done_reason"] = chunk.done_reason
+        fields["prompt_eval_count"] = chunk.prompt_eval_count
+        fields["eval_count"] = chunk.eval_count
+        for name in ("total", "load", "prompt_eval", "eval"):
+            fields[f"{name}_ms"] = round(getattr(chunk, f"{name}_duration") / 1e6, 1)
+    if error or ctx.error:
+        fields["error"] = error or ctx.error
+    log.info("request.end", **fields)
+
+
+class BodyLimit:
+    """Answers 413 (as JSON) when a request body is larger than `limit` bytes.
+
+    Waitress has buffered the body already (its `max_request_body_size` is the outer cap,
+    answered as plain text); this lower limit is for JSON bodies. Paths under `exempt`
+    (blob uploads: model files) are not limited here.
+    """
+
+    def __init__(self, limit: int, exempt: tuple[str, ...] = ("/api/blobs/",)):
+        self.limit = limit
+        self.exempt = exempt
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        size = req.content_length
+        if size is not None and size > self.limit and not req.path.startswith(self.exempt):
+            raise falcon.HTTPContentTooLarge(
+                title="413 Content Too Large",
+                description=f"request body too large: {size} bytes, the limit is "
+                f"{self.limit} bytes (MLXOLLAMA_MAX_BODY)",
+            )
+
+
+class Health:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_TEXT
+        resp.text = "Ollama is running"
+
+    on_head = on_get
+
+
+class Version:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"version": __version__}
+
+    on_head = on_get
+
+
+def create_app(runtime, config: Config) -> falcon.App:
+    """The WSGI app serving Ollama's native API on top of `runtime`.
+
+    Args:
+        runtime: a started `mlxollama.actors.runtime.Runtime` (or a fake with its methods).
+        config: settings (`Config`); reads `max_body`.
+    """
+    app = falcon.App(middleware=[RequestLog(), BodyLimit(config.max_body)])
+    json = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
+    app.req_options.media_handlers[falcon.MEDIA_JSON] = json
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = json
+    errors.register(app)
+
+    app.add_route("/", Health())
+    app.add_route("/api/version", Version())
+    app.add_route("/api/generate", native.Generate(runtime))
+    app.add_route("/api/chat", native.Chat(runtime))
+    app.add_route("/api/tags", native.Tags(runtime))
+    app.add_route("/api/show", native.Show(runtime))
+    app.add_route("/api/ps", native.Ps(runtime))
+    app.add_route("/api/copy", native.Copy(runtime))
+    app.add_route("/api/delete", native.Delete(runtime))
+    app.add_route("/api/create", blobs.Create(runtime))
+    app.add_route("/api/blobs/{digest}", blobs.Blob(runtime))
+    return app

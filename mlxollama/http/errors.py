@@ -1,0 +1,82 @@
+"""The one place where errors become HTTP statuses and Ollama's `{"error": "..."}` bodies.
+
+This is Ollama's `handleScheduleError`: domain errors from `mlxollama.errors` (and the
+`ValueError`s that request parsing raises) map to 400, 404 and 503; anything else is a 500
+whose message is the exception's text, logged with its traceback. Falcon's own errors (no
+route, wrong method, body too large, the 400s raised while reading a request) get the same
+body shape.
+"""
+
+from __future__ import annotations
+
+import falcon
+import orjson
+import structlog
+
+from mlxollama.errors import Busy, DigestMismatch, ModelNotFound
+
+log = structlog.get_logger("mlxollama.http")
+
+# Ollama's exact text (two spaces after the full stop); clients match on it.
+BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
+
+
+def status_of(exc: BaseException) -> tuple[int, str]:
+    """The HTTP status and the `error` text for an exception."""
+    if isinstance(exc, falcon.HTTPError):
+        return exc.status_code, message_of(exc)
+    if isinstance(exc, Busy):
+        return 503, BUSY_MESSAGE
+    if isinstance(exc, ModelNotFound):
+        return 404, str(exc)
+    if isinstance(exc, DigestMismatch):
+        # A stored blob that no longer matches its name: the store is damaged, not the request.
+        # An upload whose bytes miss the announced digest is a 400, raised by the blob handler.
+        return 500, str(exc)
+    if isinstance(exc, ValueError):
+        # InvalidName, InvalidDigest, InvalidOption, InvalidModelfile, UnsupportedModel, and
+        # the ValueErrors of request parsing (`api.parse_keep_alive`, quantization names, ...).
+        return 400, str(exc)
+    return 500, str(exc) or type(exc).__name__
+
+
+def message_of(exc: falcon.HTTPError) -> str:
+    if isinstance(exc, falcon.HTTPRouteNotFound):
+        return "404 page not found"  # gin's text, which Ollama answers for unknown routes
+    return exc.description or exc.title
+
+
+def bad_request(message: str) -> falcon.HTTPBadRequest:
+    """A 400 with `message` as the `error` text."""
+    return falcon.HTTPBadRequest(title="400 Bad Request", description=message)
+
+
+def error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+def handle_exception(req: falcon.Request, resp: falcon.Response, exc: Exception, params) -> None:
+    """Falcon error handler for every exception, HTTPError included."""
+    status, message = status_of(exc)
+    if status >= 500:
+        log.error("request.failed", error=message, exc_info=exc)
+    if isinstance(exc, falcon.HTTPError) and exc.headers:
+        resp.set_headers(exc.headers)
+    req.context.error = message
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = error_body(message)
+    resp.stream = None
+
+
+def serialize_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
+    """Falcon's error serializer (used if Falcon serializes an HTTPError itself)."""
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = error_body(message_of(exc))
+
+
+def register(app: falcon.App) -> None:
+    """Install the handlers on `app` (most specific first is Falcon's job: it matches by MRO)."""
+    app.set_error_serializer(serialize_http_error)
+    app.add_error_handler(Exception, handle_exception)
+    app.add_error_handler(falcon.HTTPError, handle_exception)

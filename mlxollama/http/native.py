@@ -1,0 +1,517 @@
+"""Ollama's native `/api/*` resources: thin translations between HTTP bodies and the runtime.
+
+Generate and Chat validate the body, build an `InferenceRequest`, `submit` it, and wait for
+the session's first item before sending any header, so that a load failure, an unknown model
+or a full queue still gets its proper status. Then they stream NDJSON lines (or collect one
+object when `stream` is false), polling the session with a short timeout and checking
+waitress's `client_disconnected` on every timeout; a client that goes away cancels its
+session. An error after the first line becomes a final `{"error": "..."}` line, as in Ollama.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import falcon
+import orjson
+import structlog
+
+from mlxollama import api
+from mlxollama.actors.runtime import RunningModel, Session
+from mlxollama.errors import BlobNotFound, InvalidName, ModelNotFound
+from mlxollama.http.errors import bad_request, error_body, status_of
+from mlxollama.store import info
+from mlxollama.store.names import parse_name
+
+log = structlog.get_logger("mlxollama.http")
+
+POLL = 0.05  # seconds between disconnect checks while a session is silent
+NDJSON = "application/x-ndjson"
+CLIENT_CLOSED = "499 Client Closed Request"  # nginx's status, which Ollama logs for this case
+
+
+# -- request bodies ------------------------------------------------------------------------
+
+_KINDS = {
+    str: "a string",
+    bool: "a boolean",
+    list: "an array",
+    dict: "an object",
+    int: "an integer",
+}
+
+
+def json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), "null")
+
+
+def read_json(req: falcon.Request) -> dict[str, Any]:
+    """The request body as a JSON object, whatever its Content-Type (curl -d sends a form type).
+
+    Raises:
+        falcon.HTTPBadRequest: no body, malformed JSON, or JSON that is not an object.
+    """
+    data = req.bounded_stream.read()
+    if not data.strip():
+        raise bad_request("missing request body")
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise bad_request(f"invalid JSON in request body: {e}") from None
+    if not isinstance(body, dict):
+        raise bad_request(f"request body must be a JSON object, not {json_type(body)}")
+    return body
+
+
+def field(body: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
+    """`body[key]`, checked against `kind`; `default` when absent or null.
+
+    Raises:
+        falcon.HTTPBadRequest: the value has another JSON type (the message names the field).
+    """
+    value = body.get(key)
+    if value is None:
+        return default
+    if kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise bad_request(
+            f'invalid request: "{key}" must be {_KINDS[kind]}, not {json_type(value)}'
+        )
+    return value
+
+
+def model_field(body: dict[str, Any]) -> str:
+    """`model` (or the legacy `name`); 400 `model is required` when both are missing."""
+    name = field(body, "model", str, "") or field(body, "name", str, "")
+    if not name:
+        raise bad_request("model is required")
+    return name
+
+
+def _loggable_model(body: dict[str, Any]) -> str | None:
+    value = body.get("model") or body.get("name")
+    return value if isinstance(value, str) and value else None
+
+
+def request_options(raw: Any) -> dict[str, Any]:
+    """A request's `options`: typed as `api.parse_options` does; unknown names are logged and
+    dropped, as Ollama does for requests (a Modelfile PARAMETER with one is an error)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise bad_request(f'invalid request: "options" must be an object, not {json_type(raw)}')
+    unknown = [k for k in raw if k not in api.OPTION_TYPES and k not in api.DEPRECATED_OPTIONS]
+    if unknown:
+        log.warning("request.unknown_options", options=unknown)
+    return api.parse_options({k: v for k, v in raw.items() if k not in unknown})
+
+
+# -- streams -------------------------------------------------------------------------------
+
+
+class ClosingStream:
+    """An iterable for `resp.stream` whose `cleanup` runs exactly once: when its lines end,
+    when waitress closes it (the client went away: GeneratorExit at the `yield`), or when it
+    is closed before its first line was asked for."""
+
+    def __init__(self, lines: Iterator[bytes], cleanup: Callable[[], None]):
+        self._lines = lines
+        self._cleanup = cleanup
+        self._iter: Iterator[bytes] | None = None
+        self._cleaned = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._iter = self._run()
+        return self._iter
+
+    def _run(self) -> Iterator[bytes]:
+        try:
+            yield from self._lines
+        finally:
+            self._finish()
+
+    def close(self) -> None:
+        if self._iter is not None:
+            self._iter.close()
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self._cleaned:
+            self._cleaned = True
+            self._cleanup()
+
+
+def error_line(exc: BaseException) -> tuple[bytes, str]:
+    """The final NDJSON line for an error after streaming began, and its message."""
+    status, message = status_of(exc)
+    if status >= 500:
+        log.error("request.failed", error=message, exc_info=exc)
+    return error_body(message) + b"\n", message
+
+
+def _never() -> bool:
+    return False
+
+
+def disconnect_check(req: falcon.Request) -> Callable[[], bool]:
+    return req.env.get("waitress.client_disconnected", _never)
+
+
+def client_gone(req: falcon.Request, resp: falcon.Response) -> None:
+    """Nothing can be sent: the client left before the answer began."""
+    req.context.error = "client disconnected"
+    resp.status = CLIENT_CLOSED
+    resp.data = error_body("request canceled")
+
+
+# -- generate and chat ---------------------------------------------------------------------
+
+
+class _Inference:
+    """What Generate and Chat share: validation, submit, first chunk, stream or collect."""
+
+    reads_model = True
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+    def parse(self, body: dict[str, Any], request_id: str) -> tuple[api.InferenceRequest, bool]:
+        raise NotImplementedError
+
+    def render(self, model: str, chunk: api.Chunk) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json(req)
+        req.context.log_start(_loggable_model(body))
+        request, stream = self.parse(body, req.context.request_id)
+        session = self.runtime.submit(request)
+        disconnected = disconnect_check(req)
+        first = _first_chunk(session, disconnected)
+        if first is None:
+            client_gone(req, resp)
+            return
+        model = request.model
+        if stream and not request.empty:  # a load/unload answer is one object, as in Ollama
+            req.context.streaming = True
+            outcome = _Outcome()
+
+            def cleanup() -> None:
+                if not session.finished:
+                    session.cancel()
+                    outcome.error = outcome.error or "client disconnected"
+                req.context.log_end(200, outcome.final, outcome.error)
+
+            lines = _lines(session, first, lambda c: self.render(model, c), disconnected, outcome)
+            resp.content_type = NDJSON
+            resp.stream = ClosingStream(lines, cleanup)
+            return
+        final = _collect(session, first, disconnected)
+        if final is None:
+            client_gone(req, resp)
+            return
+        req.context.stats = final
+        resp.media = self.render(model, final)
+
+    # -- validation shared by both --
+
+    def common(self, body: dict[str, Any], model: str) -> dict[str, Any]:
+        """Options, keep_alive and the fields we accept but cannot honour yet."""
+        fmt = body.get("format")
+        if fmt not in (None, ""):
+            raise bad_request(
+                'format (structured output) is not supported yet: send the request without "format"'
+            )
+        think = body.get("think")
+        if think not in (None, False, ""):
+            if not isinstance(think, (bool, str)):
+                raise bad_request(
+                    f'invalid request: "think" must be a boolean or a string, not {json_type(think)}'
+                )
+            self.require_model(model)
+            raise bad_request(f'"{model}" does not support thinking')
+        field(body, "truncate", bool)
+        field(body, "shift", bool)
+        if field(body, "logprobs", bool, False):
+            raise bad_request("logprobs are not supported yet")
+        top = field(body, "top_logprobs", int, 0)
+        if not 0 <= top <= 20:
+            raise bad_request("top_logprobs must be between 0 and 20")
+        return {
+            "options": request_options(body.get("options")),
+            "keep_alive": api.parse_keep_alive(body.get("keep_alive")),
+        }
+
+    def require_model(self, model: str) -> None:
+        """Ollama looks the model up (404) before it checks capabilities (400)."""
+        self.runtime.store.get(model)
+
+    def unsupported(self, model: str, capability: str) -> falcon.HTTPBadRequest:
+        """Ollama's capability error: `<full name> does not support <capability>`. Clients
+        match on "does not support tools" to retry without tools, so the wording is kept."""
+        self.require_model(model)
+        return bad_request(f"{parse_name(model)} does not support {capability}")
+
+
+class Generate(_Inference):
+    """POST /api/generate"""
+
+    def parse(self, body: dict[str, Any], request_id: str) -> tuple[api.InferenceRequest, bool]:
+        stream = field(body, "stream", bool, True)
+        prompt = field(body, "prompt", str, "")
+        suffix = field(body, "suffix", str, "")
+        system = field(body, "system", str, "") or None
+        template = field(body, "template", str, "") or None
+        raw = field(body, "raw", bool, False)
+        context = field(body, "context", list, [])
+        images = field(body, "images", list, [])
+        if raw and (template or system or context):
+            raise bad_request("raw mode does not support template, system, or context")
+        model = model_field(body)
+        common = self.common(body, model)
+        if context:
+            raise bad_request(
+                '"context" is not supported: mlxollama does not return context token ids; '
+                "send the conversation with /api/chat instead"
+            )
+        if images:
+            raise self.unsupported(model, "vision")
+        if suffix:
+            raise self.unsupported(model, "insert")
+        request = api.InferenceRequest(
+            model=model,
+            kind="generate",
+            prompt=prompt,
+            system=system,
+            template=template,
+            raw=raw,
+            request_id=request_id,
+            **common,
+        )
+        return request, stream
+
+    def render(self, model: str, chunk: api.Chunk) -> dict[str, Any]:
+        return api.generate_response(model, chunk)
+
+
+class Chat(_Inference):
+    """POST /api/chat"""
+
+    def parse(self, body: dict[str, Any], request_id: str) -> tuple[api.InferenceRequest, bool]:
+        stream = field(body, "stream", bool, True)
+        raw_messages = field(body, "messages", list, [])
+        tools = field(body, "tools", list, [])
+        model = model_field(body)
+        messages = [api.Message.from_dict(m) for m in raw_messages]
+        common = self.common(body, model)
+        if any(m.images for m in messages):
+            raise self.unsupported(model, "vision")
+        if tools:
+            raise self.unsupported(model, "tools")
+        request = api.InferenceRequest(
+            model=model, kind="chat", messages=messages, request_id=request_id, **common
+        )
+        return request, stream
+
+    def render(self, model: str, chunk: api.Chunk) -> dict[str, Any]:
+        return api.chat_response(model, chunk)
+
+
+class _Outcome:
+    final: api.Chunk | None = None
+    error: str | None = None
+
+
+def _first_chunk(session: Session, disconnected: Callable[[], bool]) -> api.Chunk | None:
+    """Wait for the session's first chunk (its error is raised); None if the client left."""
+    try:
+        while True:
+            try:
+                chunk = session.get(POLL)
+            except StopIteration:
+                raise RuntimeError("the generation ended without an answer") from None
+            if chunk is not None:
+                return chunk
+            if disconnected():
+                session.cancel()
+                return None
+    except BaseException:
+        session.cancel()
+        raise
+
+
+def _collect(
+    session: Session, first: api.Chunk, disconnected: Callable[[], bool]
+) -> api.Chunk | None:
+    """The final chunk with every piece's text joined; None if the client left."""
+    parts: list[str] = []
+    chunk: api.Chunk | None = first
+    try:
+        while True:
+            if chunk is not None:
+                parts.append(chunk.text)
+                if chunk.done:
+                    return replace(chunk, text="".join(parts))
+            elif disconnected():
+                session.cancel()
+                return None
+            try:
+                chunk = session.get(POLL)
+            except StopIteration:
+                raise RuntimeError("the generation ended without a final chunk") from None
+    except BaseException:
+        session.cancel()
+        raise
+
+
+def _lines(
+    session: Session,
+    first: api.Chunk,
+    render: Callable[[api.Chunk], dict[str, Any]],
+    disconnected: Callable[[], bool],
+    outcome: _Outcome,
+) -> Iterator[bytes]:
+    chunk: api.Chunk | None = first
+    while True:
+        if chunk is not None:
+            yield orjson.dumps(render(chunk)) + b"\n"
+            if chunk.done:
+                outcome.final = chunk
+                return
+        elif disconnected():
+            outcome.error = "client disconnected"
+            return
+        try:
+            chunk = session.get(POLL)
+        except Exception as exc:  # StopIteration too: the session ended without a final chunk
+            if isinstance(exc, StopIteration):
+                exc = RuntimeError("the generation ended without a final chunk")
+            line, outcome.error = error_line(exc)
+            yield line
+            return
+
+
+# -- the model list, details, residency, copy and delete -----------------------------------
+
+
+class Tags:
+    """GET/HEAD /api/tags"""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        store = self.runtime.store
+        models = []
+        for model in store.list():
+            try:
+                models.append(info.tag_entry(store, model))
+            except (BlobNotFound, OSError, ValueError) as e:
+                log.warning("tags.skipped", model=model.name.display(), error=str(e))
+        resp.media = {"models": models}
+
+    on_head = on_get
+
+
+class Show:
+    """POST /api/show"""
+
+    reads_model = True
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json(req)
+        req.context.log_start(_loggable_model(body))
+        name = model_field(body)
+        verbose = field(body, "verbose", bool, False)
+        store = self.runtime.store
+        resp.media = info.show(store, store.get(name), verbose=verbose)
+
+
+# Go's maximum duration (max int64 nanoseconds, about 292 years): Ollama's "forever".
+FOREVER = dt.timedelta(microseconds=(2**63 - 1) // 1000)
+
+
+def expires_at(epoch: float) -> str:
+    if math.isinf(epoch):
+        when = dt.datetime.now(dt.UTC) + FOREVER
+    else:
+        when = dt.datetime.fromtimestamp(epoch, dt.UTC)
+    return when.isoformat().replace("+00:00", "Z")
+
+
+def ps_entry(m: RunningModel) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "model": m.name,
+        "size": m.size,
+        "digest": m.digest,
+        "details": m.details,
+        "expires_at": expires_at(m.expires_at),
+        "size_vram": m.size,  # unified memory: all of it is "on the GPU"
+        "context_length": m.context_length,
+    }
+
+
+class Ps:
+    """GET /api/ps"""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        running = sorted(self.runtime.ps(), key=lambda m: m.expires_at, reverse=True)
+        resp.media = {"models": [ps_entry(m) for m in running]}
+
+
+class Copy:
+    """POST /api/copy"""
+
+    reads_model = True
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json(req)
+        source = field(body, "source", str, "")
+        destination = field(body, "destination", str, "")
+        req.context.log_start(source or None)
+        if not source or not destination:
+            raise bad_request("source and destination are required")
+        for label, value in (("source", source), ("destination", destination)):
+            try:
+                parse_name(value)
+            except InvalidName:
+                raise bad_request(f'{label} "{value}" is invalid') from None
+        try:
+            self.runtime.copy(source, destination)
+        except ModelNotFound:
+            raise falcon.HTTPNotFound(description=f'model "{source}" not found') from None
+
+
+class Delete:
+    """DELETE /api/delete"""
+
+    reads_model = True
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json(req)
+        req.context.log_start(_loggable_model(body))
+        self.runtime.delete(model_field(body))

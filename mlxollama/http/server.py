@@ -1,0 +1,145 @@
+"""Running the app on waitress: the bind address, the thread pool, and a clean stop.
+
+Settings that matter (see the stack notes): `channel_request_lookahead=1` so that waitress
+notices a client that hangs up while its request is silent (queued, loading, prefilling);
+enough worker threads that every admitted stream and every queued request has one and a
+503 can still be answered; a 1 MiB output watermark so that a client that stops reading
+blocks its own stream rather than filling memory.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import structlog
+import waitress
+from waitress import wasyncore
+from waitress.server import BaseWSGIServer, MultiSocketServer
+
+from mlxollama.config import Config
+from mlxollama.http.app import create_app
+
+log = structlog.get_logger("mlxollama.http")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11435
+BLOB_CAP = 1 << 40  # waitress's outer body limit; JSON bodies have their own, lower one
+
+
+def parse_host(value: str | None) -> tuple[str, int]:
+    """`MLXOLLAMA_HOST` as `(host, port)`, read the way Ollama reads OLLAMA_HOST.
+
+    Accepts `host`, `host:port`, `:port` (every interface, as Go's `net.Listen(":port")`),
+    `[ipv6]:port`, and a scheme (`http://host:port`; with a scheme and no port, 80 for http
+    and 443 for https, as Ollama does). A path after the address is ignored. Empty: the
+    default `127.0.0.1:11435`.
+
+    Raises:
+        ValueError: an unknown scheme or a port that is not a number from 0 to 65535.
+    """
+    text = (value or "").strip().strip("\"'")
+    if not text:
+        return DEFAULT_HOST, DEFAULT_PORT
+    default_port = DEFAULT_PORT
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        default_port = {"http": 80, "https": 443}.get(scheme.lower(), 0)
+        if not default_port:
+            raise ValueError(f"MLXOLLAMA_HOST: unsupported scheme {scheme!r} in {value!r}")
+        text = rest
+    text = text.split("/", 1)[0]
+    if text.startswith("["):  # [ipv6] or [ipv6]:port
+        host, bracket, after = text[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise ValueError(f"MLXOLLAMA_HOST: cannot parse {value!r}")
+        port_text = after[1:]
+    elif text.count(":") > 1:  # a bare IPv6 address
+        host, port_text = text, ""
+    else:
+        host, _, port_text = text.partition(":")
+    if not port_text:
+        return host or "0.0.0.0", default_port
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"MLXOLLAMA_HOST: invalid port {port_text!r} in {value!r}")
+    return host or "0.0.0.0", int(port_text)
+
+
+def thread_count(config: Config) -> int:
+    """Worker threads: one per generating slot, one per queued request, and 8 to spare (so a
+    503, /api/tags or /api/ps is answered while everything else waits)."""
+    return config.num_parallel * config.max_loaded_models + config.max_queue + 8
+
+
+def make_server(app, host: str, port: int, threads: int):
+    """A waitress server bound to `host:port` (port 0: any free port, see `effective_port`);
+    `run()` serves until `close()` is called from another thread."""
+    return waitress.create_server(
+        app,
+        host=host,
+        port=port,
+        threads=threads,
+        channel_request_lookahead=1,
+        connection_limit=max(100, 2 * threads),
+        asyncore_use_poll=True,  # select() cannot watch descriptors above 1023
+        max_request_body_size=BLOB_CAP,
+        outbuf_high_watermark=1 << 20,
+        ident="mlxollama",
+    )
+
+
+def serve(config: Config, runtime) -> None:
+    """Serve the API until SIGINT or SIGTERM, then stop the runtime and return.
+
+    Args:
+        config: settings; reads `host`, `num_parallel`, `max_loaded_models`, `max_queue`
+            and `max_body`.
+        runtime: a started Runtime; it is stopped on the way out.
+    """
+    host, port = parse_host(config.host)
+    threads = thread_count(config)
+    srv = make_server(create_app(runtime, config), host, port, threads)
+    stop = threading.Event()
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
+    loop = threading.Thread(target=srv.run, name="waitress", daemon=True)
+    loop.start()
+    log.info("server.listening", addresses=listening(srv), threads=threads)
+    try:
+        while loop.is_alive() and not stop.wait(0.5):
+            pass
+    finally:
+        log.info("server.stopping")
+        shutdown(srv, runtime)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("server.stopped")
+
+
+def shutdown(srv, runtime) -> None:
+    """Stop accepting, end every session (their streams finish), then stop the workers and
+    close what is left. The trigger stays open until the workers are gone: a worker that
+    finishes a response pulls it."""
+    sockets = _socket_map(srv)
+    for dispatcher in list(sockets.values()):
+        if isinstance(dispatcher, BaseWSGIServer):
+            wasyncore.dispatcher.close(dispatcher)  # the listening socket only
+    try:
+        runtime.stop()
+    finally:
+        srv.task_dispatcher.shutdown()
+        wasyncore.close_all(sockets)
+
+
+def _socket_map(srv) -> dict:
+    # A single server keeps it as `_map`; a MultiSocketServer (a host name that resolves to
+    # several addresses, such as localhost) as `map`.
+    return srv.map if isinstance(srv, MultiSocketServer) else srv._map
+
+
+def listening(srv) -> list[str]:
+    """The bound addresses, `host:port` each."""
+    if isinstance(srv, MultiSocketServer):
+        return [f"{host}:{port}" for host, port in srv.effective_listen]
+    return [f"{srv.effective_host}:{srv.effective_port}"]
