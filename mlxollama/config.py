@@ -108,11 +108,15 @@ def _positive(name: str, value: str) -> int:
 
 
 def _seconds(name: str, value: str) -> float:
-    """Seconds or a Go duration; the env var also accepts bare integers, as Ollama's does."""
+    """Seconds or a Go duration; the env var also accepts bare numbers, as Ollama's does."""
     from mlxollama.api import parse_keep_alive
 
     try:
-        return parse_keep_alive(float(value) if value.strip().lstrip("-").isdigit() else value)
+        number = float(value)
+    except ValueError:
+        number = None
+    try:
+        return parse_keep_alive(value if number is None else number)
     except ValueError as e:
         raise ValueError(f"MLXOLLAMA_{name}: {e}") from None
 

@@ -4,6 +4,7 @@ it (built once per session, copied for tests that change it)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 from pathlib import Path
@@ -60,6 +61,57 @@ def store_root(tmp_path, smollm2_store, monkeypatch) -> Path:
     root = tmp_path / "store"
     shutil.copytree(smollm2_store, root, symlinks=True)
     monkeypatch.setenv("MLXOLLAMA_MODELS", str(root))
+    return root
+
+
+def tiny_llama_folder(path, tokenizer_store, quantize: bool = False, seed: int = 0):
+    """A 2-layer random llama as an HF/mlx-lm folder, with SmolLM2's tokenizer files."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import llama
+
+    config = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5,
+        "vocab_size": 49152,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 2048,
+    }
+    mx.random.seed(seed)
+    model = llama.Model(llama.ModelArgs.from_dict(config))
+    if quantize:
+        nn.quantize(model, group_size=64, bits=4)
+        config["quantization"] = {"group_size": 64, "bits": 4}
+    path.mkdir(parents=True)
+    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    (path / "config.json").write_text(json.dumps(config))
+    from mlxollama.store import manifests as mt
+
+    stored = tokenizer_store.get("smollm2")
+    for layer in stored.manifest.layers_of(mt.FILE_MEDIA_TYPE):
+        (path / layer.name).write_bytes(tokenizer_store.blobs.read_bytes(layer.digest))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory, smollm2_store) -> Path:
+    """A store with two tiny random llamas, `tiny-a` and `tiny-b` (fast to load and run)."""
+    from mlxollama.store.build import create
+    from mlxollama.store.buildspec import BuildSpec
+    from mlxollama.store.store import Store
+
+    root = tmp_path_factory.mktemp("tiny-store")
+    store = Store(root)
+    for seed, name in enumerate(("tiny-a", "tiny-b")):
+        folder = tiny_llama_folder(root.parent / f"{name}-src", Store(smollm2_store), seed=seed)
+        create(store, name, BuildSpec(source=str(folder)))
     return root
 
 

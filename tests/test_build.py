@@ -4,8 +4,6 @@ a failed create, corruption caught at verify and at load)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from mlxollama.errors import DigestMismatch, InvalidName, ModelNotFound, UnsupportedModel
@@ -15,44 +13,11 @@ from mlxollama.store.buildspec import BuildSpec
 from mlxollama.store.modelfile import parse_modelfile
 from mlxollama.store.modelspec import parse_modelspec
 from mlxollama.store.store import Store
+from tests.conftest import tiny_llama_folder
 
 
 def blob_files(store: Store) -> set[str]:
     return {p.name for p in store.blobs.dir.iterdir()} if store.blobs.dir.exists() else set()
-
-
-def tiny_llama_folder(path, tokenizer_store: Store, quantize: bool = False):
-    """A 2-layer random llama as an HF/mlx-lm folder, with SmolLM2's tokenizer files."""
-    import mlx.core as mx
-    import mlx.nn as nn
-    from mlx.utils import tree_flatten
-    from mlx_lm.models import llama
-
-    config = {
-        "model_type": "llama",
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "intermediate_size": 128,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "rms_norm_eps": 1e-5,
-        "vocab_size": 49152,
-        "rope_theta": 10000.0,
-        "tie_word_embeddings": True,
-        "max_position_embeddings": 2048,
-    }
-    mx.random.seed(0)
-    model = llama.Model(llama.ModelArgs.from_dict(config))
-    if quantize:
-        nn.quantize(model, group_size=64, bits=4)
-        config["quantization"] = {"group_size": 64, "bits": 4}
-    path.mkdir(parents=True)
-    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    (path / "config.json").write_text(json.dumps(config))
-    stored = tokenizer_store.get("smollm2")
-    for layer in stored.manifest.layers_of(mt.FILE_MEDIA_TYPE):
-        (path / layer.name).write_bytes(tokenizer_store.blobs.read_bytes(layer.digest))
-    return path
 
 
 @pytest.mark.model

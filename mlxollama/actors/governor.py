@@ -20,7 +20,7 @@ import pykka
 import structlog
 
 from mlxollama.actors.model import ModelActor
-from mlxollama.actors.session import FAIL, Admission
+from mlxollama.actors.session import FAIL, Admission, tell
 from mlxollama.api import FOREVER
 from mlxollama.config import Config
 from mlxollama.errors import Busy
@@ -130,7 +130,7 @@ class GovernorActor(pykka.ThreadingActor):
         for entry in list(self.loaded.values()):
             self._unload(entry, "shutdown")
         for adm, _ in self.waiting_loads:
-            adm.session.tell((FAIL, RuntimeError("the server is shutting down")))
+            tell(adm.session, (FAIL, RuntimeError("the server is shutting down")))
         self.waiting_loads.clear()
 
     # -- messages from model actors and timers (tells) --------------------------------------
@@ -154,7 +154,7 @@ class GovernorActor(pykka.ThreadingActor):
             self.loaded.pop(name, None)
             self._cancel_timer(entry)
             for adm in entry.pending:
-                adm.session.tell((FAIL, message[2]))
+                tell(adm.session, (FAIL, message[2]))
             self._start_waiting_loads()
         elif kind == "release":
             entry.refs = max(0, entry.refs - 1)
@@ -165,7 +165,7 @@ class GovernorActor(pykka.ThreadingActor):
         elif kind == "load_timeout" and entry.state == "loading":
             error = TimeoutError(f"timed out waiting for model '{name}' to load")
             for adm in entry.pending:
-                adm.session.tell((FAIL, error))
+                tell(adm.session, (FAIL, error))
             entry.pending.clear()
             self._unload(entry, "load_timeout")
         return None
@@ -188,7 +188,7 @@ class GovernorActor(pykka.ThreadingActor):
             entry.refs -= 1
             self._maybe_idle(entry)
             return
-        entry.ref.tell(("submit", adm))
+        tell(entry.ref, ("submit", adm))
 
     def _maybe_idle(self, entry: Entry) -> None:
         if entry.refs > 0 or entry.state != "ready":
@@ -202,7 +202,7 @@ class GovernorActor(pykka.ThreadingActor):
             generation = entry.generation
             me = self.actor_ref
             entry.timer = threading.Timer(
-                entry.keep_alive, lambda: me.tell(("expire", entry.name, generation))
+                entry.keep_alive, lambda: tell(me, ("expire", entry.name, generation))
             )
             entry.timer.daemon = True
             entry.timer.start()
@@ -228,7 +228,7 @@ class GovernorActor(pykka.ThreadingActor):
                 entry.pending.remove(adm)
                 entry.refs -= 1
                 return
-        entry.ref.tell(("cancel", admission_id))
+        tell(entry.ref, ("cancel", admission_id))
 
     def _unload(self, entry: Entry, reason: str) -> None:
         self._cancel_timer(entry)
@@ -236,7 +236,7 @@ class GovernorActor(pykka.ThreadingActor):
         log.info(
             "model.evict" if reason == "evicted" else "model.stop", model=entry.name, reason=reason
         )
-        entry.ref.tell(("unload",))
+        tell(entry.ref, ("unload",))
         self._start_waiting_loads()
 
     def _start_waiting_loads(self) -> None:
@@ -290,7 +290,7 @@ class GovernorActor(pykka.ThreadingActor):
         )
         self.loaded[adm.name] = entry
         me, name = self.actor_ref, adm.name
-        timer = threading.Timer(self.config.load_timeout, lambda: me.tell(("load_timeout", name)))
+        timer = threading.Timer(self.config.load_timeout, lambda: tell(me, ("load_timeout", name)))
         timer.daemon = True
         timer.start()
         return entry

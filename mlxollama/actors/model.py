@@ -19,7 +19,7 @@ import pykka
 import structlog
 
 from mlxollama import api
-from mlxollama.actors.session import BEGIN, FAIL, LOADED, TOKEN, Admission
+from mlxollama.actors.session import BEGIN, FAIL, LOADED, TOKEN, Admission, tell
 from mlxollama.errors import Busy
 
 log = structlog.get_logger("mlxollama.model")
@@ -62,12 +62,12 @@ class ModelActor(pykka.ThreadingActor):
             self.gen = self._new_generator()
         except Exception as e:  # reported, not raised: the governor fails the waiting requests
             log.warning("model.load_failed", model=self.name, error=str(e))
-            self.governor.tell(("load_failed", self.name, e))
+            tell(self.governor, ("load_failed", self.name, e))
             self.actor_ref.tell(("unload",))
             return
         seconds = time.perf_counter() - tic
         log.info("model.load", model=self.name, seconds=round(seconds, 3))
-        self.governor.tell(("loaded", self.name, int(seconds * 1e9)))
+        tell(self.governor, ("loaded", self.name, int(seconds * 1e9)))
 
     def _new_generator(self):
         from mlx_lm.generate import BatchGenerator
@@ -83,15 +83,20 @@ class ModelActor(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         for adm in [*self.active.values(), *self.waiting]:
-            adm.session.tell((FAIL, RuntimeError(f"model '{self.name}' was unloaded")))
-            self.governor.tell(("release", self.name))
+            tell(adm.session, (FAIL, RuntimeError(f"model '{self.name}' was unloaded")))
+            tell(self.governor, ("release", self.name))
         self.active.clear()
         self.waiting.clear()
         self._free()
 
     def on_failure(self, exception_type, exception_value, traceback) -> None:
         log.error("model.died", model=self.name, error=str(exception_value))
-        self.governor.tell(("died", self.name, exception_value))
+        error = RuntimeError(f"model '{self.name}' stopped: {exception_value}")
+        for adm in [*self.active.values(), *self.waiting]:
+            tell(adm.session, (FAIL, error))
+        self.active.clear()
+        self.waiting.clear()
+        tell(self.governor, ("died", self.name, error))
         self._free()
 
     def _free(self) -> None:
@@ -130,10 +135,11 @@ class ModelActor(pykka.ThreadingActor):
             self.waiting.append(adm)
         else:
             log.warning("queue.reject", model=self.name, request_id=adm.request.request_id)
-            adm.session.tell(
-                (FAIL, Busy("server busy, please try again.  maximum pending requests exceeded"))
+            tell(
+                adm.session,
+                (FAIL, Busy("server busy, please try again.  maximum pending requests exceeded")),
             )
-            self.governor.tell(("release", self.name))
+            tell(self.governor, ("release", self.name))
 
     def _admit(self, adm: Admission) -> None:
         from mlxollama.engine.generate import fit_context, make_sampling
@@ -153,13 +159,13 @@ class ModelActor(pykka.ThreadingActor):
             budget = fit_context(tokens, num_ctx, sampling.num_predict, opts["num_keep"])
             sampler, processors = make_sampling(sampling, num_ctx)
         except Exception as e:  # a bad template or option: this request only
-            adm.session.tell((FAIL, e))
-            self.governor.tell(("release", self.name))
+            tell(adm.session, (FAIL, e))
+            tell(self.governor, ("release", self.name))
             return
-        adm.session.tell((BEGIN, lm.tokenizer, sampling, len(budget.prompt_tokens), adm.load_ns))
+        tell(adm.session, (BEGIN, lm.tokenizer, sampling, len(budget.prompt_tokens), adm.load_ns))
         if budget.max_tokens <= 0:
-            adm.session.tell((LOADED, "length", adm.load_ns))  # no room left: an empty answer
-            self.governor.tell(("release", self.name))
+            tell(adm.session, (LOADED, "length", adm.load_ns))  # no room left: an empty answer
+            tell(self.governor, ("release", self.name))
             return
         (uid,) = self.gen.insert(
             [budget.prompt_tokens],
@@ -176,7 +182,7 @@ class ModelActor(pykka.ThreadingActor):
         for adm in list(self.waiting):
             if adm.id == admission_id:
                 self.waiting.remove(adm)
-                self.governor.tell(("release", self.name))
+                tell(self.governor, ("release", self.name))
                 return
         adm = self.active.get(admission_id)
         if adm is not None:
@@ -186,7 +192,7 @@ class ModelActor(pykka.ThreadingActor):
     def _leave(self, adm: Admission) -> None:
         self.active.pop(adm.id, None)
         self.uids.pop(adm.uid, None)
-        self.governor.tell(("release", self.name))
+        tell(self.governor, ("release", self.name))
         while self.waiting and len(self.active) < self.num_parallel:
             self._admit(self.waiting.popleft())
 
@@ -204,7 +210,7 @@ class ModelActor(pykka.ThreadingActor):
         except Exception as e:  # report to every affected session, keep the actor alive
             log.error("model.step_failed", model=self.name, error=str(e), exc_info=True)
             for adm in list(self.active.values()):
-                adm.session.tell((FAIL, RuntimeError(f"generation failed: {e}")))
+                tell(adm.session, (FAIL, RuntimeError(f"generation failed: {e}")))
                 self._leave(adm)
             self.gen = self._new_generator()
             return
@@ -213,7 +219,7 @@ class ModelActor(pykka.ThreadingActor):
             if adm_id is None:
                 continue
             adm = self.active[adm_id]
-            adm.session.tell((TOKEN, r.token, r.finish_reason))
+            tell(adm.session, (TOKEN, r.token, r.finish_reason))
             if r.finish_reason is not None:
                 self._leave(adm)
         if self.active:
@@ -223,4 +229,4 @@ class ModelActor(pykka.ThreadingActor):
 
     @staticmethod
     def answer_loaded(adm: Admission, reason: str) -> None:
-        adm.session.tell((LOADED, reason, adm.load_ns))
+        tell(adm.session, (LOADED, reason, adm.load_ns))

@@ -20,7 +20,7 @@ import pykka
 import structlog
 
 from mlxollama import api
-from mlxollama.actors.session import CANCEL, DONE, Admission, SessionActor
+from mlxollama.actors.session import CANCEL, DONE, Admission, SessionActor, tell
 from mlxollama.api import Chunk, InferenceRequest
 from mlxollama.config import Config
 from mlxollama.errors import UnsupportedModel
@@ -167,7 +167,7 @@ class Runtime:
         governor = self.governor
 
         def cancel_model(aid: int) -> None:
-            governor.tell(("cancel", name, aid))
+            tell(governor, ("cancel", name, aid))
 
         session_ref = SessionActor.start(admission_id, request.request_id, out, cancel_model)
         adm = Admission(id=admission_id, request=request, name=name, session=session_ref, out=out)
@@ -176,7 +176,7 @@ class Runtime:
         except BaseException:
             session_ref.stop()
             raise
-        return Session(name, request.request_id, out, lambda: session_ref.tell((CANCEL,)))
+        return Session(name, request.request_id, out, lambda: tell(session_ref, (CANCEL,)))
 
     def ps(self) -> list[RunningModel]:
         return [

@@ -5,6 +5,7 @@ HTTP handler reads, with Ollama's timings on the last one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import queue
 import time
@@ -20,6 +21,19 @@ from mlxollama.engine.generate import StopMatcher
 log = structlog.get_logger("mlxollama.session")
 
 DONE = object()  # what a session's queue ends with
+
+
+def tell(ref: pykka.ActorRef | None, message: Any) -> None:
+    """`ref.tell(message)`, ignoring an actor that has stopped.
+
+    A session stops when its request ends, a model when it is unloaded; messages still on
+    their way to them mean nothing, and raising here would kill the sender.
+    """
+    if ref is None:
+        return
+    with contextlib.suppress(pykka.ActorDeadError):
+        ref.tell(message)
+
 
 # A client that stops reading while connected would make its queue grow without bound;
 # past this many undelivered chunks the session gives up its slot.
@@ -57,6 +71,12 @@ class SessionActor(pykka.ThreadingActor):
         self.started_ns = time.perf_counter_ns()
         self.done = False
         self.final = Chunk(done=True, done_reason="length")
+
+    def on_stop(self) -> None:
+        if not self.done:  # stopped from outside (shutdown): the reader must not wait forever
+            self.done = True
+            self.out.put(RuntimeError("the server is shutting down"))
+            self.out.put(DONE)
 
     def on_receive(self, message: tuple) -> Any:
         kind = message[0]
