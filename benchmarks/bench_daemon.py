@@ -1,0 +1,182 @@
+"""The daemon against plain mlx-lm, in one run on the same model.
+
+Prints single-stream decode tokens/s and time to first token through the daemon (a real
+waitress server and the actor runtime, measured by an HTTP client reading NDJSON) against
+`mlx_lm.stream_generate` on the same weights, then the aggregate tokens/s of 1, 4 and 8
+concurrent streams through the daemon.
+
+    python benchmarks/bench_daemon.py --gguf path/to/SmolLM2-135M-Instruct.Q4_1.gguf
+    python benchmarks/bench_daemon.py --synthetic smollm2 --tokenizer DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import mlxollama.engine  # noqa: F401  (OpenBLAS for MLX's CPU backend, before mlx loads)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_engine import SHAPES, synthetic_folder
+
+
+def stream_once(base: str, prompt: str, n: int) -> tuple[float, float, int]:
+    """One streamed /api/generate: (seconds to first token, decode tok/s, tokens)."""
+    import http.client
+
+    import orjson
+
+    host, port = base.removeprefix("http://").split(":")
+    body = orjson.dumps(
+        {
+            "model": "bench",
+            "prompt": prompt,
+            "raw": True,
+            "options": {"temperature": 0, "num_predict": n},
+        }
+    )
+    conn = http.client.HTTPConnection(host, int(port), timeout=600)
+    tic = time.perf_counter()
+    conn.request("POST", "/api/generate", body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    first = last = None
+    count = 0
+    for line in response:
+        part = orjson.loads(line)
+        if "error" in part:
+            raise RuntimeError(part["error"])
+        now = time.perf_counter()
+        if part.get("response"):
+            first = first or now
+            last = now
+        if part.get("done"):
+            count = part["eval_count"]
+    conn.close()
+    first = first or time.perf_counter()
+    last = last or first
+    return first - tic, (count - 1) / max(last - first, 1e-9), count
+
+
+def mlx_lm_once(model, tokenizer, prompt: str, n: int) -> tuple[float, float, int]:
+    from mlx_lm import stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    tokens = tokenizer.encode(prompt)
+    tic = time.perf_counter()
+    first = None
+    count = 0
+    for _ in stream_generate(model, tokenizer, tokens, max_tokens=n, sampler=make_sampler(0.0)):
+        count += 1
+        first = first or time.perf_counter()
+    end = time.perf_counter()
+    return first - tic, (count - 1) / max(end - first, 1e-9), count
+
+
+def concurrent(base: str, prompt: str, n: int, streams: int) -> float:
+    """Aggregate generated tokens/s of `streams` requests started together."""
+    counts = [0] * streams
+
+    def run(i: int) -> None:
+        counts[i] = stream_once(base, prompt, n)[2]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(streams)]
+    tic = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - tic)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--gguf", type=Path)
+    src.add_argument("--folder", type=Path)
+    src.add_argument("--synthetic", choices=sorted(SHAPES))
+    ap.add_argument("--tokenizer", type=Path, help="tokenizer files for --synthetic")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--streams", default="1,4,8")
+    args = ap.parse_args()
+
+    import mlx.core as mx
+    import mlx_lm
+
+    from mlxollama.actors.runtime import Runtime
+    from mlxollama.config import Config
+    from mlxollama.engine.loader import load
+    from mlxollama.http.app import create_app
+    from mlxollama.http.server import make_server, shutdown
+    from mlxollama.log import configure
+    from mlxollama.store.build import create
+    from mlxollama.store.buildspec import BuildSpec
+    from mlxollama.store.store import Store
+
+    configure(None, console=False)  # the figures only
+    work = Path(tempfile.mkdtemp(prefix="mlxollama-bench-"))
+    streams = [int(s) for s in args.streams.split(",")]
+    try:
+        source = args.gguf or args.folder
+        if args.synthetic:
+            source = synthetic_folder(args.synthetic, args.tokenizer, work / "synthetic")
+        store = Store(work / "store")
+        create(store, "bench", BuildSpec(source=str(source)))
+        config = Config.from_env(
+            {
+                "MLXOLLAMA_MODELS": str(work / "store"),
+                "MLXOLLAMA_NUM_PARALLEL": str(max(streams)),
+                "MLXOLLAMA_KEEP_ALIVE": "-1",
+            }
+        )
+        runtime = Runtime(config).start()
+        server = make_server(create_app(runtime, config), "127.0.0.1", 0, threads=32)
+        threading.Thread(target=server.run, daemon=True).start()
+        base = f"http://127.0.0.1:{server.effective_port}"
+
+        # mlx-lm side: the same weights, loaded the way the engine loads them on this device
+        lm = load(store, "bench")
+        prompt = "Once upon a time, in a land far away, there lived a " * 8
+        stream_once(base, prompt, 8)  # load the model in the daemon and warm up both sides
+        mlx_lm_once(lm.model, lm.tokenizer, prompt, 8)
+        daemon, plain = [], []
+        for i in range(args.repeats):
+            order = (0, 1) if i % 2 == 0 else (1, 0)
+            for side in order:
+                if side == 0:
+                    daemon.append(stream_once(base, prompt, args.tokens))
+                else:
+                    plain.append(mlx_lm_once(lm.model, lm.tokenizer, prompt, args.tokens))
+        med = {
+            name: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+            for name, runs in (("daemon", daemon), ("mlx_lm", plain))
+        }
+        print(f"device: {mx.default_device()}  mlx {mx.__version__}  mlx-lm {mlx_lm.__version__}")
+        print(f"model: {source}  {args.tokens} tokens per request, median of {args.repeats}")
+        print(f"{'':8} {'TTFT ms':>9} {'decode tok/s':>13}")
+        for name, (ttft, tps) in med.items():
+            print(f"{name:8} {ttft * 1e3:9.1f} {tps:13.1f}")
+        print(
+            f"{'ratio':8} {med['daemon'][0] / med['mlx_lm'][0]:9.3f} "
+            f"{med['daemon'][1] / med['mlx_lm'][1]:13.3f}   (daemon / mlx_lm)"
+        )
+        for n in streams:
+            print(
+                f"aggregate through the daemon, {n} stream(s): "
+                f"{concurrent(base, prompt, args.tokens, n):.1f} tok/s"
+            )
+        shutdown(server, runtime)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
