@@ -106,7 +106,10 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--streams", default="1,4,8")
+    ap.add_argument("--switch-interval", type=float, help="sys.setswitchinterval for this run")
     args = ap.parse_args()
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
 
     import mlx.core as mx
     import mlx_lm
@@ -160,7 +163,10 @@ def main() -> None:
             for name, runs in (("daemon", daemon), ("mlx_lm", plain))
         }
         print(f"device: {mx.default_device()}  mlx {mx.__version__}  mlx-lm {mlx_lm.__version__}")
-        print(f"model: {source}  {args.tokens} tokens per request, median of {args.repeats}")
+        print(
+            f"model: {source}  {args.tokens} tokens per request, median of {args.repeats}, "
+            f"switch interval {sys.getswitchinterval() * 1e3:g} ms"
+        )
         print(f"{'':8} {'TTFT ms':>9} {'decode tok/s':>13}")
         for name, (ttft, tps) in med.items():
             print(f"{name:8} {ttft * 1e3:9.1f} {tps:13.1f}")
