@@ -124,6 +124,26 @@ def timed_mlx_lm(lm, prompt, n):
     return len(prompt) / (first - tic), (count - 1) / (end - first), count
 
 
+def timed_batch_generator(lm, prompt, n):
+    """mlx-lm's BatchGenerator with one sequence: what the daemon's model actor runs."""
+    from mlx_lm.generate import BatchGenerator
+
+    gen = BatchGenerator(
+        lm.model, completion_batch_size=8, prefill_batch_size=8, prefill_step_size=512
+    )
+    tic = time.perf_counter()
+    gen.insert([prompt], max_tokens=[n])
+    first, count = None, 0
+    while count < n:
+        _, responses = gen.next()
+        for _ in responses:
+            count += 1
+            first = first or time.perf_counter()
+    end = time.perf_counter()
+    gen.close()
+    return len(prompt) / (first - tic), (count - 1) / (end - first), count
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -176,12 +196,18 @@ def main() -> None:
         prompt = lm.tokenizer.encode(" ".join(words))[: args.prompt_tokens]
         timed_engine(lm, prompt, 8)  # warm up both paths at full size
         timed_mlx_lm(lm, prompt, 8)
-        rows = {"engine": [], "mlx_lm": []}
+        rows = {"engine": [], "mlx_lm": [], "batchgen": []}
         for i in range(args.repeats):  # alternate the order, so neither always goes first
-            order = ("engine", "mlx_lm") if i % 2 == 0 else ("mlx_lm", "engine")
+            order = (
+                ("engine", "mlx_lm", "batchgen") if i % 2 == 0 else ("batchgen", "mlx_lm", "engine")
+            )
+            runs = {
+                "engine": timed_engine,
+                "mlx_lm": timed_mlx_lm,
+                "batchgen": timed_batch_generator,
+            }
             for name in order:
-                run = timed_engine if name == "engine" else timed_mlx_lm
-                rows[name].append(run(lm, prompt, args.tokens))
+                rows[name].append(runs[name](lm, prompt, args.tokens))
 
         print(f"device: {mx.default_device()}  mlx {mx.__version__}  mlx-lm {mlx_lm.__version__}")
         print(
@@ -196,10 +222,11 @@ def main() -> None:
                 statistics.median(r[1] for r in runs),
             )
             print(f"{name:8} {med[name][0]:14.1f} {med[name][1]:13.1f}")
-        print(
-            f"{'ratio':8} {med['engine'][0] / med['mlx_lm'][0]:14.3f} "
-            f"{med['engine'][1] / med['mlx_lm'][1]:13.3f}   (engine / mlx_lm)"
-        )
+        for name in ("engine", "batchgen"):
+            print(
+                f"{'ratio':8} {med[name][0] / med['mlx_lm'][0]:14.3f} "
+                f"{med[name][1] / med['mlx_lm'][1]:13.3f}   ({name} / mlx_lm)"
+            )
         s, m = statistics.median(loads_store), statistics.median(loads_mlx)
         print(
             f"load: store {s:.3f} s, mlx_lm.load {m:.3f} s, ratio {s / m:.2f} "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import queue
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,8 @@ from mlxollama.store.store import Store, StoredModel
 __all__ = ["DONE", "RunningModel", "Runtime", "Session"]
 
 log = structlog.get_logger("mlxollama.runtime")
+
+SWITCH_INTERVAL = 0.0002  # seconds; see Runtime.start
 
 
 class Session:
@@ -110,6 +113,10 @@ class Runtime:
         from mlxollama.actors.governor import GovernorActor
         from mlxollama.actors.store_actor import StoreActor
 
+        # Each token crosses three threads (model, session, HTTP). With Python's default 5 ms
+        # switch interval a model thread waiting for the GIL behind the others stalls whole
+        # steps: on an H200, 8 streams fell from 944 to 134 tok/s. 0.2 ms keeps steps moving.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self.governor = GovernorActor.start(self.config, self._store, self._load)
         self.store_actor = StoreActor.start(self._store)
         self._store_proxy = self.store_actor.proxy()
