@@ -24,6 +24,16 @@ from pathlib import Path
 import mlxollama.engine  # noqa: F401  (loads OpenBLAS for MLX's CPU backend before mlx)
 
 SHAPES = {
+    "tiny": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=49152,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+    ),
     "smollm2": dict(
         hidden_size=576,
         num_hidden_layers=30,
