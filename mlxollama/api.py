@@ -138,6 +138,13 @@ def merge_options(*layers: dict[str, Any] | None) -> dict[str, Any]:
     return merged
 
 
+def context_size(options: dict[str, Any], default: int) -> int:
+    """The context window a request asks for: its `num_ctx`, or `default` when unset or not
+    positive (Ollama treats those as "use the default" too)."""
+    n = options.get("num_ctx")
+    return n if isinstance(n, int) and n > 0 else default
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     """Options fixed when a model is loaded; a different value means a reload."""

@@ -113,7 +113,7 @@ class Embedded:
         from mlxollama.engine.generate import stream
 
         opts = api.merge_options(lm.parameters, api.parse_options(options))
-        num_ctx = opts["num_ctx"] or min(self.config.context_length, lm.context_length)
+        num_ctx = min(api.context_size(opts, self.config.context_length), lm.context_length)
         sampling = api.SamplingOptions.from_options(opts)
         tic = time.perf_counter_ns()
         for chunk in stream(lm.model, lm.tokenizer, tokens, sampling, num_ctx):

@@ -81,6 +81,8 @@ class GovernorActor(pykka.ThreadingActor):
         self.budget = config.max_memory or int(device_memory() * 0.9)
         self.loaded: dict[str, Entry] = {}
         self.waiting_loads: list[tuple[Admission, dict]] = []  # (admission, model facts)
+        self.retiring: list[pykka.ActorRef] = []  # unloaded models whose actors may still run
+        self._starting = False
 
     # -- the API (asks) ----------------------------------------------------------------------
 
@@ -126,12 +128,14 @@ class GovernorActor(pykka.ThreadingActor):
             )
         return sorted(out, key=lambda m: m["expires_at"], reverse=True)
 
-    def unload_all(self) -> None:
+    def unload_all(self) -> list[pykka.ActorRef]:
+        """Unload every model; returns their actors' refs so the caller can wait for them."""
         for entry in list(self.loaded.values()):
             self._unload(entry, "shutdown")
         for adm, _ in self.waiting_loads:
             tell(adm.session, (FAIL, RuntimeError("the server is shutting down")))
         self.waiting_loads.clear()
+        return [ref for ref in self.retiring if ref.is_alive()]
 
     # -- messages from model actors and timers (tells) --------------------------------------
 
@@ -237,10 +241,20 @@ class GovernorActor(pykka.ThreadingActor):
             "model.evict" if reason == "evicted" else "model.stop", model=entry.name, reason=reason
         )
         tell(entry.ref, ("unload",))
+        self.retiring = [r for r in self.retiring if r.is_alive()] + [entry.ref]
         self._start_waiting_loads()
 
     def _start_waiting_loads(self) -> None:
         """Start the loads that fit, evicting idle models (LRU) to make room."""
+        if self._starting:  # an eviction below unloads a model, which calls us again
+            return
+        self._starting = True
+        try:
+            self._start_fitting_loads()
+        finally:
+            self._starting = False
+
+    def _start_fitting_loads(self) -> None:
         still = []
         for adm, facts in self.waiting_loads:
             entry = self.loaded.get(adm.name)

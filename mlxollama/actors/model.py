@@ -148,7 +148,7 @@ class ModelActor(pykka.ThreadingActor):
         req, lm = adm.request, self.lm
         try:
             opts = api.merge_options(lm.parameters, req.options)
-            num_ctx = min(opts["num_ctx"] or self.default_ctx, lm.context_length)
+            num_ctx = min(api.context_size(opts, self.default_ctx), lm.context_length)
             sampling = api.SamplingOptions.from_options(opts)
             if req.kind == "chat":
                 tokens = chat_tokens(lm, req.messages, template=req.template)

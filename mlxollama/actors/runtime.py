@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import queue
 import sys
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +107,7 @@ class Runtime:
             from mlxollama.engine.loader import load as load_model
         self._load = load_model
         self._ids = itertools.count(1)
+        self._sessions: weakref.WeakSet = weakref.WeakSet()  # refs of live SessionActors
         self.governor = None
         self.store_actor = None
 
@@ -123,11 +125,17 @@ class Runtime:
         return self
 
     def stop(self) -> None:
-        """Unload everything and stop every actor (SIGINT/SIGTERM)."""
-        if self.governor is not None and self.governor.is_alive():
-            with contextlib.suppress(pykka.ActorDeadError):
-                self.governor.proxy().unload_all().get(timeout=30)
-        pykka.ActorRegistry.stop_all(block=True, timeout=30)
+        """Unload everything and stop this runtime's actors (SIGINT/SIGTERM); other actors in
+        the process are left alone."""
+        if self.governor is None:
+            return
+        with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+            models = self.governor.proxy().unload_all().get(timeout=30)
+            for ref in models:
+                ref.stop(block=True, timeout=30)
+        for ref in [self.governor, self.store_actor, *list(self._sessions)]:
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                ref.stop(block=True, timeout=30)
 
     @property
     def store(self) -> Store:
@@ -177,6 +185,7 @@ class Runtime:
             tell(governor, ("cancel", name, aid))
 
         session_ref = SessionActor.start(admission_id, request.request_id, out, cancel_model)
+        self._sessions.add(session_ref)
         adm = Admission(id=admission_id, request=request, name=name, session=session_ref, out=out)
         try:
             self.governor.proxy().acquire(adm, facts).get(timeout=30)
