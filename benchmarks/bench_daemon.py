@@ -12,6 +12,7 @@ concurrent streams through the daemon.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import statistics
 import sys
@@ -78,6 +79,46 @@ def mlx_lm_once(model, tokenizer, prompt: str, n: int) -> tuple[float, float, in
     return first - tic, (count - 1) / max(end - first, 1e-9), count
 
 
+class StackSampler:
+    """Samples where the model actor's thread is, every `interval` seconds: a poor man's
+    profiler that needs nothing installed on the benchmark host."""
+
+    def __init__(self, interval: float = 0.002):
+        import collections
+
+        self.interval, self.counts, self.total = interval, collections.Counter(), 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import traceback
+
+        while not self.stop.wait(self.interval):
+            ids = [t.ident for t in threading.enumerate() if "ModelActor" in t.name]
+            frames = sys._current_frames()
+            for ident in ids:
+                frame = frames.get(ident)
+                if frame is None:
+                    continue
+                stack = traceback.extract_stack(frame)[-4:]
+                key = " < ".join(
+                    f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(stack)
+                )
+                self.counts[key] += 1
+                self.total += 1
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        print(f"model thread samples: {self.total}")
+        for key, n in self.counts.most_common(12):
+            print(f"  {100 * n / max(self.total, 1):5.1f}%  {key}")
+
+
 def concurrent(base: str, prompt: str, n: int, streams: int) -> float:
     """Aggregate generated tokens/s of `streams` requests started together."""
     counts = [0] * streams
@@ -107,6 +148,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--streams", default="1,4,8")
     ap.add_argument("--switch-interval", type=float, help="sys.setswitchinterval for this run")
+    ap.add_argument("--sample", action="store_true", help="sample the model thread's stacks")
     args = ap.parse_args()
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
@@ -175,10 +217,10 @@ def main() -> None:
             f"{med['daemon'][1] / med['mlx_lm'][1]:13.3f}   (daemon / mlx_lm)"
         )
         for n in streams:
-            print(
-                f"aggregate through the daemon, {n} stream(s): "
-                f"{concurrent(base, prompt, args.tokens, n):.1f} tok/s"
-            )
+            sampler = StackSampler() if args.sample else contextlib.nullcontext()
+            with sampler:
+                rate = concurrent(base, prompt, args.tokens, n)
+            print(f"aggregate through the daemon, {n} stream(s): {rate:.1f} tok/s")
         shutdown(server, runtime)
     finally:
         shutil.rmtree(work, ignore_errors=True)
