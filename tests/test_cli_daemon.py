@@ -408,7 +408,6 @@ def live(tmp_path_factory, smollm2_store):
 
     import structlog
 
-    pytest.importorskip("mlxollama.http.server")  # until the HTTP layer is committed
     from mlxollama.actors.runtime import Runtime
     from mlxollama.config import Config
     from mlxollama.http.app import create_app
@@ -533,7 +532,6 @@ def test_serve_runs_the_daemon_until_sigint(store_root):
 
     from mlxollama.client import Client
 
-    pytest.importorskip("mlxollama.http.server")
     host = f"127.0.0.1:{closed_port()}"
     env = {**os.environ, "MLXOLLAMA_HOST": host, "MLXOLLAMA_MODELS": str(store_root)}
     mlxserve = Path(sys.executable).parent / "mlxserve"
