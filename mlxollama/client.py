@@ -29,8 +29,7 @@ import orjson
 
 from mlxollama import api
 from mlxollama.errors import Busy, MlxOllamaError, ModelNotFound
-from mlxollama.store.build import MODEL_FILES
-from mlxollama.store.buildspec import BuildSpec
+from mlxollama.store.buildspec import MODEL_FILES, BuildSpec
 
 DEFAULT_HOST = "127.0.0.1:11435"
 DEFAULT_PORT = 11435

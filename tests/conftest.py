@@ -23,6 +23,8 @@ PARAMETER stop <|im_end|>
 @pytest.fixture(autouse=True)
 def _isolated_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLXOLLAMA_MODELS", str(tmp_path / "store"))
+    # No test talks to a daemon the developer happens to run: port 9 (discard) is closed.
+    monkeypatch.setenv("MLXOLLAMA_HOST", "127.0.0.1:9")
 
 
 def package_file(package: str, pattern: str) -> Path:

@@ -24,27 +24,13 @@ import orjson
 from mlxollama import __version__
 from mlxollama.errors import UnsupportedModel
 from mlxollama.store import manifests as mt
-from mlxollama.store.buildspec import QUANTIZATION_ALIASES, BuildSpec
+from mlxollama.store.buildspec import MODEL_FILES, QUANTIZATION_ALIASES, BuildSpec
 from mlxollama.store.manifests import Descriptor, Manifest
 from mlxollama.store.names import parse_name
 from mlxollama.store.store import Store, StoredModel
 
 Progress = Callable[[dict[str, Any]], None]
 
-# Files of an HF folder that a tokenizer (or, later, a sentence-transformers pooling) needs.
-MODEL_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-    "generation_config.json",
-)
 
 _DTYPES = {
     "bool": "BOOL",

@@ -6,6 +6,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# Files of an HF folder that a tokenizer (or, later, a sentence-transformers pooling) needs.
+MODEL_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
+
 QUANTIZATIONS = ("int4", "int8", "fp16", "bf16")
 
 # Ollama's quantize names, mapped onto ours (MLX affine quantization, group size 64).
