@@ -253,3 +253,24 @@ def test_stop_unloads_everything(tiny_root):
     with pytest.raises(RuntimeError):
         drain(session)
     assert not pykka.ActorRegistry.get_all()
+
+
+def test_a_solo_request_joins_the_batch_midway_without_losing_its_place(runtime_factory):
+    """A request alone runs on the single-sequence path; when a second arrives it moves into
+    the batch with its KV cache. Its answer must be the one it gives alone (greedy)."""
+    rt = runtime_factory(num_parallel=4)
+    alone = drain(rt.submit(ask(n=40)))
+    other_alone = drain(rt.submit(ask("tiny-a", n=10, options={"seed": 1, "temperature": 0})))
+    first = rt.submit(ask(n=40))
+    got = []
+    while len(got) < 6:  # let it generate on its own for a while
+        c = first.get(0.05)
+        if c is not None:
+            got.append(c)
+    second = rt.submit(ask("tiny-a", n=10, options={"seed": 1, "temperature": 0}))
+    got += drain(first)
+    later = drain(second)
+    text = lambda chunks: "".join(c.text for c in chunks)  # noqa: E731
+    assert text(got) == text(alone)
+    assert got[-1].eval_count == alone[-1].eval_count == 40
+    assert text(later) == text(other_alone)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
@@ -25,6 +26,24 @@ from mlxollama.errors import Busy
 log = structlog.get_logger("mlxollama.model")
 
 STEP = ("step",)
+
+# A request alone on its model, with a prompt no longer than one prefill step, runs through
+# mlx-lm's single-sequence `generate_step` (plain KV cache): on an H200 the batch path decoded
+# one SmolLM2-sized sequence at 0.65 of its speed. When a second request arrives, the solo
+# sequence moves into the BatchGenerator with its cache.
+SOLO_MAX_PROMPT = 512
+
+
+@dataclass
+class Solo:
+    adm: Admission
+    steps: Any  # the generate_step generator
+    cache: list
+    prompt: list[int]
+    max_tokens: int
+    sampler: Any
+    processors: list
+    generated: list[int] = field(default_factory=list)
 
 
 class ModelActor(pykka.ThreadingActor):
@@ -52,6 +71,7 @@ class ModelActor(pykka.ThreadingActor):
         self.stepping = False
         self.lm = None
         self.gen = None
+        self.solo: Solo | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -100,6 +120,7 @@ class ModelActor(pykka.ThreadingActor):
         self._free()
 
     def _free(self) -> None:
+        self.solo = None
         if self.gen is not None:
             self.gen.close()
         self.gen = self.lm = None
@@ -167,16 +188,75 @@ class ModelActor(pykka.ThreadingActor):
             tell(adm.session, (LOADED, "length", adm.load_ns))  # no room left: an empty answer
             tell(self.governor, ("release", self.name))
             return
+        if not self.active and len(budget.prompt_tokens) <= SOLO_MAX_PROMPT:
+            self._start_solo(adm, budget.prompt_tokens, budget.max_tokens, sampler, processors)
+        else:
+            self._to_batch()  # a second request: the solo one joins the batch first
+            self._insert(adm, [budget.prompt_tokens], budget.max_tokens, sampler, processors)
+        self._kick()
+
+    def _insert(self, adm, prompt, max_tokens, sampler, processors, cache=None, seen=None):
         (uid,) = self.gen.insert(
-            [budget.prompt_tokens],
-            max_tokens=[budget.max_tokens],
+            prompt,
+            max_tokens=[max_tokens],
+            caches=None if cache is None else [cache],
+            all_tokens=None if seen is None else [seen],
             samplers=[sampler],
             logits_processors=[processors],
         )
         self.active[adm.id] = adm
         self.uids[uid] = adm.id
         adm.uid = uid
-        self._kick()
+
+    def _start_solo(self, adm, prompt, max_tokens, sampler, processors) -> None:
+        import mlx.core as mx
+        from mlx_lm.generate import generate_step
+        from mlx_lm.models.cache import make_prompt_cache
+
+        cache = make_prompt_cache(self.lm.model)
+        steps = generate_step(
+            mx.array(prompt),
+            self.lm.model,
+            max_tokens=max_tokens,
+            sampler=sampler,
+            logits_processors=processors,
+            prompt_cache=cache,
+            prefill_step_size=SOLO_MAX_PROMPT,
+        )
+        self.solo = Solo(adm, steps, cache, list(prompt), max_tokens, sampler, processors)
+        self.active[adm.id] = adm
+        adm.uid = None
+
+    def _to_batch(self) -> None:
+        """Move the solo sequence into the BatchGenerator, keeping its KV cache.
+
+        `generate_step` has already fed the last token it yielded to the model, so the cache
+        holds one token more than the text so far: trim it, and let the batch feed that token
+        again as a one-token prompt.
+        """
+        solo, self.solo = self.solo, None
+        if solo is None:
+            return
+        solo.steps.close()
+        remaining = solo.max_tokens - len(solo.generated)
+        if not solo.generated:  # nothing ran yet: start over in the batch
+            self._insert(solo.adm, [solo.prompt], solo.max_tokens, solo.sampler, solo.processors)
+            return
+        import mlx.core as mx
+
+        mx.eval([c.state for c in solo.cache])
+        for c in solo.cache:
+            c.trim(1)
+        seen = solo.prompt + solo.generated[:-1]
+        self._insert(
+            solo.adm,
+            [solo.generated[-1:]],
+            remaining,
+            solo.sampler,
+            solo.processors,
+            cache=solo.cache,
+            seen=seen,
+        )
 
     def _cancel(self, admission_id: int) -> None:
         for adm in list(self.waiting):
@@ -185,13 +265,19 @@ class ModelActor(pykka.ThreadingActor):
                 tell(self.governor, ("release", self.name))
                 return
         adm = self.active.get(admission_id)
-        if adm is not None:
+        if adm is None:
+            return
+        if self.solo is not None and self.solo.adm is adm:
+            self.solo.steps.close()
+            self.solo = None
+        else:
             self.gen.remove([adm.uid])
-            self._leave(adm)
+        self._leave(adm)
 
     def _leave(self, adm: Admission) -> None:
         self.active.pop(adm.id, None)
-        self.uids.pop(adm.uid, None)
+        if adm.uid is not None:
+            self.uids.pop(adm.uid, None)
         tell(self.governor, ("release", self.name))
         while self.waiting and len(self.active) < self.num_parallel:
             self._admit(self.waiting.popleft())
@@ -204,6 +290,9 @@ class ModelActor(pykka.ThreadingActor):
     def _step(self) -> None:
         self.stepping = False
         if not self.active:
+            return
+        if self.solo is not None:
+            self._solo_step()
             return
         try:
             _, responses = self.gen.next()
@@ -222,6 +311,37 @@ class ModelActor(pykka.ThreadingActor):
             tell(adm.session, (TOKEN, r.token, r.finish_reason))
             if r.finish_reason is not None:
                 self._leave(adm)
+        if self.active:
+            self._kick()
+
+    def _solo_step(self) -> None:
+        solo = self.solo
+        try:
+            token, _ = next(solo.steps)
+        except StopIteration:
+            token = None
+        except Exception as e:  # report it, keep serving (like a failed batch step)
+            log.error("model.step_failed", model=self.name, error=str(e), exc_info=True)
+            self.solo = None
+            tell(solo.adm.session, (FAIL, RuntimeError(f"generation failed: {e}")))
+            self._leave(solo.adm)
+            return
+        if token is None:  # generate_step ran out (max_tokens): already reported
+            self.solo = None
+            self._leave(solo.adm)
+            return
+        token = int(token)
+        solo.generated.append(token)
+        finish = None
+        if token in self.lm.tokenizer.eos_token_ids:
+            finish = "stop"
+        elif len(solo.generated) >= solo.max_tokens:
+            finish = "length"
+        tell(solo.adm.session, (TOKEN, token, finish))
+        if finish is not None:
+            solo.steps.close()
+            self.solo = None
+            self._leave(solo.adm)
         if self.active:
             self._kick()
 

@@ -51,6 +51,7 @@ class Admission:
     out: queue.Queue
     started_ns: int = field(default_factory=time.perf_counter_ns)
     load_ns: int = 0
+    uid: int | None = None  # the BatchGenerator's id, while in the batch
 
 
 # Messages to a SessionActor (tuples, so the model actor's hot loop stays cheap).
