@@ -274,3 +274,45 @@ def test_a_solo_request_joins_the_batch_midway_without_losing_its_place(runtime_
     assert text(got) == text(alone)
     assert got[-1].eval_count == alone[-1].eval_count == 40
     assert text(later) == text(other_alone)
+
+
+def test_a_failed_batch_step_fails_the_batch_and_serves_the_waiting(runtime_factory):
+    from mlxollama.engine.loader import load
+
+    fail = threading.Event()
+
+    def flaky(store, name):
+        lm = load(store, name)
+        real = lm.model
+
+        class Wrapped:
+            def __getattr__(self, a):
+                return getattr(real, a)
+
+            def __call__(self, *a, **k):
+                if fail.is_set() and a[0].shape[1] == 1:
+                    fail.clear()
+                    raise RuntimeError("boom")
+                return real(*a, **k)
+
+        lm.model = Wrapped()
+        return lm
+
+    rt = runtime_factory(load=flaky, num_parallel=2)
+    drain(rt.submit(ask(n=1)))
+    running = [rt.submit(ask(n=2000, options={"num_ctx": 2048})) for _ in range(2)]
+    waiting = rt.submit(ask(n=5))
+    assert wait_until(lambda: active(rt) == 3)
+    fail.set()
+    for s in running:
+        with pytest.raises(RuntimeError, match="generation failed: boom"):
+            drain(s)
+    assert drain(waiting)[-1].eval_count == 5  # admitted to the fresh batch, and answered
+    assert wait_until(lambda: active(rt) == 0)
+
+
+def test_a_tiny_context_answers_instead_of_killing_the_model(runtime_factory):
+    rt = runtime_factory()
+    final = drain(rt.submit(ask(n=5, options={"num_ctx": 1})))[-1]
+    assert final.done and final.done_reason == "length"
+    assert drain(rt.submit(ask(n=3)))[-1].eval_count == 3

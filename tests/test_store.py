@@ -175,3 +175,11 @@ def test_writer_lock_is_exclusive_across_processes(store, tmp_path):
     with store.lock():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "busy"
+
+
+def test_retagging_removes_what_only_the_old_manifest_used(store):
+    make_model(store, "m", [b"shared", b"old-only"])
+    make_model(store, "m", [b"shared", b"new-only"])
+    assert digest_of(b"old-only") not in store.blobs.digests()
+    assert {digest_of(b"shared"), digest_of(b"new-only")} <= store.blobs.digests()
+    assert store.verify("m") == []

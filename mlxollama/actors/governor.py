@@ -47,6 +47,7 @@ class Entry:
     last_used: float = 0.0
     load_ns: int = 0
     timer: threading.Timer | None = None
+    load_timer: threading.Timer | None = None
     generation: int = 0  # bumps whenever the keep-alive timer is reset
 
 
@@ -61,6 +62,11 @@ def device_memory() -> int:
     except Exception:
         pass
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def in_flight_limit(config: Config) -> int:
+    """Requests the daemon holds at once: every model's batch, plus one queue's worth."""
+    return config.num_parallel * config.max_loaded_models + config.max_queue
 
 
 def estimate_size(info: dict[str, Any], stored_size: int, num_parallel: int, num_ctx: int) -> int:
@@ -79,6 +85,9 @@ class GovernorActor(pykka.ThreadingActor):
         super().__init__()
         self.config, self.store, self.load, self.clock = config, store, load, clock
         self.budget = config.max_memory or int(device_memory() * 0.9)
+        # Requests admitted and not finished, all models together; the HTTP server sizes its
+        # thread pool from the same numbers, so a 503 can always be answered.
+        self.limit = in_flight_limit(config)
         self.loaded: dict[str, Entry] = {}
         self.waiting_loads: list[tuple[Admission, dict]] = []  # (admission, model facts)
         self.retiring: list[pykka.ActorRef] = []  # unloaded models whose actors may still run
@@ -97,6 +106,10 @@ class GovernorActor(pykka.ThreadingActor):
             self._unload(entry, "changed")  # the tag now points at another model
             entry = None
         request = adm.request
+        in_flight = sum(e.refs for e in self.loaded.values()) + len(self.waiting_loads)
+        if in_flight >= self.limit:  # every one of them holds an HTTP thread
+            log.warning("queue.reject", model=adm.name, request_id=request.request_id)
+            raise Busy(BUSY)
         if entry is None and request.empty and request.keep_alive == 0:
             ModelActor.answer_loaded(adm, "unload")  # nothing loaded, nothing to unload
             return
@@ -144,10 +157,18 @@ class GovernorActor(pykka.ThreadingActor):
         entry = self.loaded.get(name)
         if kind == "cancel":  # (cancel, model name, admission id)
             self._cancel(name, message[2])
-        elif entry is None:
             return None
-        elif kind == "loaded":
+        if entry is None:
+            return None
+        stale = kind in ("loaded", "load_failed", "died", "release", "load_timeout") and (
+            message[-1] is not entry.ref  # from an earlier load of the same model
+        )
+        if stale:
+            return None
+        if kind == "loaded":
             entry.state, entry.load_ns = "ready", message[2]
+            if entry.load_timer is not None:
+                entry.load_timer.cancel()
             pending, entry.pending = entry.pending, []
             entry.refs -= len(pending)
             for adm in pending:
@@ -166,7 +187,7 @@ class GovernorActor(pykka.ThreadingActor):
             self._maybe_idle(entry)
         elif kind == "expire" and message[2] == entry.generation and entry.refs == 0:
             self._unload(entry, "expired")
-        elif kind == "load_timeout" and entry.state == "loading":
+        elif kind == "load_timeout" and entry.state == "loading":  # (load_timeout, name, ref)
             error = TimeoutError(f"timed out waiting for model '{name}' to load")
             for adm in entry.pending:
                 tell(adm.session, (FAIL, error))
@@ -192,7 +213,11 @@ class GovernorActor(pykka.ThreadingActor):
             entry.refs -= 1
             self._maybe_idle(entry)
             return
-        tell(entry.ref, ("submit", adm))
+        try:
+            entry.ref.tell(("submit", adm))
+        except pykka.ActorDeadError:  # it died; its "died" message is on the way
+            tell(adm.session, (FAIL, RuntimeError(f"model '{entry.name}' stopped")))
+            entry.refs -= 1
 
     def _maybe_idle(self, entry: Entry) -> None:
         if entry.refs > 0 or entry.state != "ready":
@@ -236,6 +261,8 @@ class GovernorActor(pykka.ThreadingActor):
 
     def _unload(self, entry: Entry, reason: str) -> None:
         self._cancel_timer(entry)
+        if entry.load_timer is not None:
+            entry.load_timer.cancel()
         self.loaded.pop(entry.name, None)
         log.info(
             "model.evict" if reason == "evicted" else "model.stop", model=entry.name, reason=reason
@@ -304,7 +331,9 @@ class GovernorActor(pykka.ThreadingActor):
         )
         self.loaded[adm.name] = entry
         me, name = self.actor_ref, adm.name
-        timer = threading.Timer(self.config.load_timeout, lambda: tell(me, ("load_timeout", name)))
-        timer.daemon = True
-        timer.start()
+        entry.load_timer = threading.Timer(
+            self.config.load_timeout, lambda: tell(me, ("load_timeout", name, ref))
+        )
+        entry.load_timer.daemon = True
+        entry.load_timer.start()
         return entry

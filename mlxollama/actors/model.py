@@ -82,12 +82,12 @@ class ModelActor(pykka.ThreadingActor):
             self.gen = self._new_generator()
         except Exception as e:  # reported, not raised: the governor fails the waiting requests
             log.warning("model.load_failed", model=self.name, error=str(e))
-            tell(self.governor, ("load_failed", self.name, e))
+            self._to_governor("load_failed", e)
             self.actor_ref.tell(("unload",))
             return
         seconds = time.perf_counter() - tic
         log.info("model.load", model=self.name, seconds=round(seconds, 3))
-        tell(self.governor, ("loaded", self.name, int(seconds * 1e9)))
+        self._to_governor("loaded", int(seconds * 1e9))
 
     def _new_generator(self):
         from mlx_lm.generate import BatchGenerator
@@ -104,7 +104,7 @@ class ModelActor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         for adm in [*self.active.values(), *self.waiting]:
             tell(adm.session, (FAIL, RuntimeError(f"model '{self.name}' was unloaded")))
-            tell(self.governor, ("release", self.name))
+            self._to_governor("release")
         self.active.clear()
         self.waiting.clear()
         self._free()
@@ -116,7 +116,7 @@ class ModelActor(pykka.ThreadingActor):
             tell(adm.session, (FAIL, error))
         self.active.clear()
         self.waiting.clear()
-        tell(self.governor, ("died", self.name, error))
+        self._to_governor("died", error)
         self._free()
 
     def _free(self) -> None:
@@ -160,7 +160,7 @@ class ModelActor(pykka.ThreadingActor):
                 adm.session,
                 (FAIL, Busy("server busy, please try again.  maximum pending requests exceeded")),
             )
-            tell(self.governor, ("release", self.name))
+            self._to_governor("release")
 
     def _admit(self, adm: Admission) -> None:
         from mlxollama.engine.generate import fit_context, make_sampling
@@ -181,18 +181,24 @@ class ModelActor(pykka.ThreadingActor):
             sampler, processors = make_sampling(sampling, num_ctx)
         except Exception as e:  # a bad template or option: this request only
             tell(adm.session, (FAIL, e))
-            tell(self.governor, ("release", self.name))
+            self._to_governor("release")
             return
         tell(adm.session, (BEGIN, lm.tokenizer, sampling, len(budget.prompt_tokens), adm.load_ns))
         if budget.max_tokens <= 0:
             tell(adm.session, (LOADED, "length", adm.load_ns))  # no room left: an empty answer
-            tell(self.governor, ("release", self.name))
+            self._to_governor("release")
             return
-        if not self.active and len(budget.prompt_tokens) <= SOLO_MAX_PROMPT:
-            self._start_solo(adm, budget.prompt_tokens, budget.max_tokens, sampler, processors)
-        else:
-            self._to_batch()  # a second request: the solo one joins the batch first
-            self._insert(adm, [budget.prompt_tokens], budget.max_tokens, sampler, processors)
+        try:
+            if not self.active and len(budget.prompt_tokens) <= SOLO_MAX_PROMPT:
+                self._start_solo(adm, budget.prompt_tokens, budget.max_tokens, sampler, processors)
+            else:
+                self._to_batch()  # a second request: the solo one joins the batch first
+                self._insert(adm, [budget.prompt_tokens], budget.max_tokens, sampler, processors)
+        except Exception as e:  # this request only; the model keeps serving the others
+            log.error("model.admit_failed", model=self.name, error=str(e), exc_info=True)
+            tell(adm.session, (FAIL, RuntimeError(f"generation failed: {e}")))
+            self._leave(adm, admit=False)
+            return
         self._kick()
 
     def _insert(self, adm, prompt, max_tokens, sampler, processors, cache=None, seen=None):
@@ -262,7 +268,7 @@ class ModelActor(pykka.ThreadingActor):
         for adm in list(self.waiting):
             if adm.id == admission_id:
                 self.waiting.remove(adm)
-                tell(self.governor, ("release", self.name))
+                self._to_governor("release")
                 return
         adm = self.active.get(admission_id)
         if adm is None:
@@ -274,13 +280,21 @@ class ModelActor(pykka.ThreadingActor):
             self.gen.remove([adm.uid])
         self._leave(adm)
 
-    def _leave(self, adm: Admission) -> None:
+    def _leave(self, adm: Admission, admit: bool = True) -> None:
         self.active.pop(adm.id, None)
         if adm.uid is not None:
             self.uids.pop(adm.uid, None)
-        tell(self.governor, ("release", self.name))
+        self._to_governor("release")
+        if admit:
+            self._admit_waiting()
+
+    def _admit_waiting(self) -> None:
         while self.waiting and len(self.active) < self.num_parallel:
             self._admit(self.waiting.popleft())
+
+    def _to_governor(self, kind: str, *args) -> None:
+        """Tell the governor, naming this actor: a newer load of the same model has another."""
+        tell(self.governor, (kind, self.name, *args, self.actor_ref))
 
     def _kick(self) -> None:
         if not self.stepping:
@@ -298,10 +312,15 @@ class ModelActor(pykka.ThreadingActor):
             _, responses = self.gen.next()
         except Exception as e:  # report to every affected session, keep the actor alive
             log.error("model.step_failed", model=self.name, error=str(e), exc_info=True)
-            for adm in list(self.active.values()):
+            failed = list(self.active.values())
+            self.gen.close()
+            self.gen = self._new_generator()  # before anyone waiting is admitted to it
+            for adm in failed:
                 tell(adm.session, (FAIL, RuntimeError(f"generation failed: {e}")))
-                self._leave(adm)
-            self.gen = self._new_generator()
+                self._leave(adm, admit=False)
+            self._admit_waiting()
+            if self.active:
+                self._kick()
             return
         for r in responses:
             adm_id = self.uids.get(r.uid)

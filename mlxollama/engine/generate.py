@@ -127,7 +127,7 @@ def fit_context(prompt: list[int], num_ctx: int, num_predict: int, num_keep: int
     """
     if len(prompt) >= num_ctx:
         keep = max(0, min(num_keep, num_ctx // 2))
-        tail = num_ctx - 1 - keep
+        tail = max(1, num_ctx - 1 - keep)  # never an empty prompt, even for num_ctx 1
         prompt = prompt[:keep] + prompt[len(prompt) - tail :]
     room = num_ctx - len(prompt)
     max_tokens = room if num_predict < 0 else min(num_predict, room)

@@ -56,9 +56,7 @@ def _render(lm: Any, messages: list[Message], system: str | None, template: str 
     if go is None and getattr(lm.tokenizer, "chat_template", None):
         text = lm.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         return lm.tokenizer.encode(text, add_special_tokens=False)
-    system_text = next((m["content"] for m in msgs if m["role"] == "system"), None)
-    rest = [m for m in msgs if m["role"] != "system"]
     from mlxollama.engine import gotemplate
 
-    text = gotemplate.render_messages(go or PLAIN_TEMPLATE, rest, system=system_text)
+    text = gotemplate.render_messages(go or PLAIN_TEMPLATE, msgs)
     return lm.tokenizer.encode(text)

@@ -13,7 +13,7 @@ import falcon
 import orjson
 import structlog
 
-from mlxollama.errors import Busy, DigestMismatch, ModelNotFound
+from mlxollama.errors import BlobNotFound, Busy, DigestMismatch, ModelNotFound
 
 log = structlog.get_logger("mlxollama.http")
 
@@ -29,6 +29,8 @@ def status_of(exc: BaseException) -> tuple[int, str]:
         return 503, BUSY_MESSAGE
     if isinstance(exc, ModelNotFound):
         return 404, str(exc)
+    if isinstance(exc, BlobNotFound):  # a stored model lost a file: Ollama's 404 and advice
+        return 404, f"{exc}: try pulling or creating the model again"
     if isinstance(exc, DigestMismatch):
         # A stored blob that no longer matches its name: the store is damaged, not the request.
         # An upload whose bytes miss the announced digest is a 400, raised by the blob handler.

@@ -149,6 +149,10 @@ class Store:
             if not self.blobs.exists(digest):
                 raise BlobNotFound(f"cannot tag {name.display()}: blob {digest} is missing")
         path = self.manifests_dir / name.path()
+        try:
+            old = Manifest.from_bytes(path.read_bytes())
+        except (OSError, ValueError):
+            old = None
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         try:
@@ -161,6 +165,8 @@ class Store:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        if old is not None:  # the tag moved: what only the old manifest used is garbage now
+            self._remove_unreferenced(set(old.digests()) - set(manifest.digests()))
         return self._read(name)
 
     def copy(self, source: str, destination: str) -> StoredModel:
