@@ -116,8 +116,8 @@ class Runtime:
         from mlxollama.actors.store_actor import StoreActor
 
         # Each token crosses three threads (model, session, HTTP). With Python's default 5 ms
-        # switch interval a model thread waiting for the GIL behind the others stalls whole
-        # steps: on an H200, 8 streams fell from 944 to 134 tok/s. 0.2 ms keeps steps moving.
+        # switch interval the model thread can wait that long for the GIL behind the others,
+        # once per step; 0.2 ms keeps steps moving (docs/benchmarks.md).
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self.governor = GovernorActor.start(self.config, self._store, self._load)
         self.store_actor = StoreActor.start(self._store)
