@@ -302,7 +302,13 @@ def test_a_failed_batch_step_fails_the_batch_and_serves_the_waiting(runtime_fact
     drain(rt.submit(ask(n=1)))
     running = [rt.submit(ask(n=2000, options={"num_ctx": 2048})) for _ in range(2)]
     waiting = rt.submit(ask(n=5))
-    assert wait_until(lambda: active(rt) == 3)
+
+    def model_stats():
+        ref = rt.governor.proxy().loaded.get()["tiny-a:latest"].ref
+        return ref.ask(("stats",), timeout=5)
+
+    # the model actor itself (not just the governor) has both in its batch and one waiting
+    assert wait_until(lambda: model_stats() == {"active": 2, "waiting": 1})
     fail.set()
     for s in running:
         with pytest.raises(RuntimeError, match="generation failed: boom"):
