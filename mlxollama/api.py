@@ -30,7 +30,7 @@ OPTION_TYPES: dict[str, type] = {
     "presence_penalty": float,
     "frequency_penalty": float,
     "stop": list,
-    # load time: changing one means a reload
+    # load time in Ollama; accepted here, only num_ctx has an effect
     "num_ctx": int,
     "num_batch": int,
     "num_gpu": int,
@@ -60,8 +60,6 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "use_mmap": True,
     "num_thread": 0,
 }
-
-LOAD_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
 
 # Accepted for compatibility and dropped, as Ollama does (the Modelfile parser warns).
 DEPRECATED_OPTIONS = frozenset(
@@ -146,18 +144,6 @@ def context_size(options: dict[str, Any], default: int) -> int:
 
 
 @dataclass(frozen=True)
-class LoadOptions:
-    """Options fixed when a model is loaded; a different value means a reload."""
-
-    num_ctx: int | None = None
-    num_batch: int = 512
-
-    @classmethod
-    def from_options(cls, options: dict[str, Any]) -> LoadOptions:
-        return cls(num_ctx=options.get("num_ctx"), num_batch=options.get("num_batch", 512))
-
-
-@dataclass(frozen=True)
 class SamplingOptions:
     """Per-request generation options, in Ollama's names."""
 
@@ -181,7 +167,6 @@ class SamplingOptions:
         return cls(**fields)
 
 
-Role = Literal["system", "user", "assistant", "tool"]
 ROLES = ("system", "user", "assistant", "tool")
 
 
