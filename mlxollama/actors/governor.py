@@ -64,6 +64,16 @@ def device_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def on_gpu() -> bool:
+    """Whether models run on a GPU (Metal, CUDA) rather than MLX's CPU backend."""
+    try:
+        import mlx.core as mx
+
+        return mx.default_device() != mx.cpu
+    except Exception:
+        return True
+
+
 def in_flight_limit(config: Config) -> int:
     """Requests the daemon holds at once: every model's batch, plus one queue's worth."""
     return config.num_parallel * config.max_loaded_models + config.max_queue
@@ -88,6 +98,7 @@ class GovernorActor(pykka.ThreadingActor):
         # Requests admitted and not finished, all models together; the HTTP server sizes its
         # thread pool from the same numbers, so a 503 can always be answered.
         self.limit = in_flight_limit(config)
+        self.on_gpu = on_gpu()
         self.loaded: dict[str, Entry] = {}
         self.waiting_loads: list[tuple[Admission, dict]] = []  # (admission, model facts)
         self.retiring: list[pykka.ActorRef] = []  # unloaded models whose actors may still run
@@ -137,6 +148,7 @@ class GovernorActor(pykka.ThreadingActor):
                     "context_length": e.context_length,
                     "active": e.refs,
                     "state": e.state,
+                    "on_gpu": self.on_gpu,
                 }
             )
         return sorted(out, key=lambda m: m["expires_at"], reverse=True)

@@ -88,6 +88,7 @@ class RunningModel:
     expires_at: float  # epoch seconds; float("inf") for forever
     context_length: int
     active: int  # sessions generating or waiting
+    on_gpu: bool = True  # False on MLX's CPU backend: /api/ps then shows size_vram 0
 
 
 class Runtime:
@@ -204,6 +205,7 @@ class Runtime:
                 expires_at=m["expires_at"],
                 context_length=m["context_length"],
                 active=m["active"],
+                on_gpu=m["on_gpu"],
             )
             for m in self.governor.proxy().ps().get(timeout=30)
         ]

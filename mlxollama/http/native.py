@@ -461,7 +461,8 @@ def ps_entry(m: RunningModel) -> dict[str, Any]:
         "digest": m.digest,
         "details": m.details,
         "expires_at": expires_at(m.expires_at),
-        "size_vram": m.size,  # unified memory: all of it is "on the GPU"
+        # unified memory: on Metal (and CUDA) all of it is "on the GPU"; on the CPU backend none
+        "size_vram": m.size if getattr(m, "on_gpu", True) else 0,
         "context_length": m.context_length,
     }
 
