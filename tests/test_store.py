@@ -111,10 +111,15 @@ def test_remove_unknown_model(store):
 
 def test_gc_removes_only_unreferenced(store):
     make_model(store, "m", [b"kept"])
+    for digest in store.blobs.digests():
+        os.utime(store.blobs.path(digest), (0, 0))  # everything old, the model's blobs too
     orphan = store.blobs.put_bytes(b"orphan")
+    os.utime(store.blobs.path(orphan), (0, 0))
+    fresh = store.blobs.put_bytes(b"just uploaded")  # e.g. for a create that has not run yet
     count, freed = store.gc()
     assert (count, freed) == (1, len(b"orphan"))
     assert not store.blobs.exists(orphan)
+    assert store.blobs.exists(fresh)
     assert store.verify("m") == []
 
 

@@ -264,7 +264,7 @@ def verify(model: str) -> None:
 
 @cli.command()
 def gc() -> None:
-    """Delete blobs that no model references (on the local store)."""
+    """Delete blobs no model references, older than an hour (on the local store)."""
     count, freed = local().gc()
     click.echo(f"removed {count} unreferenced blob(s), freed {fmt.human_bytes(freed)}")
 

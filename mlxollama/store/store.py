@@ -201,15 +201,26 @@ class Store:
             self.blobs.remove(digest)
         return len(unreferenced), freed
 
-    def gc(self) -> tuple[int, int]:
+    def gc(self, grace: float = 3600.0) -> tuple[int, int]:
         """Remove blobs that no manifest references and stale temp files.
+
+        Unreferenced blobs younger than `grace` seconds stay: a blob uploaded for a create
+        that has not run yet (`POST /api/blobs`) is unreferenced too, as in Ollama.
 
         Returns:
             (blobs removed, bytes freed)
         """
         with self.lock():
             self.blobs.clean_temp()
-            return self._remove_unreferenced(self.blobs.digests())
+            cutoff = self.clock() - grace
+            old = set()
+            for digest in self.blobs.digests():
+                try:
+                    if self.blobs.path(digest).stat().st_mtime <= cutoff:
+                        old.add(digest)
+                except FileNotFoundError:
+                    continue
+            return self._remove_unreferenced(old)
 
     def check_blobs(self, model: StoredModel) -> None:
         """Check every blob of a model before it is loaded.
