@@ -322,3 +322,13 @@ def test_a_tiny_context_answers_instead_of_killing_the_model(runtime_factory):
     final = drain(rt.submit(ask(n=5, options={"num_ctx": 1})))[-1]
     assert final.done and final.done_reason == "length"
     assert drain(rt.submit(ask(n=3)))[-1].eval_count == 3
+
+
+def test_ps_reports_the_context_a_modelfile_sets(runtime_factory, tiny_root):
+    from mlxollama.store.build import create
+    from mlxollama.store.buildspec import BuildSpec
+
+    create(Store(tiny_root), "tiny-ctx", BuildSpec(source="tiny-a", parameters={"num_ctx": 512}))
+    rt = runtime_factory()
+    drain(rt.submit(ask("tiny-ctx", n=2)))
+    assert [m.context_length for m in rt.ps()] == [512]

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pykka
 import structlog
 
@@ -27,6 +28,8 @@ from mlxollama.api import Chunk, InferenceRequest
 from mlxollama.config import Config
 from mlxollama.errors import UnsupportedModel
 from mlxollama.store.buildspec import BuildSpec
+from mlxollama.store.info import texts
+from mlxollama.store.manifests import PARAMS_MEDIA_TYPE
 from mlxollama.store.store import Store, StoredModel
 
 __all__ = ["DONE", "RunningModel", "Runtime", "Session"]
@@ -168,8 +171,11 @@ class Runtime:
         if "completion" not in info.get("capabilities", ["completion"]):
             raise UnsupportedModel(f'"{name}" does not support {request.kind}')
         request.options = api.parse_options(request.options)
+        # the window the model actor will use: request options over the model's PARAMETERs
+        params = texts(self._store, stored, PARAMS_MEDIA_TYPE)
+        opts = api.merge_options(orjson.loads(params[-1]) if params else {}, request.options)
         num_ctx = min(
-            request.options.get("num_ctx") or self.config.context_length,
+            api.context_size(opts, self.config.context_length),
             info.get("context_length") or self.config.context_length,
         )
         facts = {
