@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import pykka
 import structlog
 
@@ -28,8 +27,7 @@ from mlxollama.api import Chunk, InferenceRequest
 from mlxollama.config import Config
 from mlxollama.errors import UnsupportedModel
 from mlxollama.store.buildspec import BuildSpec
-from mlxollama.store.info import texts
-from mlxollama.store.manifests import PARAMS_MEDIA_TYPE
+from mlxollama.store.info import text_layers
 from mlxollama.store.store import Store, StoredModel
 
 __all__ = ["DONE", "RunningModel", "Runtime", "Session"]
@@ -172,8 +170,8 @@ class Runtime:
             raise UnsupportedModel(f'"{name}" does not support {request.kind}')
         request.options = api.parse_options(request.options)
         # the window the model actor will use: request options over the model's PARAMETERs
-        params = texts(self._store, stored, PARAMS_MEDIA_TYPE)
-        opts = api.merge_options(orjson.loads(params[-1]) if params else {}, request.options)
+        params = text_layers(self._store, stored)["parameters"]
+        opts = api.merge_options(params, request.options)
         num_ctx = min(
             api.context_size(opts, self.config.context_length),
             info.get("context_length") or self.config.context_length,

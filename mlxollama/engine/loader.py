@@ -24,6 +24,7 @@ from mlx_lm.utils import _get_classes, dequantize_model, infer_quant_config, qua
 
 from mlxollama.errors import BlobNotFound, DigestMismatch, UnsupportedModel
 from mlxollama.store import manifests as mt
+from mlxollama.store.info import text_layers
 from mlxollama.store.store import Store, StoredModel
 
 
@@ -153,7 +154,8 @@ def load(store: Store, name: str, *, float32_on_cpu: bool = True) -> LoadedModel
         model, _ = convert(model, model_config, "fp32")
     mx.eval(model.parameters())
     tokenizer = _load_tokenizer(store, stored, model_config)
-    layers = _text_layers(store, stored)
+    layers = text_layers(store, stored)
+    del layers["license"]
     return LoadedModel(
         name=display,
         digest=stored.digest,
@@ -178,21 +180,3 @@ def _load_tokenizer(store: Store, stored: StoredModel, model_config: dict[str, A
             target.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(store.blobs.path(f.digest), target)
         return tokenizer_utils.load(Path(tmp), eos_token_ids=model_config.get("eos_token_id"))
-
-
-def _text_layers(store: Store, stored: StoredModel) -> dict[str, Any]:
-    import orjson
-
-    def text(media_type: str) -> list[str]:
-        return [
-            store.blobs.read_bytes(d.digest).decode() for d in stored.manifest.layers_of(media_type)
-        ]
-
-    template, system = text(mt.TEMPLATE_MEDIA_TYPE), text(mt.SYSTEM_MEDIA_TYPE)
-    params, messages = text(mt.PARAMS_MEDIA_TYPE), text(mt.MESSAGES_MEDIA_TYPE)
-    return {
-        "template": template[-1] if template else None,
-        "system": system[-1] if system else None,
-        "parameters": orjson.loads(params[-1]) if params else {},
-        "messages": orjson.loads(messages[-1]) if messages else [],
-    }

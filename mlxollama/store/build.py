@@ -25,6 +25,7 @@ from mlxollama import __version__
 from mlxollama.errors import UnsupportedModel
 from mlxollama.store import manifests as mt
 from mlxollama.store.buildspec import MODEL_FILES, QUANTIZATION_ALIASES, BuildSpec
+from mlxollama.store.info import text_layers
 from mlxollama.store.manifests import Descriptor, Manifest
 from mlxollama.store.names import parse_name
 from mlxollama.store.store import Store, StoredModel
@@ -248,9 +249,13 @@ def _build(store: Store, b: _Builder, target, spec: BuildSpec, quantize: str | N
     file_layers = parts.reused_files + [
         b.layer(mt.FILE_MEDIA_TYPE, data, fname) for fname, data in sorted(parts.files.items())
     ]
-    inherited = _inherited_text(store, parts.parent)
-    params = {**inherited["params"], **spec.parameters}
-    text_layers = []
+    inherited = (
+        text_layers(store, parts.parent)
+        if parts.parent is not None
+        else {"parameters": {}, "template": None, "system": None, "messages": [], "license": []}
+    )
+    params = {**inherited["parameters"], **spec.parameters}
+    extra_layers = []
     template = spec.template if spec.template is not None else inherited["template"]
     system = spec.system if spec.system is not None else inherited["system"]
     messages = spec.messages if spec.messages is not None else inherited["messages"]
@@ -258,21 +263,21 @@ def _build(store: Store, b: _Builder, target, spec: BuildSpec, quantize: str | N
         from mlxollama.engine.gotemplate import parse
 
         parse(template)  # a bad template fails the create, as in Ollama
-        text_layers.append(b.layer(mt.TEMPLATE_MEDIA_TYPE, template.encode()))
+        extra_layers.append(b.layer(mt.TEMPLATE_MEDIA_TYPE, template.encode()))
     if system is not None:
-        text_layers.append(b.layer(mt.SYSTEM_MEDIA_TYPE, system.encode()))
+        extra_layers.append(b.layer(mt.SYSTEM_MEDIA_TYPE, system.encode()))
     if params:
-        text_layers.append(
+        extra_layers.append(
             b.layer(mt.PARAMS_MEDIA_TYPE, orjson.dumps(params, option=orjson.OPT_SORT_KEYS))
         )
     if messages:
-        text_layers.append(b.layer(mt.MESSAGES_MEDIA_TYPE, orjson.dumps(messages)))
+        extra_layers.append(b.layer(mt.MESSAGES_MEDIA_TYPE, orjson.dumps(messages)))
     for text in inherited["license"] + list(spec.license):
-        text_layers.append(b.layer(mt.LICENSE_MEDIA_TYPE, text.encode()))
+        extra_layers.append(b.layer(mt.LICENSE_MEDIA_TYPE, text.encode()))
 
     info = _config_blob(store, target, parts, config, quantize, spec)
     config_layer = b.layer(mt.CONFIG_MEDIA_TYPE, orjson.dumps(info, option=orjson.OPT_SORT_KEYS))
-    manifest = Manifest(config=config_layer, layers=(*tensor_layers, *file_layers, *text_layers))
+    manifest = Manifest(config=config_layer, layers=(*tensor_layers, *file_layers, *extra_layers))
     b.say("writing manifest")
     store.blobs.sync()
     return store.put_manifest(target, manifest)
@@ -336,27 +341,6 @@ def _config_blob(store: Store, target, parts: _Parts, config, quantize, spec: Bu
         if candidate == old:
             return old
     return info
-
-
-def _inherited_text(store: Store, parent: StoredModel | None) -> dict[str, Any]:
-    empty = {"params": {}, "template": None, "system": None, "messages": None, "license": []}
-    if parent is None:
-        return empty
-
-    def texts(media_type: str) -> list[str]:
-        return [
-            store.blobs.read_bytes(d.digest).decode() for d in parent.manifest.layers_of(media_type)
-        ]
-
-    params, messages = texts(mt.PARAMS_MEDIA_TYPE), texts(mt.MESSAGES_MEDIA_TYPE)
-    template, system = texts(mt.TEMPLATE_MEDIA_TYPE), texts(mt.SYSTEM_MEDIA_TYPE)
-    return {
-        "params": orjson.loads(params[-1]) if params else {},
-        "template": template[-1] if template else None,
-        "system": system[-1] if system else None,
-        "messages": orjson.loads(messages[-1]) if messages else None,
-        "license": texts(mt.LICENSE_MEDIA_TYPE),
-    }
 
 
 def _read_files(folder: Path) -> dict[str, bytes]:

@@ -47,6 +47,26 @@ def texts(store: Store, model: StoredModel, media_type: str) -> list[str]:
     return [store.blobs.read_bytes(d.digest).decode() for d in model.manifest.layers_of(media_type)]
 
 
+def text_layers(store: Store, model: StoredModel) -> dict[str, Any]:
+    """The Modelfile-level layers: TEMPLATE and SYSTEM (None when absent), PARAMETERs,
+    MESSAGEs and the LICENSE texts."""
+    template, system = (
+        texts(store, model, mt.TEMPLATE_MEDIA_TYPE),
+        texts(store, model, mt.SYSTEM_MEDIA_TYPE),
+    )
+    params, messages = (
+        texts(store, model, mt.PARAMS_MEDIA_TYPE),
+        texts(store, model, mt.MESSAGES_MEDIA_TYPE),
+    )
+    return {
+        "template": template[-1] if template else None,
+        "system": system[-1] if system else None,
+        "parameters": orjson.loads(params[-1]) if params else {},
+        "messages": orjson.loads(messages[-1]) if messages else [],
+        "license": texts(store, model, mt.LICENSE_MEDIA_TYPE),
+    }
+
+
 def model_template(store: Store, model: StoredModel) -> str:
     """The Modelfile TEMPLATE if one was given, else the model's own Jinja chat template."""
     go = texts(store, model, mt.TEMPLATE_MEDIA_TYPE)
@@ -67,28 +87,23 @@ def show(store: Store, model: StoredModel, verbose: bool = False) -> dict[str, A
     from mlxollama.store.modelfile import format_parameters, to_modelfile
 
     info = store.config(model)
-    params_text = texts(store, model, mt.PARAMS_MEDIA_TYPE)
-    params = orjson.loads(params_text[-1]) if params_text else {}
-    messages_text = texts(store, model, mt.MESSAGES_MEDIA_TYPE)
-    messages = orjson.loads(messages_text[-1]) if messages_text else []
-    system = texts(store, model, mt.SYSTEM_MEDIA_TYPE)
-    go_template = texts(store, model, mt.TEMPLATE_MEDIA_TYPE)
-    licenses = texts(store, model, mt.LICENSE_MEDIA_TYPE)
+    layers = text_layers(store, model)
+    params, messages, licenses = layers["parameters"], layers["messages"], layers["license"]
     name = model.name.display()
     body: dict[str, Any] = {
         "license": "\n".join(licenses),
         "modelfile": to_modelfile(
             name=name,
             from_ref=name,
-            template=go_template[-1] if go_template else None,
-            system=system[-1] if system else None,
+            template=layers["template"],
+            system=layers["system"],
             parameters=params,
             messages=messages,
             license=licenses,
         ),
         "parameters": format_parameters(params),
         "template": model_template(store, model),
-        "system": system[-1] if system else "",
+        "system": layers["system"] or "",
         "details": details(info),
         "messages": messages,
         "model_info": info.get("model_info") or {},
