@@ -216,10 +216,9 @@ def test_load_timeout(runtime_factory):
         drain(rt.submit(ask()))
 
 
-def test_step_failure_is_reported_and_the_model_keeps_serving(runtime_factory):
+def failing_decode(should_fail):
+    """A loader whose model raises "boom" on a decode step whenever `should_fail()` says so."""
     from mlxollama.engine.loader import load
-
-    broken = {"on": True}
 
     def flaky(store, name):
         lm = load(store, name)
@@ -230,12 +229,19 @@ def test_step_failure_is_reported_and_the_model_keeps_serving(runtime_factory):
                 return getattr(real, a)
 
             def __call__(self, *a, **k):
-                if broken["on"] and a[0].shape[1] == 1:  # fail decode steps only
+                if a[0].shape[1] == 1 and should_fail():  # decode steps only
                     raise RuntimeError("boom")
                 return real(*a, **k)
 
         lm.model = Wrapped()
         return lm
+
+    return flaky
+
+
+def test_step_failure_is_reported_and_the_model_keeps_serving(runtime_factory):
+    broken = {"on": True}
+    flaky = failing_decode(lambda: broken["on"])
 
     rt = runtime_factory(load=flaky)
     with pytest.raises(RuntimeError, match="generation failed: boom"):
@@ -277,26 +283,15 @@ def test_a_solo_request_joins_the_batch_midway_without_losing_its_place(runtime_
 
 
 def test_a_failed_batch_step_fails_the_batch_and_serves_the_waiting(runtime_factory):
-    from mlxollama.engine.loader import load
-
     fail = threading.Event()
 
-    def flaky(store, name):
-        lm = load(store, name)
-        real = lm.model
+    def once() -> bool:
+        if fail.is_set():
+            fail.clear()
+            return True
+        return False
 
-        class Wrapped:
-            def __getattr__(self, a):
-                return getattr(real, a)
-
-            def __call__(self, *a, **k):
-                if fail.is_set() and a[0].shape[1] == 1:
-                    fail.clear()
-                    raise RuntimeError("boom")
-                return real(*a, **k)
-
-        lm.model = Wrapped()
-        return lm
+    flaky = failing_decode(once)
 
     rt = runtime_factory(load=flaky, num_parallel=2)
     drain(rt.submit(ask(n=1)))
