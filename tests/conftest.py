@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 
 import pytest
+import structlog
+
+from mlxollama import log
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -124,3 +128,15 @@ def smollm2_loaded(smollm2_store):
     from mlxollama.store.store import Store
 
     return load(Store(smollm2_store), "smollm2")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_logging():
+    """The daemons route structlog and the root logger to their JSONL files; put it back."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    level = root.level
+    yield
+    log.configure(None, console=False)  # drops the file handlers
+    structlog.configure(**saved)
+    root.setLevel(level)
