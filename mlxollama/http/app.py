@@ -21,7 +21,7 @@ import structlog
 from mlxollama import __version__
 from mlxollama.api import Chunk
 from mlxollama.config import Config
-from mlxollama.http import blobs, errors, native
+from mlxollama.http import blobs, errors, native, openai
 
 log = structlog.get_logger("mlxollama.http")
 
@@ -129,7 +129,7 @@ class Version:
 
 
 def create_app(runtime, config: Config) -> falcon.App:
-    """The WSGI app serving Ollama's native API on top of `runtime`.
+    """The WSGI app serving Ollama's native API and the OpenAI `/v1` API on top of `runtime`.
 
     Args:
         runtime: a started `mlxollama.actors.runtime.Runtime` (or a fake with its methods).
@@ -152,4 +152,8 @@ def create_app(runtime, config: Config) -> falcon.App:
     app.add_route("/api/delete", native.Delete(runtime))
     app.add_route("/api/create", blobs.Create(runtime))
     app.add_route("/api/blobs/{digest}", blobs.Blob(runtime))
+    app.add_route("/v1/chat/completions", openai.ChatCompletions(runtime))
+    app.add_route("/v1/completions", openai.Completions(runtime))
+    app.add_route("/v1/models", openai.Models(runtime))
+    app.add_route("/v1/models/{model:path}", openai.Model(runtime))
     return app

@@ -4,7 +4,8 @@ This is Ollama's `handleScheduleError`: domain errors from `mlxollama.errors` (a
 `ValueError`s that request parsing raises) map to 400, 404 and 503; anything else is a 500
 whose message is the exception's text, logged with its traceback. Falcon's own errors (no
 route, wrong method, body too large, the 400s raised while reading a request) get the same
-body shape.
+body shape. Under `/v1` the body is OpenAI's error object instead, with the same status, so
+that OpenAI SDKs raise their typed errors (`BadRequestError`, `NotFoundError`, ...).
 """
 
 from __future__ import annotations
@@ -57,6 +58,27 @@ def error_body(message: str) -> bytes:
     return orjson.dumps({"error": message})
 
 
+OPENAI_PREFIX = "/v1"
+OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
+
+
+def is_openai(path: str) -> bool:
+    return path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/")
+
+
+def openai_error(status: int, message: str) -> dict:
+    """OpenAI's error object (Ollama's `openai.NewError`): the type follows the status."""
+    kind = OPENAI_TYPES.get(status, "api_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+def body_for(req: falcon.Request, status: int, message: str) -> bytes:
+    """The error body in the shape of the API the request was for."""
+    if is_openai(req.path):
+        return orjson.dumps(openai_error(status, message))
+    return error_body(message)
+
+
 def handle_exception(req: falcon.Request, resp: falcon.Response, exc: Exception, params) -> None:
     """Falcon error handler for every exception, HTTPError included."""
     status, message = status_of(exc)
@@ -67,14 +89,14 @@ def handle_exception(req: falcon.Request, resp: falcon.Response, exc: Exception,
     req.context.error = message
     resp.status = status
     resp.content_type = falcon.MEDIA_JSON
-    resp.data = error_body(message)
+    resp.data = body_for(req, status, message)
     resp.stream = None
 
 
 def serialize_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
     """Falcon's error serializer (used if Falcon serializes an HTTPError itself)."""
     resp.content_type = falcon.MEDIA_JSON
-    resp.data = error_body(message_of(exc))
+    resp.data = body_for(req, exc.status_code, message_of(exc))
 
 
 def register(app: falcon.App) -> None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import falcon
 import orjson
@@ -178,7 +178,41 @@ def client_gone(req: falcon.Request, resp: falcon.Response) -> None:
 # -- generate and chat ---------------------------------------------------------------------
 
 
-class _Inference:
+class Output(Protocol):
+    """How an inference answer is written: the stream's bytes for each chunk and for an error
+    after streaming began, or one object when not streaming. One per request (it may keep
+    state, such as whether the first chunk went out)."""
+
+    headers: Mapping[str, str]
+    streams_empty: bool  # stream a load/unload answer too (native: one object)
+
+    def chunk(self, chunk: api.Chunk) -> bytes: ...
+
+    def error(self, exc: BaseException) -> tuple[bytes, str]: ...
+
+    def whole(self, final: api.Chunk) -> dict[str, Any]: ...
+
+
+class Ndjson:
+    """Ollama's native answers: one JSON object per line."""
+
+    headers: ClassVar[Mapping[str, str]] = {"Content-Type": NDJSON}
+    streams_empty = False
+
+    def __init__(self, render: Callable[[api.Chunk], dict[str, Any]]):
+        self.render = render
+
+    def chunk(self, chunk: api.Chunk) -> bytes:
+        return orjson.dumps(self.render(chunk)) + b"\n"
+
+    def error(self, exc: BaseException) -> tuple[bytes, str]:
+        return error_line(exc)
+
+    def whole(self, final: api.Chunk) -> dict[str, Any]:
+        return self.render(final)
+
+
+class Inference:
     """What Generate and Chat share: validation, submit, first chunk, stream or collect."""
 
     reads_model = True
@@ -192,18 +226,23 @@ class _Inference:
     def render(self, model: str, chunk: api.Chunk) -> dict[str, Any]:
         raise NotImplementedError
 
+    def output(self, request: api.InferenceRequest, body: dict[str, Any]) -> Output:
+        """How the answer is written: NDJSON here; `/v1` overrides it with SSE."""
+        return Ndjson(lambda chunk: self.render(request.model, chunk))
+
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req)
         req.context.log_start(_loggable_model(body))
         request, stream = self.parse(body, req.context.request_id)
+        out = self.output(request, body)
         session = self.runtime.submit(request)
         disconnected = disconnect_check(req)
         first = _first_chunk(session, disconnected)
         if first is None:
             client_gone(req, resp)
             return
-        model = request.model
-        if stream and not request.empty:  # a load/unload answer is one object, as in Ollama
+        # a native load/unload answer is one object, as in Ollama
+        if stream and (out.streams_empty or not request.empty):
             req.context.streaming = True
             outcome = _Outcome()
 
@@ -213,16 +252,15 @@ class _Inference:
                     outcome.error = outcome.error or "client disconnected"
                 req.context.log_end(200, outcome.final, outcome.error)
 
-            lines = _lines(session, first, lambda c: self.render(model, c), disconnected, outcome)
-            resp.content_type = NDJSON
-            resp.stream = ClosingStream(lines, cleanup)
+            resp.set_headers(out.headers)
+            resp.stream = ClosingStream(_lines(session, first, out, disconnected, outcome), cleanup)
             return
         final = _collect(session, first, disconnected)
         if final is None:
             client_gone(req, resp)
             return
         req.context.stats = final
-        resp.media = self.render(model, final)
+        resp.media = out.whole(final)
 
     # -- validation shared by both --
 
@@ -264,7 +302,7 @@ class _Inference:
         return bad_request(f"{parse_name(model)} does not support {capability}")
 
 
-class Generate(_Inference):
+class Generate(Inference):
     """POST /api/generate"""
 
     def parse(self, body: dict[str, Any], request_id: str) -> tuple[api.InferenceRequest, bool]:
@@ -305,7 +343,7 @@ class Generate(_Inference):
         return api.generate_response(model, chunk)
 
 
-class Chat(_Inference):
+class Chat(Inference):
     """POST /api/chat"""
 
     def parse(self, body: dict[str, Any], request_id: str) -> tuple[api.InferenceRequest, bool]:
@@ -378,14 +416,14 @@ def _collect(
 def _lines(
     session: Session,
     first: api.Chunk,
-    render: Callable[[api.Chunk], dict[str, Any]],
+    out: Output,
     disconnected: Callable[[], bool],
     outcome: _Outcome,
 ) -> Iterator[bytes]:
     chunk: api.Chunk | None = first
     while True:
         if chunk is not None:
-            yield orjson.dumps(render(chunk)) + b"\n"
+            yield out.chunk(chunk)
             if chunk.done:
                 outcome.final = chunk
                 return
@@ -397,7 +435,7 @@ def _lines(
         except Exception as exc:  # StopIteration too: the session ended without a final chunk
             if isinstance(exc, StopIteration):
                 exc = RuntimeError("the generation ended without a final chunk")
-            line, outcome.error = error_line(exc)
+            line, outcome.error = out.error(exc)
             yield line
             return
 

@@ -1,0 +1,355 @@
+"""OpenAI's `/v1` API (chat completions, completions, models), translated onto the native path.
+
+As in Ollama's `openai` package and middleware, an OpenAI body becomes an
+`api.InferenceRequest` (`from_chat_request`, `from_completion_request`) and the session's
+chunks become OpenAI objects (`ChatOutput`, `CompletionOutput`). The resources are native
+`Inference` resources with another `Output`, so submitting, queue limits, the wait for the
+first chunk, cancellation on disconnect and the request log are the native path's own.
+Streams are server-sent events (`data: <json>` then `data: [DONE]`); errors have OpenAI's
+shape (`http/errors.py`).
+
+On purpose unlike Ollama: an absent `temperature` or `top_p` leaves the model's own value
+(its Modelfile PARAMETER, else Ollama's default) instead of forcing 1.0; and the extra body
+fields `num_ctx`, `keep_alive` and `options` (an Ollama options object) are honoured.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import falcon
+import orjson
+import structlog
+
+from mlxollama import api
+from mlxollama.errors import InvalidName, ModelNotFound
+from mlxollama.http.errors import bad_request, openai_error, status_of
+from mlxollama.http.native import Inference, field, json_type, request_options
+from mlxollama.store.store import StoredModel
+
+log = structlog.get_logger("mlxollama.http")
+
+SSE = "text/event-stream"
+DONE_EVENT = b"data: [DONE]\n\n"
+FINGERPRINT = "fp_mlxollama"
+
+# OpenAI sampling fields that are Ollama options of the same name (all JSON numbers).
+NUMBERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+
+
+# -- request bodies ------------------------------------------------------------------------
+
+
+def number(body: dict[str, Any], key: str) -> float | None:
+    value = body.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise bad_request(f'invalid request: "{key}" must be a number, not {json_type(value)}')
+    return value
+
+
+def stop_field(body: dict[str, Any]) -> list[str] | None:
+    """`stop`: a string or an array of strings."""
+    stop = body.get("stop")
+    if stop is None:
+        return None
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return stop
+    raise bad_request('invalid request: "stop" must be a string or an array of strings')
+
+
+def include_usage(body: dict[str, Any]) -> bool:
+    """`stream_options.include_usage`: send a last chunk with the token counts."""
+    stream_options = field(body, "stream_options", dict, {})
+    return field(stream_options, "include_usage", bool, False)
+
+
+def common(body: dict[str, Any], limits: tuple[str, ...]) -> dict[str, Any]:
+    """What chat and completions share: the model's options and `keep_alive`, and refusals of
+    what no model here can do. Explicit fields win over the extra `options` object; the first
+    of the `limits` fields present (`max_completion_tokens`, `max_tokens`) is `num_predict`.
+
+    Raises:
+        falcon.HTTPBadRequest: a wrongly typed field, or one that cannot be honoured.
+    """
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise bad_request(f"n: only 1 choice is supported, not {n}")
+    if body.get("logprobs"):
+        raise bad_request("logprobs are not supported yet")
+    if body.get("logit_bias"):
+        raise bad_request("logit_bias is not supported")
+    include_usage(body)  # validated now, read when the answer is written
+    options = request_options(body.get("options"))
+    explicit: dict[str, Any] = {key: number(body, key) for key in NUMBERS}
+    explicit["seed"] = field(body, "seed", int)
+    explicit["stop"] = stop_field(body)
+    explicit["num_ctx"] = field(body, "num_ctx", int)
+    given = [field(body, key, int) for key in limits]
+    explicit["num_predict"] = next((n for n in given if n is not None), None)
+    options.update({k: v for k, v in explicit.items() if v is not None})
+    return {"options": options, "keep_alive": api.parse_keep_alive(body.get("keep_alive"))}
+
+
+def model_of(body: dict[str, Any]) -> str:
+    model = field(body, "model", str, "")
+    if not model:
+        raise bad_request("model is required")
+    return model
+
+
+def content_text(content: Any) -> Any:
+    """A message's content: a string, or text parts joined by newlines (as vLLM does)."""
+    if not isinstance(content, list):
+        return content or ""
+    texts = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else json_type(part)
+        if kind == "image_url":
+            raise bad_request("images are not supported: no model here has vision")
+        if kind != "text":
+            raise bad_request(f"content part of type {kind!r} is not supported: send text parts")
+        if not isinstance(part.get("text"), str):
+            raise bad_request('invalid request: a text content part needs "text", a string')
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def chat_messages(raw: Any) -> list[api.Message]:
+    if raw is None:
+        raise bad_request("'messages' is a required property")
+    if not isinstance(raw, list):
+        raise bad_request(f'invalid request: "messages" must be an array, not {json_type(raw)}')
+    if not raw:
+        raise bad_request("[] is too short - 'messages'")
+    messages = []
+    for m in raw:
+        if not isinstance(m, dict):
+            raise bad_request("each message must be an object")
+        role = "system" if m.get("role") == "developer" else m.get("role")
+        content = content_text(m.get("content"))
+        messages.append(api.Message.from_dict({"role": role, "content": content}))
+    return messages
+
+
+def from_chat_request(body: dict[str, Any], request_id: str) -> api.InferenceRequest:
+    """A `/v1/chat/completions` body as a chat request (tools are checked by the resource)."""
+    model = model_of(body)
+    messages = chat_messages(body.get("messages"))
+    response_format = field(body, "response_format", dict, {"type": "text"})
+    if response_format.get("type") != "text":
+        raise bad_request(
+            f"response_format {response_format.get('type')!r} is not supported yet: "
+            'only {"type": "text"}'
+        )
+    return api.InferenceRequest(
+        model=model,
+        kind="chat",
+        messages=messages,
+        request_id=request_id,
+        **common(body, ("max_completion_tokens", "max_tokens")),
+    )
+
+
+def from_completion_request(body: dict[str, Any], request_id: str) -> api.InferenceRequest:
+    """A `/v1/completions` body as a generate request: the model's template is applied. An
+    empty prompt loads the model (or unloads it with `keep_alive` 0), as on the native API.
+    """
+    model = model_of(body)
+    prompt = body.get("prompt")
+    if prompt is None:
+        prompt = ""
+    elif isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise bad_request('invalid request: "prompt" must be a string (or an array of one)')
+    if field(body, "echo", bool, False):
+        raise bad_request("echo is not supported")
+    if body.get("best_of") not in (None, 1):
+        raise bad_request("best_of: only 1 is supported")
+    return api.InferenceRequest(
+        model=model,
+        kind="generate",
+        prompt=prompt,
+        request_id=request_id,
+        **common(body, ("max_tokens",)),
+    )
+
+
+# -- answers -------------------------------------------------------------------------------
+
+
+def event(obj: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def finish_reason(final: api.Chunk) -> str:
+    return "length" if final.done_reason == "length" else "stop"  # load/unload: "stop"
+
+
+def usage(final: api.Chunk) -> dict[str, int]:
+    prompt, completion = final.prompt_eval_count, final.eval_count
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+class _Output:
+    """One answer's id, creation time and model, shared by its chunks; SSE when streamed."""
+
+    headers: ClassVar[Mapping[str, str]] = {"Content-Type": SSE, "Cache-Control": "no-cache"}
+    streams_empty = True  # a stream always ends with a finish chunk and [DONE]
+    prefix = ""
+    object = ""
+
+    def __init__(self, request: api.InferenceRequest, include_usage: bool):
+        self.id = f"{self.prefix}-{request.request_id}"  # the X-Request-Id: logs line up
+        self.created = int(time.time())
+        self.model = request.model
+        self.include_usage = include_usage
+
+    def envelope(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        body = {
+            "id": self.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": FINGERPRINT,
+            "choices": choices,
+        }
+        if self.include_usage:
+            body["usage"] = None  # OpenAI: null on every chunk but the usage chunk
+        body.update(extra)
+        return body
+
+    def ending(self, final: api.Chunk) -> bytes:
+        """After the finish chunk: the usage chunk if asked for, then [DONE]."""
+        tail = event(self.envelope([], usage=usage(final))) if self.include_usage else b""
+        return tail + DONE_EVENT
+
+    def error(self, exc: BaseException) -> tuple[bytes, str]:
+        """An error after the stream began: one `data: {"error": ...}` event, and the end
+        (the OpenAI SDK raises `APIError` on it)."""
+        status, message = status_of(exc)
+        if status >= 500:
+            log.error("request.failed", error=message, exc_info=exc)
+        return event(openai_error(status, message)), message
+
+
+class ChatOutput(_Output):
+    """`chat.completion`, or `chat.completion.chunk` events: a first delta with the role, then
+    content deltas, then a finish chunk with an empty delta (Ollama's v0.32.6 wire format)."""
+
+    prefix = "chatcmpl"
+    object = "chat.completion.chunk"
+
+    def __init__(self, request: api.InferenceRequest, include_usage: bool):
+        super().__init__(request, include_usage)
+        self.started = False
+
+    def chunk(self, chunk: api.Chunk) -> bytes:
+        data = b""
+        if chunk.text or not self.started:
+            delta = {"content": chunk.text}
+            if not self.started:
+                delta = {"role": "assistant", **delta}
+                self.started = True
+            data += event(self.envelope([{"index": 0, "delta": delta, "finish_reason": None}]))
+        if chunk.done:
+            choice = {"index": 0, "delta": {}, "finish_reason": finish_reason(chunk)}
+            data += event(self.envelope([choice])) + self.ending(chunk)
+        return data
+
+    def whole(self, final: api.Chunk) -> dict[str, Any]:
+        message = {"role": "assistant", "content": final.text}
+        choice = {"index": 0, "message": message, "finish_reason": finish_reason(final)}
+        return self.envelope([choice], object="chat.completion", usage=usage(final))
+
+
+class CompletionOutput(_Output):
+    """`text_completion` objects: text pieces with a null finish_reason, the last one with it."""
+
+    prefix = "cmpl"
+    object = "text_completion"
+
+    def choice(self, text: str, reason: str | None) -> dict[str, Any]:
+        return {"text": text, "index": 0, "finish_reason": reason, "logprobs": None}
+
+    def chunk(self, chunk: api.Chunk) -> bytes:
+        if not chunk.done:
+            return event(self.envelope([self.choice(chunk.text, None)])) if chunk.text else b""
+        last = event(self.envelope([self.choice(chunk.text, finish_reason(chunk))]))
+        return last + self.ending(chunk)
+
+    def whole(self, final: api.Chunk) -> dict[str, Any]:
+        choices = [self.choice(final.text, finish_reason(final))]
+        return self.envelope(choices, usage=usage(final))
+
+
+# -- resources -----------------------------------------------------------------------------
+
+
+class ChatCompletions(Inference):
+    """POST /v1/chat/completions"""
+
+    def parse(self, body: dict[str, Any], request_id: str) -> tuple[api.InferenceRequest, bool]:
+        request = from_chat_request(body, request_id)
+        if field(body, "tools", list, []) or field(body, "functions", list, []):
+            raise self.unsupported(request.model, "tools")
+        return request, field(body, "stream", bool, False)
+
+    def output(self, request: api.InferenceRequest, body: dict[str, Any]) -> ChatOutput:
+        return ChatOutput(request, include_usage(body))
+
+
+class Completions(Inference):
+    """POST /v1/completions"""
+
+    def parse(self, body: dict[str, Any], request_id: str) -> tuple[api.InferenceRequest, bool]:
+        request = from_completion_request(body, request_id)
+        if field(body, "suffix", str, ""):
+            raise self.unsupported(request.model, "insert")
+        return request, field(body, "stream", bool, False)
+
+    def output(self, request: api.InferenceRequest, body: dict[str, Any]) -> CompletionOutput:
+        return CompletionOutput(request, include_usage(body))
+
+
+def model_object(model: StoredModel) -> dict[str, Any]:
+    """One `/v1/models` entry: `owned_by` is the namespace (`library` for plain names)."""
+    return {
+        "id": model.name.display(),
+        "object": "model",
+        "created": int(model.modified_at),
+        "owned_by": model.name.namespace,
+    }
+
+
+class Models:
+    """GET /v1/models"""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        data = [model_object(m) for m in self.runtime.store.list()]
+        resp.media = {"object": "list", "data": data}
+
+
+class Model:
+    """GET /v1/models/{model}; the name may hold slashes (`hf.co/org/repo:tag`)."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, model: str) -> None:
+        try:
+            stored = self.runtime.store.get(model)
+        except InvalidName:  # no such model can exist: OpenAI's answer is a 404 too
+            raise ModelNotFound(model) from None
+        resp.media = model_object(stored)
