@@ -188,3 +188,16 @@ def test_retagging_removes_what_only_the_old_manifest_used(store):
     assert digest_of(b"old-only") not in store.blobs.digests()
     assert {digest_of(b"shared"), digest_of(b"new-only")} <= store.blobs.digests()
     assert store.verify("m") == []
+
+
+def test_a_retag_is_seen_at_once_though_manifests_are_parsed_once(store):
+    make_model(store, "m", [b"one"])
+    first = store.get("m")
+    assert store.get("m") is first  # parsed once while the file is unchanged
+    make_model(store, "m", [b"two"])
+    second = store.get("m")
+    assert second.digest != first.digest
+    assert [d.digest for d in second.manifest.layers] != [d.digest for d in first.manifest.layers]
+    store.remove("m")
+    with pytest.raises(ModelNotFound):
+        store.get("m")

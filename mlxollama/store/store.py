@@ -63,6 +63,9 @@ class Store:
         self.manifests_dir = self.root / "manifests"
         self.clock = clock
         self._lock = FileLock(str(self.root / ".lock"))
+        # manifest path -> ((inode, mtime, size), StoredModel): a model's manifest (hundreds
+        # of layers) is parsed once, not on every request; a rewrite is a rename (new inode)
+        self._parsed: dict[Path, tuple[tuple[int, int, int], StoredModel]] = {}
 
     # -- locking ---------------------------------------------------------------------------
 
@@ -109,13 +112,20 @@ class Store:
 
     def _read(self, name: ModelName) -> StoredModel:
         path = self.manifests_dir / name.path()
+        st = path.stat()
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._parsed.get(path)
+        if cached is not None and cached[0] == key and cached[1].name == name:
+            return cached[1]
         data = path.read_bytes()
-        return StoredModel(
+        model = StoredModel(
             name=name,
             manifest=Manifest.from_bytes(data),
             digest=hashlib.sha256(data).hexdigest(),
-            modified_at=path.stat().st_mtime,
+            modified_at=st.st_mtime,
         )
+        self._parsed[path] = (key, model)
+        return model
 
     def list(self) -> list[StoredModel]:
         """Every tag, newest first."""
