@@ -305,16 +305,31 @@ def parse_keep_alive(value: Any) -> float | None:
 
 
 @dataclass
+class Embeddings:
+    """An embedding request's answer: one float32 row per input (a numpy array; L2-normalized
+    unless the request asked for raw vectors), and Ollama's metrics (nanoseconds)."""
+
+    vectors: Any  # numpy.ndarray (inputs, dimensions), float32
+    prompt_eval_count: int = 0
+    total_duration: int = 0
+    load_duration: int = 0
+    done: bool = True  # a session's last item, like the final Chunk
+    done_reason: DoneReason | None = "stop"
+
+
+@dataclass
 class InferenceRequest:
-    """A generate or chat request, validated and ready for the runtime.
+    """A generate, chat or embed request, validated and ready for the runtime.
 
     `options` are the request's own (already through `parse_options`); the model's
     PARAMETERs are merged in by the runtime. `keep_alive` is in seconds (None: keep the
-    model's current setting; `FOREVER`; 0: unload when idle).
+    model's current setting; `FOREVER`; 0: unload when idle). Embed requests carry `inputs`
+    (run as one batch), `truncate` (cut inputs longer than the context instead of failing),
+    `dimensions` (keep that many leading components) and `normalize`.
     """
 
     model: str
-    kind: Literal["generate", "chat"]
+    kind: Literal["generate", "chat", "embed"]
     prompt: str = ""
     messages: list[Message] = field(default_factory=list)
     system: str | None = None
@@ -323,8 +338,19 @@ class InferenceRequest:
     options: dict[str, Any] = field(default_factory=dict)
     keep_alive: float | None = None
     request_id: str = ""
+    inputs: list[str] = field(default_factory=list)
+    truncate: bool = True
+    dimensions: int | None = None
+    normalize: bool = True
 
     @property
     def empty(self) -> bool:
-        """An empty prompt / no messages: Ollama's "load (or unload) the model" request."""
+        """No prompt / messages / inputs: Ollama's "load (or unload) the model" request."""
+        if self.kind == "embed":
+            return not self.inputs
         return not self.prompt if self.kind == "generate" else not self.messages
+
+    @property
+    def capability(self) -> str:
+        """What the model must be able to do for this request."""
+        return "embedding" if self.kind == "embed" else "completion"

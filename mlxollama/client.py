@@ -37,7 +37,9 @@ CHUNK_SIZE = 1 << 20  # bytes per read when hashing and uploading blobs
 
 # The files of a safetensors folder that `create` sends: weights, every JSON file (config,
 # index, tokenizer), and the other tokenizer files the build reads.
-FOLDER_PATTERNS = ("*.safetensors", "*.json", *MODEL_FILES)
+# what a model folder sends to the daemon (sentence-transformers keeps its pooling settings in
+# a sub-folder such as 1_Pooling/)
+FOLDER_PATTERNS = ("*.safetensors", "*.json", "*_Pooling/config.json", *MODEL_FILES)
 
 Progress = Callable[[dict[str, Any]], None]
 _JSON = {"Content-Type": "application/json"}
@@ -253,6 +255,27 @@ class Client:
         )
         return self._infer("/api/chat", body, stream, empty=not messages)
 
+    def embed(
+        self,
+        model: str,
+        input: str | list[str] = "",
+        *,
+        truncate: bool = True,
+        dimensions: int | None = None,
+        options: dict[str, Any] | None = None,
+        keep_alive: float | str | None = None,
+    ) -> dict[str, Any]:
+        """Ollama's `embed`: one L2-normalized vector per input (no input just loads)."""
+        body = _drop_none(
+            model=model,
+            input=input,
+            truncate=None if truncate else False,
+            dimensions=dimensions,
+            options=options,
+            keep_alive=keep_alive,
+        )
+        return self._call("POST", "/api/embed", body, model=model)
+
     # -- plumbing ----------------------------------------------------------------------------
 
     def _infer(self, path: str, body: dict, stream: bool, empty: bool):
@@ -416,7 +439,7 @@ def _model_files(source: Path) -> list[tuple[Path, str]]:
     found = {p for pattern in FOLDER_PATTERNS for p in source.glob(pattern) if p.is_file()}
     if not found:
         raise MlxOllamaError(f"{source} holds no model files (*.safetensors, config.json)")
-    return [(p, p.name) for p in sorted(found)]
+    return [(p, p.relative_to(source).as_posix()) for p in sorted(found)]
 
 
 def _looks_like_path(ref: str) -> bool:

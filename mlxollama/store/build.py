@@ -150,11 +150,14 @@ class _Builder:
             for name in MODEL_FILES
             if (src / name).is_file()
         }
+        details = {"family": config.get("model_type", "unknown")}
+        if _is_encoder(config):
+            details.update(_sentence_transformers(path, config))
         return _Parts(
             config=config,
             model=model,
             files=files,
-            details={"family": config.get("model_type", "unknown")},
+            details=details,
             sources=[_file_source("safetensors", wf) for wf in weight_files],
         )
 
@@ -168,6 +171,9 @@ class _Builder:
                 "family": info.get("model_family"),
                 "file_type": info.get("file_type"),
                 "model_info": info.get("model_info", {}),
+                "capabilities": info.get("capabilities"),
+                "context_length": info.get("context_length"),
+                "pooling": info.get("pooling"),
             },
             sources=[{"type": "model", "name": parent.name.display(), "digest": parent.digest}],
             parent=parent,
@@ -294,8 +300,10 @@ def _config_blob(store: Store, target, parts: _Parts, config, quantize, spec: Bu
     else:
         n_params = int(store.config(parts.parent).get("parameter_count", 0))
     family = details.get("family") or config.get("model_type")
-    context_length = config.get("max_position_embeddings") or details.get("model_info", {}).get(
-        f"{family}.context_length"
+    context_length = (
+        details.get("context_length")
+        or config.get("max_position_embeddings")
+        or details.get("model_info", {}).get(f"{family}.context_length")
     )
     model_info = dict(details.get("model_info") or {})
     model_info.setdefault("general.architecture", family)
@@ -311,7 +319,7 @@ def _config_blob(store: Store, target, parts: _Parts, config, quantize, spec: Bu
         "model_type": format_parameter_count(n_params),
         "file_type": details.get("file_type") or _file_type(config, parts.model),
         "architecture": config.get("model_type"),
-        "capabilities": ["completion"],
+        "capabilities": details.get("capabilities") or ["completion"],
         "context_length": context_length,
         "embedding_length": config.get("hidden_size"),
         "parameter_count": n_params,
@@ -332,6 +340,8 @@ def _config_blob(store: Store, target, parts: _Parts, config, quantize, spec: Bu
             "created_at": dt.datetime.now(dt.UTC).isoformat(),
         },
     }
+    if details.get("pooling"):
+        info["pooling"] = details["pooling"]
     # Rebuilding an unchanged recipe must write nothing new: keep the old creation time.
     existing = store.find(target)
     if existing is not None:
@@ -341,6 +351,41 @@ def _config_blob(store: Store, target, parts: _Parts, config, quantize, spec: Bu
         if candidate == old:
             return old
     return info
+
+
+def _is_encoder(config: dict[str, Any]) -> bool:
+    from mlxollama.engine.bert import ENCODER_TYPES
+
+    return config.get("model_type") in ENCODER_TYPES
+
+
+# sentence-transformers' Pooling settings that name a mode this engine runs
+_POOLING_KEYS = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+}
+
+
+def _sentence_transformers(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """An encoder's embedding facts: sentence-transformers' pooling mode and `max_seq_length`
+    when the folder has them (modules.json), else mean pooling over the whole position table."""
+    pooling, context = "mean", config.get("max_position_embeddings")
+    modules = path / "modules.json"
+    for module in orjson.loads(modules.read_bytes()) if modules.is_file() else []:
+        if module.get("type", "").endswith(".Pooling"):
+            settings = path / module.get("path", "") / "config.json"
+            cfg = orjson.loads(settings.read_bytes()) if settings.is_file() else {}
+            modes = [mode for key, mode in _POOLING_KEYS.items() if cfg.get(key)]
+            if len(modes) != 1:
+                raise UnsupportedModel(
+                    f"{settings}: pooling must be exactly one of mean, cls or max tokens"
+                )
+            pooling = modes[0]
+    st_config = path / "sentence_bert_config.json"
+    if st_config.is_file():
+        context = orjson.loads(st_config.read_bytes()).get("max_seq_length") or context
+    return {"capabilities": ["embedding"], "context_length": context, "pooling": pooling}
 
 
 def _read_files(folder: Path) -> dict[str, bytes]:
