@@ -44,3 +44,20 @@ class UnsupportedModel(MlxOllamaError, ValueError):
 
 class Busy(MlxOllamaError):
     """A queue is full; the caller should retry later (HTTP 503)."""
+
+
+class RegistryError(MlxOllamaError, ConnectionError):
+    """A registry (OCI, Ollama-style, Hugging Face) refused or failed a transfer; the
+    message says which registry and what failed."""
+
+
+class RegistryUnreachable(RegistryError):
+    """The registry could not be reached (connection refused, DNS, timeout)."""
+
+
+class Unauthorized(RegistryError, PermissionError):
+    """The registry answered 401/403: credentials are missing or wrong."""
+
+
+class RemoteNotFound(RegistryError, LookupError):
+    """The registry has no such model (manifest 404)."""

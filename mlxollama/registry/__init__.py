@@ -1,0 +1,108 @@
+"""Pull and push models: OCI registries (our artifacts), Ollama-style registries (GGUF
+layers, converted on pull) and Hugging Face (`hf.co/ORG/REPO[:REVISION]`).
+
+Every transfer reports Ollama's progress objects through a `progress` callback
+(`{"status": "pulling manifest"}`, `{"status": "pulling <hex12>", "digest", "total",
+"completed"}`, `{"status": "verifying sha256 digest"}`, `{"status": "writing manifest"}`,
+`{"status": "success"}`; for push `retrieving manifest`, `pushing <hex12>`, `pushing
+manifest`, `success`). Blobs enter the store only after their digest is checked, and the
+manifest is written last, so a failed pull leaves neither a tag nor a bad blob.
+
+This package sits beside `store` and `engine` (the actors call it; it never imports daemon
+code).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mlxollama.store.names import ModelName, parse_name
+from mlxollama.store.store import Store, StoredModel
+
+Progress = Callable[[dict[str, Any]], None]
+
+# Hosts whose names are Hugging Face's: `hf.co/ORG/REPO[:REVISION]`.
+HF_HOSTS = ("hf.co", "huggingface.co")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How to authenticate to a registry: HTTP Basic (`username`/`password`, which also
+    fetch a Bearer token when the registry asks for one), or a Bearer `token` as is."""
+
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Credentials | None:
+        """`MLXOLLAMA_REGISTRY_USERNAME` / `_PASSWORD` / `_TOKEN`; None when none is set."""
+        env = os.environ if env is None else env
+        found = cls(
+            username=env.get("MLXOLLAMA_REGISTRY_USERNAME") or None,
+            password=env.get("MLXOLLAMA_REGISTRY_PASSWORD") or None,
+            token=env.get("MLXOLLAMA_REGISTRY_TOKEN") or None,
+        )
+        return found if (found.username or found.token) else None
+
+
+def is_hf(name: ModelName) -> bool:
+    return name.host.lower() in HF_HOSTS
+
+
+def pull(
+    store: Store,
+    name: str,
+    *,
+    insecure: bool = False,
+    credentials: Credentials | None = None,
+    progress: Progress | None = None,
+) -> StoredModel:
+    """Pull `name` into `store` and tag it; returns the stored model.
+
+    Raises:
+        InvalidName: `name` does not parse.
+        RegistryError and its subclasses: unreachable, 401/403, manifest not found.
+        DigestMismatch: a blob's bytes do not match its digest (nothing is kept).
+        UnsupportedModel: an Ollama-style model whose GGUF cannot be converted.
+    """
+    target = parse_name(name)
+    say = progress or (lambda event: None)
+    if is_hf(target):
+        from mlxollama.registry import hf
+
+        return hf.pull(store, target, progress=say, credentials=credentials)
+    from mlxollama.registry import oci
+
+    return oci.pull(store, target, insecure=insecure, credentials=credentials, progress=say)
+
+
+def push(
+    store: Store,
+    name: str,
+    *,
+    insecure: bool = False,
+    credentials: Credentials | None = None,
+    progress: Progress | None = None,
+) -> None:
+    """Push the stored model `name` to the registry its name points at.
+
+    Raises:
+        ModelNotFound: no such model in the store.
+        RegistryError and its subclasses: unreachable, 401/403, refused upload.
+    """
+    target = parse_name(name)
+    if is_hf(target):
+        raise ValueError("pushing to Hugging Face is not supported: push to an OCI registry")
+    from mlxollama.registry import oci
+
+    oci.push(
+        store,
+        target,
+        insecure=insecure,
+        credentials=credentials,
+        progress=progress or (lambda e: None),
+    )
