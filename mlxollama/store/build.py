@@ -327,7 +327,7 @@ def _config_blob(store: Store, target, parts: _Parts, config, quantize, spec: Bu
         "model_config": config,
         "model_info": model_info,
         "provenance": {
-            "sources": parts.sources,
+            "sources": ([spec.origin] if spec.origin else []) + parts.sources,
             "parent": store.config(parts.parent).get("provenance") if parts.parent else None,
             "revision": spec.revision,
             "quantization": quantize,

@@ -63,5 +63,8 @@ class BuildSpec:
     quantize: str | None = None
     tokenizer: str | None = None  # a folder with tokenizer files, overriding the source's
     revision: str | None = None  # a pinned upstream revision, recorded in provenance
+    # where the source came from when it was fetched (a registry reference, a Hugging Face
+    # repo and commit): recorded first among the provenance sources
+    origin: dict[str, Any] | None = None
     name: str | None = None  # ModelSpec's `name[:version]`; the CLI argument wins
     recipe: str | None = None  # the recipe text, kept in provenance
