@@ -128,6 +128,21 @@ class BlobStore:
         with open(src, "rb") as f:
             return self.put_stream(iter(lambda: f.read(CHUNK), b""), expected)
 
+    def adopt(self, src: Path, digest: str, sync: bool = True) -> str:
+        """Move a file whose sha256 the caller has just checked (a finished download, on the
+        same filesystem) into the store under `digest`. With `sync=False` the caller calls
+        `sync()` before anything refers to the blob, as for `writer`."""
+        final = self.path(digest)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if sync:
+            with open(src, "rb") as f:
+                os.fsync(f.fileno())
+        os.chmod(src, 0o644)
+        os.replace(src, final)
+        if sync:
+            _fsync_dir(self.dir)
+        return parse_digest(digest)
+
     def sync(self) -> None:
         """Flush blobs written with `sync=False` to disk (one filesystem sync)."""
         os.sync()
