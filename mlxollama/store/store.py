@@ -16,6 +16,7 @@ at all.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -32,6 +33,8 @@ from mlxollama.errors import BlobNotFound, DigestMismatch, ModelNotFound
 from mlxollama.store.blobs import BlobStore
 from mlxollama.store.manifests import Manifest
 from mlxollama.store.names import ModelName, parse_name
+
+PARTIAL_KEEP = 7 * 24 * 3600.0  # seconds an untouched partial download is kept for a resume
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,8 @@ class Store:
         return len(unreferenced), freed
 
     def gc(self, grace: float = 3600.0) -> tuple[int, int]:
-        """Remove blobs that no manifest references and stale temp files.
+        """Remove blobs that no manifest references, stale temp files and week-old partial
+        downloads.
 
         Unreferenced blobs younger than `grace` seconds stay: a blob uploaded for a create
         that has not run yet (`POST /api/blobs`) is unreferenced too, as in Ollama.
@@ -222,6 +226,7 @@ class Store:
         """
         with self.lock():
             self.blobs.clean_temp()
+            self._clean_partials()
             cutoff = self.clock() - grace
             old = set()
             for digest in self.blobs.digests():
@@ -231,6 +236,18 @@ class Store:
                 except FileNotFoundError:
                     continue
             return self._remove_unreferenced(old)
+
+    def _clean_partials(self) -> None:
+        """Drop interrupted downloads (`blobs/partial/`) untouched for PARTIAL_KEEP seconds:
+        a pull resumes from them, so they outlive restarts (Ollama's users lost theirs)."""
+        folder = self.root / "blobs" / "partial"
+        if not folder.is_dir():
+            return
+        cutoff = self.clock() - PARTIAL_KEEP
+        for path in folder.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime <= cutoff:
+                    path.unlink()
 
     def check_blobs(self, model: StoredModel) -> None:
         """Check every blob of a model before it is loaded.
