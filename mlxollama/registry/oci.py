@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -351,9 +350,7 @@ def fetch_blob(store: Store, client: Client, d: Descriptor, progress: Progress) 
         _download(store, client, d, partial, lambda n: progress({**done, "completed": n}))
         progress(done)
     finally:
-        lock.release()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(str(partial) + ".lock")
+        lock.release()  # the lock file stays (removing it races a waiter); gc drops old ones
 
 
 def _download(store: Store, client: Client, d: Descriptor, partial: Path, report) -> None:
