@@ -11,8 +11,11 @@
         print(part["message"]["content"], end="", flush=True)
 
 Errors: a 404 raises `ModelNotFound`, a 503 `Busy`, anything else `ResponseError`; all three
-carry the server's message and `status_code`. A `{"error": ...}` line in a stream raises the
-same way. No answer at all raises `DaemonUnreachable`.
+carry the server's message and `status_code`. `pull` and `push` add the registry's errors
+(`mlxollama.errors`): an unknown remote model raises `RemoteNotFound` (also a
+`ModelNotFound`), a 401 `Unauthorized` and a 502 `RegistryError`. A `{"error": ...}` line in
+a stream raises the same way, as far as its message tells (a stream has no status). No
+answer at all raises `DaemonUnreachable`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,14 @@ import httpx
 import orjson
 
 from mlxollama import api
-from mlxollama.errors import Busy, MlxOllamaError, ModelNotFound
+from mlxollama.errors import (
+    Busy,
+    MlxOllamaError,
+    ModelNotFound,
+    RegistryError,
+    RemoteNotFound,
+    Unauthorized,
+)
 from mlxollama.store.buildspec import MODEL_FILES, BuildSpec
 
 DEFAULT_HOST = "127.0.0.1:11435"
@@ -64,6 +74,18 @@ class NotFound(ResponseError, ModelNotFound):
 
 class ServerBusy(ResponseError, Busy):
     """503: the daemon's queue is full; retry later."""
+
+
+class RemoteNotFoundError(NotFound, RemoteNotFound):
+    """404 from a pull: the registry has no such model."""
+
+
+class UnauthorizedError(ResponseError, Unauthorized):
+    """401: the registry refused the daemon's credentials (MLXOLLAMA_REGISTRY_*)."""
+
+
+class RegistryFailed(ResponseError, RegistryError):
+    """502: the daemon could not reach the registry, or the registry failed."""
 
 
 class DaemonUnreachable(MlxOllamaError, ConnectionError):
@@ -198,6 +220,33 @@ class Client:
                 progress(last)
         return last
 
+    def pull(
+        self,
+        model: str,
+        insecure: bool = False,
+        stream: bool = False,
+        progress: Progress | None = None,
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """Ollama's `pull`: fetch `model` from its registry into the daemon's store.
+
+        `insecure` allows plain HTTP to the registry. With `stream`, an iterator of the
+        progress objects (closing it early leaves the pull running on the daemon); otherwise
+        waits, hands each object to `progress` as it arrives, and returns the last one,
+        `{"status": "success"}`. The daemon uses its own registry credentials.
+        """
+        return self._transfer("/api/pull", model, insecure, stream, progress)
+
+    def push(
+        self,
+        model: str,
+        insecure: bool = False,
+        stream: bool = False,
+        progress: Progress | None = None,
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """Ollama's `push`: send the daemon's `model` to the registry its name points at
+        (`host[:port]/namespace/model:tag`); arguments and answers as for `pull`."""
+        return self._transfer("/api/push", model, insecure, stream, progress)
+
     def copy(self, source: str, destination: str) -> dict[str, Any]:
         body = {"source": source, "destination": destination}
         self._call("POST", "/api/copy", body, model=source)
@@ -277,6 +326,20 @@ class Client:
         return self._call("POST", "/api/embed", body, model=model)
 
     # -- plumbing ----------------------------------------------------------------------------
+
+    def _transfer(
+        self, path: str, model: str, insecure: bool, stream: bool, progress: Progress | None
+    ):
+        body = {"model": model, "insecure": insecure}
+        if stream:
+            return self._stream("POST", path, body, model=model)
+        if progress is None:
+            return self._call("POST", path, {**body, "stream": False}, model=model)
+        last: dict[str, Any] = {}
+        with self._stream("POST", path, body, model=model) as lines:
+            for last in lines:
+                progress(last)
+        return last
 
     def _infer(self, path: str, body: dict, stream: bool, empty: bool):
         if stream and not empty:
@@ -468,16 +531,25 @@ def _message(content: bytes, reason: str) -> str:
     return content.decode(errors="replace").strip() or reason
 
 
+_REMOTE_404 = "pull model manifest: file does not exist"  # Ollama's words, which we keep
+
+
 def _stream_status(message: str) -> int:
     """The status an error that arrived mid-stream would have had."""
-    if re.match(r"model ['\"].*['\"] not found", message):
+    if re.match(r"model ['\"].*['\"] not found", message) or _REMOTE_404 in message:
         return 404
     return 503 if message.startswith("server busy") else 500
 
 
 def _error(status: int, message: str, model: str) -> ResponseError:
+    if status == 404 and _REMOTE_404 in message:
+        return RemoteNotFoundError(message, status, model)
     if status == 404:
         return NotFound(message, status, model)
+    if status == 401:
+        return UnauthorizedError(message, status)
+    if status == 502:
+        return RegistryFailed(message, status)
     if status == 503:
         return ServerBusy(message, status)
     return ResponseError(message, status)

@@ -7,7 +7,7 @@ lists every entry of SETTINGS (a test checks it), and `mlxctl --help` prints the
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -60,6 +60,24 @@ SETTINGS = (
         "CPU backend only: a BLAS library to load before MLX (auto: the system's libblas.so.3 "
         "when it is OpenBLAS; off: never).",
     ),
+    Setting(
+        "MLXOLLAMA_REGISTRY_USERNAME",
+        "",
+        "User name for registries that ask for one on pull and push (HTTP Basic, also used "
+        "to fetch a Bearer token).",
+    ),
+    Setting("MLXOLLAMA_REGISTRY_PASSWORD", "", "Password for MLXOLLAMA_REGISTRY_USERNAME."),
+    Setting(
+        "MLXOLLAMA_REGISTRY_TOKEN",
+        "",
+        "A Bearer token sent as is to registries (and to Hugging Face), instead of a user name.",
+    ),
+    Setting(
+        "MLXOLLAMA_HF_ENDPOINT",
+        "",
+        "Hugging Face endpoint for hf.co/ pulls, e.g. a mirror; unset: huggingface_hub's "
+        "(HF_ENDPOINT, else https://huggingface.co).",
+    ),
 )
 
 
@@ -76,6 +94,10 @@ class Config:
     max_body: int
     context_length: int
     blas: str
+    registry_username: str | None = None
+    registry_password: str | None = field(default=None, repr=False)
+    registry_token: str | None = field(default=None, repr=False)
+    hf_endpoint: str | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Config:
@@ -94,7 +116,20 @@ class Config:
             max_body=_bytes("MAX_BODY", get["MAX_BODY"]),
             context_length=_positive("CONTEXT_LENGTH", get["CONTEXT_LENGTH"]),
             blas=get["BLAS"],
+            registry_username=get["REGISTRY_USERNAME"] or None,
+            registry_password=get["REGISTRY_PASSWORD"] or None,
+            registry_token=get["REGISTRY_TOKEN"] or None,
+            hf_endpoint=_url("HF_ENDPOINT", get["HF_ENDPOINT"]) or None,
         )
+
+    def registry_env(self) -> dict[str, str]:
+        """The registry credentials as `registry.Credentials.from_env` reads them."""
+        values = {
+            "MLXOLLAMA_REGISTRY_USERNAME": self.registry_username,
+            "MLXOLLAMA_REGISTRY_PASSWORD": self.registry_password,
+            "MLXOLLAMA_REGISTRY_TOKEN": self.registry_token,
+        }
+        return {k: v for k, v in values.items() if v}
 
 
 def _positive(name: str, value: str) -> int:
@@ -119,6 +154,12 @@ def _seconds(name: str, value: str) -> float:
         return parse_keep_alive(value if number is None else number)
     except ValueError as e:
         raise ValueError(f"MLXOLLAMA_{name}: {e}") from None
+
+
+def _url(name: str, value: str) -> str:
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError(f"MLXOLLAMA_{name} must be an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
 
 
 _UNITS = {
@@ -147,4 +188,6 @@ def _bytes(name: str, value: str) -> int:
 def settings_table() -> str:
     """The settings as aligned text, for `--help` epilogues."""
     width = max(len(s.name) for s in SETTINGS)
-    return "\n".join(f"{s.name:<{width}}  {s.help} (default: {s.default})" for s in SETTINGS)
+    return "\n".join(
+        f"{s.name:<{width}}  {s.help} (default: {s.default or 'unset'})" for s in SETTINGS
+    )

@@ -12,6 +12,8 @@ embed inference without the server. Answers have Ollama's shapes (plain dicts).
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,10 +23,11 @@ import orjson
 
 from mlxollama import api
 from mlxollama.config import Config
-from mlxollama.errors import UnsupportedModel
+from mlxollama.errors import MlxOllamaError, UnsupportedModel
 from mlxollama.store import info
 from mlxollama.store.build import create as build_create
 from mlxollama.store.buildspec import BuildSpec
+from mlxollama.store.names import parse_name
 from mlxollama.store.store import Problem, Store
 
 
@@ -90,6 +93,67 @@ class Embedded:
         removed = self.store.remove(model)
         self._loaded.pop(removed.name.display(), None)
         return {"status": "success"}
+
+    def pull(
+        self,
+        model: str,
+        insecure: bool = False,
+        stream: bool = False,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """Ollama's `pull`, in this process: fetch `model` from its registry (an OCI
+        registry, an Ollama-style one, or `hf.co/ORG/REPO[:REVISION]`) into the store.
+
+        `insecure` allows plain HTTP to the registry; the credentials are
+        `MLXOLLAMA_REGISTRY_USERNAME` / `_PASSWORD` / `_TOKEN`. The transfer runs on a
+        thread of its own. With `stream`, an iterator of Ollama's progress objects, whose
+        errors it raises (closing it early leaves the pull running to its end); otherwise
+        waits, hands each object to `progress` on the calling thread, and returns the last,
+        `{"status": "success"}`. Interrupting the wait (Ctrl-C) stops the transfer; what was
+        downloaded is kept and a later pull resumes it.
+
+        Raises:
+            InvalidName: at once.
+            RegistryError (RemoteNotFound, Unauthorized, RegistryUnreachable),
+                DigestMismatch, UnsupportedModel: the transfer failed; nothing is tagged.
+        """
+        from mlxollama import registry
+
+        parse_name(model)
+
+        def run(say: Callable[[dict[str, Any]], None]) -> None:
+            creds = registry.Credentials.from_env()
+            stored = registry.pull(
+                self.store, model, insecure=insecure, credentials=creds, progress=say
+            )
+            self._loaded.pop(stored.name.display(), None)
+
+        return _transfer(_Background(run, f"pull {model}"), stream, progress)
+
+    def push(
+        self,
+        model: str,
+        insecure: bool = False,
+        stream: bool = False,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """Ollama's `push`, in this process: send the stored `model` to the registry its
+        name points at (`host[:port]/namespace/model:tag`); arguments and answers as for
+        `pull`.
+
+        Raises:
+            InvalidName, ModelNotFound: at once.
+            RegistryError: the transfer failed.
+        """
+        from mlxollama import registry
+
+        self.store.get(model)
+
+        def run(say: Callable[[dict[str, Any]], None]) -> None:
+            creds = registry.Credentials.from_env()
+            registry.push(self.store, model, insecure=insecure, credentials=creds, progress=say)
+
+        return _transfer(_Background(run, f"push {model}"), stream, progress)
 
     def verify(self, model: str) -> list[Problem]:
         return self.store.verify(model)
@@ -213,6 +277,74 @@ class Embedded:
             "load_duration": load_ns,
             "prompt_eval_count": count,
         }
+
+
+class _Stopped(MlxOllamaError):
+    """The transfer was interrupted in this process (Ctrl-C)."""
+
+
+class _Background:
+    """A transfer on a thread of its own; iterating yields its progress objects on the
+    caller's thread (the registry reports from several worker threads) and raises its error.
+
+    The thread is not a daemon thread: a transfer whose reader went away still ends, and
+    the process waits for it, unless `cancel()` was called (the next progress object then
+    stops it).
+    """
+
+    _END = object()
+
+    def __init__(self, run: Callable[[Callable[[dict[str, Any]], None]], None], what: str):
+        self._queue: queue.Queue = queue.Queue()
+        self._cancelled = threading.Event()
+        self._what = what
+        self._run = run
+        threading.Thread(target=self._main, name=what, daemon=False).start()
+
+    def _say(self, event: dict[str, Any]) -> None:
+        if self._cancelled.is_set():
+            raise _Stopped(f"{self._what}: stopped")
+        self._queue.put(event)
+
+    def _main(self) -> None:
+        try:
+            self._run(self._say)
+        except BaseException as exc:
+            self._queue.put(exc)
+        else:
+            self._queue.put(self._END)
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            try:
+                item = self._queue.get(timeout=0.5)  # a timeout lets Ctrl-C through
+            except queue.Empty:
+                continue
+            except BaseException:
+                self.cancel()
+                raise
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+def _transfer(job: _Background, stream: bool, progress) -> dict[str, Any] | Iterator[dict]:
+    if stream:
+        return iter(job)
+    last: dict[str, Any] = {"status": "success"}
+    try:
+        for last in job:
+            if progress is not None:
+                progress(last)
+    except BaseException:
+        job.cancel()  # Ctrl-C, or a progress callback that failed: stop the transfer
+        raise
+    return last
 
 
 def _join(parts: Iterator[dict[str, Any]], field: str) -> dict[str, Any]:

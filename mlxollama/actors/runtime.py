@@ -5,6 +5,9 @@ calls `submit()` (which raises at once for a bad request, an unknown model or a 
 then reads the session's chunks from a queue, polling for client disconnects between
 reads, and calls `session.cancel()` if the client goes away. Nothing here returns an
 `mx.array`; handlers never touch MLX.
+
+`pull` and `push` start a PullerActor per transfer (`actors/puller.py`) and stream its
+progress the way `create` streams the StoreActor's.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import itertools
 import queue
 import sys
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,9 +29,10 @@ from mlxollama import api
 from mlxollama.actors.session import CANCEL, DONE, Admission, DirectReply, SessionActor, tell
 from mlxollama.api import Chunk, InferenceRequest
 from mlxollama.config import Config
-from mlxollama.errors import UnsupportedModel
+from mlxollama.errors import MlxOllamaError, UnsupportedModel
 from mlxollama.store.buildspec import BuildSpec
 from mlxollama.store.info import text_layers
+from mlxollama.store.names import parse_name
 from mlxollama.store.store import Store, StoredModel
 
 __all__ = ["DONE", "RunningModel", "Runtime", "Session"]
@@ -100,14 +105,26 @@ class Runtime:
         store: the store (default: the one at `config.models`).
         load_model: `load(store, name) -> LoadedModel` (default `engine.loader.load`); tests
             inject fakes.
+        pull, push: `registry.pull` and `registry.push` (the defaults); tests inject fakes
+            with the same signatures.
     """
 
-    def __init__(self, config: Config, store: Store | None = None, load_model=None):
+    def __init__(
+        self, config: Config, store: Store | None = None, load_model=None, pull=None, push=None
+    ):
         self.config = config
         self._store = store or Store(config.models)
         if load_model is None:
             from mlxollama.engine.loader import load as load_model
         self._load = load_model
+        from mlxollama import registry
+
+        self._pull = pull or registry.pull
+        self._push = push or registry.push
+        self._credentials = registry.Credentials.from_env(config.registry_env())
+        self._transfers: dict[tuple[str, str], tuple[Any, Any]] = {}  # key -> (Transfer, ref)
+        self._transfers_lock = threading.Lock()
+        self._stopping = False
         self._ids = itertools.count(1)
         self._sessions: weakref.WeakSet = weakref.WeakSet()  # live SessionActors, DirectReplys
         self.governor = None
@@ -132,6 +149,7 @@ class Runtime:
         the process are left alone."""
         if self.governor is None:
             return
+        self._stop_transfers()
         with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
             models = self.governor.proxy().unload_all().get(timeout=30)
             for ref in models:
@@ -247,6 +265,114 @@ class Runtime:
 
     def delete(self, name: str) -> StoredModel:
         return self._store_proxy.delete(name).get()
+
+    # -- registry transfers (a PullerActor each) ----------------------------------------------
+
+    def pull(
+        self,
+        name: str,
+        insecure: bool = False,
+        credentials=None,
+        request_id: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Pull `name` from its registry; yields Ollama's progress objects, ending with
+        `{"status": "success"}`. Errors are raised from the iterator; a second pull of the
+        same name while one runs joins it. Closing the iterator early leaves the transfer
+        running to its end.
+
+        Args:
+            credentials: `registry.Credentials`; default: the daemon's (MLXOLLAMA_REGISTRY_*).
+
+        Raises:
+            InvalidName: at once, before anything starts.
+            RegistryError, DigestMismatch, UnsupportedModel: from the iterator.
+        """
+        target = parse_name(name)
+        creds = credentials or self._credentials
+
+        def run(progress) -> None:
+            self._pull(self._store, name, insecure=insecure, credentials=creds, progress=progress)
+
+        return self._transfer("pull", target.display(), run, request_id)
+
+    def push(
+        self,
+        name: str,
+        insecure: bool = False,
+        credentials=None,
+        request_id: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Push the stored model `name` to the registry its name points at; yields progress
+        objects as `pull` does.
+
+        Raises:
+            InvalidName, ModelNotFound: at once.
+            RegistryError: from the iterator.
+        """
+        stored = self._store.get(name)
+        creds = credentials or self._credentials
+
+        def run(progress) -> None:
+            self._push(self._store, name, insecure=insecure, credentials=creds, progress=progress)
+
+        return self._transfer("push", stored.name.display(), run, request_id)
+
+    def _transfer(self, kind: str, name: str, run, request_id: str | None):
+        from mlxollama.actors.puller import PullerActor, Transfer
+
+        key = (kind, name.casefold())
+        with self._transfers_lock:
+            if self._stopping or self.governor is None:
+                raise MlxOllamaError(f"cannot {kind} '{name}': the daemon is stopping")
+            if key in self._transfers:
+                transfer, ref = self._transfers[key]
+                listener = transfer.listen()
+            else:
+                transfer = Transfer(kind, name, request_id)
+                listener = transfer.listen()  # before it starts: this one misses nothing
+
+                def ended(t: Transfer) -> None:
+                    with self._transfers_lock:
+                        if self._transfers.get(key, (None,))[0] is t:
+                            del self._transfers[key]
+
+                ref = PullerActor.start(transfer, run, ended)
+                self._transfers[key] = (transfer, ref)
+        return _follow(transfer, listener, ref)
+
+    def _stop_transfers(self) -> None:
+        """Cancel the transfers still running and wait for their actors (SIGINT/SIGTERM)."""
+        with self._transfers_lock:
+            self._stopping = True
+            running = list(self._transfers.values())
+        for transfer, _ in running:
+            transfer.cancel()
+        for _, ref in running:
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                ref.stop(block=True, timeout=30)
+
+
+def _follow(transfer, listener: queue.Queue, ref) -> Iterator[dict[str, Any]]:
+    """A listener's progress objects; leaving early (close) leaves the transfer running."""
+    from mlxollama.actors.puller import DONE as END
+
+    try:
+        while True:
+            try:
+                item = listener.get(timeout=1.0)
+            except queue.Empty:
+                if not ref.is_alive() and not transfer.finished:
+                    raise MlxOllamaError(
+                        f"the {transfer.kind} of '{transfer.name}' ended without a result"
+                    ) from None
+                continue
+            if item is END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        transfer.leave(listener)
 
 
 def _done(future) -> bool:

@@ -21,7 +21,7 @@ import structlog
 from mlxollama import __version__
 from mlxollama.api import Chunk, Embeddings
 from mlxollama.config import Config
-from mlxollama.http import blobs, embed, errors, native, openai
+from mlxollama.http import blobs, embed, errors, native, openai, transfer
 
 log = structlog.get_logger("mlxollama.http")
 
@@ -159,6 +159,8 @@ def create_app(runtime, config: Config) -> falcon.App:
     app.add_route("/api/delete", native.Delete(runtime))
     app.add_route("/api/create", blobs.Create(runtime))
     app.add_route("/api/blobs/{digest}", blobs.Blob(runtime))
+    app.add_route("/api/pull", transfer.Pull(runtime))
+    app.add_route("/api/push", transfer.Push(runtime))
     app.add_route("/v1/chat/completions", openai.ChatCompletions(runtime))
     app.add_route("/v1/completions", openai.Completions(runtime))
     app.add_route("/v1/embeddings", openai.Embeddings(runtime))

@@ -1,7 +1,8 @@
 """The one place where errors become HTTP statuses and Ollama's `{"error": "..."}` bodies.
 
 This is Ollama's `handleScheduleError`: domain errors from `mlxollama.errors` (and the
-`ValueError`s that request parsing raises) map to 400, 404 and 503; anything else is a 500
+`ValueError`s that request parsing raises) map to 400, 404 and 503, and a registry's failures
+(pull, push) to 401, 404 and 502; anything else is a 500
 whose message is the exception's text, logged with its traceback. Falcon's own errors (no
 route, wrong method, body too large, the 400s raised while reading a request) get the same
 body shape. Under `/v1` the body is OpenAI's error object instead, with the same status, so
@@ -14,7 +15,15 @@ import falcon
 import orjson
 import structlog
 
-from mlxollama.errors import BlobNotFound, Busy, DigestMismatch, ModelNotFound
+from mlxollama.errors import (
+    BlobNotFound,
+    Busy,
+    DigestMismatch,
+    ModelNotFound,
+    RegistryError,
+    RemoteNotFound,
+    Unauthorized,
+)
 
 log = structlog.get_logger("mlxollama.http")
 
@@ -30,6 +39,14 @@ def status_of(exc: BaseException) -> tuple[int, str]:
         return 503, BUSY_MESSAGE
     if isinstance(exc, ModelNotFound):
         return 404, str(exc)
+    if isinstance(exc, RegistryError):
+        # the registry refused (401/403: credentials), lacks the model, or failed (502: a bad
+        # gateway, unreachable included); the message names the registry
+        if isinstance(exc, Unauthorized):
+            return 401, str(exc)
+        if isinstance(exc, RemoteNotFound):
+            return 404, str(exc)
+        return 502, str(exc)
     if isinstance(exc, BlobNotFound):  # a stored model lost a file: Ollama's 404 and advice
         return 404, f"{exc}: try pulling or creating the model again"
     if isinstance(exc, DigestMismatch):
