@@ -483,10 +483,13 @@ def test_repush_sends_no_blob_and_transient_errors_are_retried(tmp_path, proxy):
     name = proxy.name("retry/fake:a")
     store = fake_model(tmp_path / "src", name, size=64 * 1024)
     proxy.fail_with(503, path="/blobs/uploads/", method="POST", times=1)
+    proxy.fail_with(503, path="/blobs/uploads/", method="PUT", times=1)  # a refused upload
     push(store, name)
-    assert proxy.received() == store.get(name).size + len(
-        (store.manifests_dir / store.get(name).name.path()).read_bytes()
-    )
+    manifest_bytes = len((store.manifests_dir / store.get(name).name.path()).read_bytes())
+    assert [r.status for r in proxy.requests("PUT", "/blobs/uploads/")][:2] == [503, 201]
+    # the refused PUT's bytes, once more for its new upload, then the rest
+    refused = proxy.requests("PUT", "/blobs/uploads/")[0].received
+    assert proxy.received() == store.get(name).size + manifest_bytes + refused
     proxy.reset()
     push(store, name)
     assert {r.method for r in proxy.requests()} == {"HEAD", "PUT"}

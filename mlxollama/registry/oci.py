@@ -472,5 +472,16 @@ def push_blob(store: Store, client: Client, d: Descriptor, progress: Progress) -
             progress({**event, "completed": sent})
             last = now
 
-    client.upload_blob(store.blobs.path(d.digest), d.digest, on_bytes)
+    for attempt in range(1, ATTEMPTS + 1):  # a streamed body cannot be replayed: a new upload
+        try:
+            client.upload_blob(store.blobs.path(d.digest), d.digest, on_bytes)
+            break
+        except Unauthorized:
+            raise
+        except RegistryError as e:  # unreachable, or a refused upload (5xx)
+            if attempt == ATTEMPTS:
+                raise
+            log.warning("push.retry", digest=d.digest, error=str(e))
+            sent = 0
+            time.sleep(BACKOFF * attempt)
     progress({**event, "completed": d.size})
