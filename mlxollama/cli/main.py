@@ -20,6 +20,7 @@ from mlxollama import __version__
 from mlxollama.cli import format as fmt
 from mlxollama.cli import repl
 from mlxollama.cli.connect import connect, daemon, is_daemon, local
+from mlxollama.cli.progress import ProgressView
 from mlxollama.config import settings_table
 from mlxollama.errors import MlxOllamaError, ModelNotFound
 
@@ -73,10 +74,12 @@ ENVIRONMENT = "Environment:\n\n" + settings_table().replace("\n", "\n\n")
     help="Show the version (the daemon's, when one runs) and exit.",
 )
 def cli() -> None:
-    """Run MLX models with Ollama's workflow: serve, create, run, ps, stop, list, show, cp, rm.
+    """Run MLX models with Ollama's workflow: serve, pull, push, create, run, ps, stop, list,
+    show, cp, rm.
 
     Verbs talk to the daemon at MLXOLLAMA_HOST when one answers; otherwise they work on the
-    local store in this process (ps and stop need the daemon).
+    local store in this process (ps and stop need the daemon; pack and verify always work on
+    the local store).
     """
 
 
@@ -126,38 +129,86 @@ def create(model: str, path: str, quantize: str | None, embedded: bool) -> None:
     spec = load_recipe(Path(path))
     if quantize:
         spec.quantize = quantize
-    connect(embedded).create(model, spec=spec, progress=_Progress())
+    with ProgressView() as progress:
+        connect(embedded).create(model, spec=spec, progress=progress)
 
 
-class _Progress:
-    """Prints create/pull progress to stderr: one line per status, counts in place on a tty."""
+def _quiet(client):
+    """In-process, the registry's info events would land in the middle of the progress bars:
+    only warnings reach stderr (the daemon logs everything to its file)."""
+    if not is_daemon(client):
+        import logging
 
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.inline = False
+        from mlxollama import log
 
-    def __call__(self, event: dict) -> None:
-        status = event["status"]
-        if "completed" in event and "total" in event:
-            line = f"{status} {_fraction(event['completed'], event['total'], status)}"
-            if self.tty:
-                click.echo(f"\r{line}", nl=False, err=True)
-                self.inline = True
-                return
-            if event["completed"] != event["total"]:
-                return
-            click.echo(line, err=True)
-            return
-        if self.inline:
-            click.echo(err=True)
-            self.inline = False
-        click.echo(status, err=True)
+        log.configure(None, console=True, level=logging.WARNING)
+    return client
 
 
-def _fraction(completed: int, total: int, status: str) -> str:
-    if status.startswith("copying file"):  # bytes: Ollama shows a percentage
-        return f"{100 * completed // total if total else 100}%"
-    return f"{completed}/{total}"
+insecure_option = click.option(
+    "--insecure",
+    is_flag=True,
+    help="Allow plain HTTP to the registry (always allowed to this machine).",
+)
+
+
+@cli.command()
+@click.argument("model")
+@insecure_option
+@embedded_option
+def pull(model: str, insecure: bool, embedded: bool) -> None:
+    """Pull a model from a registry: host[:port]/namespace/model:tag, or
+    hf.co/ORG/REPO[:REVISION] from Hugging Face.
+
+    Layers already in the store are not fetched again, and an interrupted pull resumes where
+    it stopped. A daemon pulls with the registry credentials of its own environment
+    (MLXOLLAMA_REGISTRY_USERNAME, _PASSWORD, _TOKEN); without one, this shell's are used.
+    """
+    client = _quiet(connect(embedded))
+    with ProgressView() as progress:
+        client.pull(model, insecure=insecure, progress=progress)
+
+
+@cli.command()
+@click.argument("model")
+@insecure_option
+@embedded_option
+def push(model: str, insecure: bool, embedded: bool) -> None:
+    """Push a model to the registry its name points at (host[:port]/namespace/model:tag);
+    copy it to such a name first (mlxctl cp). Layers the registry has are not sent again."""
+    client = _quiet(connect(embedded))
+    with ProgressView() as progress:
+        client.push(model, insecure=insecure, progress=progress)
+
+
+@cli.command(options_metavar="[--import]")
+@click.argument("first", metavar="NAME|SRC")
+@click.argument("second", metavar="[DEST|NAME]", required=False)
+@click.option(
+    "--import",
+    "import_",
+    is_flag=True,
+    help="Read the OCI image layout at SRC into the store (as NAME, else the name it holds).",
+)
+def pack(first: str, second: str | None, import_: bool) -> None:
+    """Write a model as an OCI image layout (mlxctl pack NAME DEST: a folder, or a tar file
+    when DEST ends with .tar), or read one back (mlxctl pack --import SRC [NAME]): models
+    carried without a registry. skopeo, oras and crane read and write the layout too. Works
+    on the local store, in this process.
+    """
+    from mlxollama.registry import layout
+
+    store = _quiet(local()).store
+    if import_:
+        with ProgressView() as progress:
+            stored = layout.import_layout(store, Path(first), name=second, progress=progress)
+        click.echo(f"imported '{stored.name.display()}' from {first}")
+        return
+    if second is None:
+        raise click.UsageError("give the folder (or .tar file) to write: mlxctl pack NAME DEST")
+    with ProgressView() as progress:
+        layout.export_layout(store, first, Path(second), progress=progress)
+    click.echo(f"packed '{first}' into {second}")
 
 
 @cli.command("list")
