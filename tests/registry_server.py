@@ -27,8 +27,10 @@ no auth), `auth_registry` (module, htpasswd user `docker`), `proxy` (per test, i
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
+import json
 import os
 import re
 import shutil
@@ -231,6 +233,7 @@ class _Faults:
     corrupt: set[str] = field(default_factory=set)
     fails: list[_Fail] = field(default_factory=list)
     blob_delay: float = 0.0
+    bearer: tuple[str, str, str] | None = None  # (token, username, password)
 
 
 class Proxy:
@@ -286,6 +289,13 @@ class Proxy:
         and whose method is `method` (None: any), `times` times (None: until `reset`)."""
         with self._lock:
             self._faults.fails.append(_Fail(status, path, method, times, body))
+
+    def require_bearer(self, token: str, username: str, password: str) -> None:
+        """Act as a registry with token auth (Docker Hub, ghcr): `/v2/` answers 401 with a
+        `WWW-Authenticate: Bearer realm=<proxy>/token` challenge unless it gets
+        `Bearer <token>`, and `/token` hands out `token` for HTTP Basic `username:password`."""
+        with self._lock:
+            self._faults.bearer = (token, username, password)
 
     def delay_blobs(self, seconds: float) -> None:
         """Wait `seconds` before answering each blob GET (so concurrent pulls overlap)."""
@@ -434,6 +444,8 @@ class _Handler(BaseHTTPRequestHandler):
                 seen.sent = len(fail.body)
             return
 
+        if proxy._faults.bearer is not None and self._bearer_refused(seen, *proxy._faults.bearer):
+            return
         host, port = proxy.upstream.rsplit(":", 1)
         upstream = http.client.HTTPConnection(host, int(port), timeout=60)
         try:
@@ -451,6 +463,36 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(resp, seen)
         finally:
             upstream.close()
+
+    def _bearer_refused(self, seen: Seen, token: str, username: str, password: str) -> bool:
+        """Answer the token endpoint or a 401 challenge; False lets the request through."""
+        basic = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+        auth = self.headers.get("Authorization", "")
+        if self.path.startswith("/token"):
+            ok = auth == basic
+            body = json.dumps({"token": token}).encode() if ok else b'{"details":"denied"}'
+            self._reply(seen, 200 if ok else 401, body)
+            return True
+        if auth == f"Bearer {token}":
+            return False
+        for _ in self._body(seen):
+            pass
+        realm = f"http://{self.proxy.address}/token"
+        challenge = f'Bearer realm="{realm}",service="proxy",scope="repository:any:pull,push"'
+        self._reply(seen, 401, b'{"errors":[{"code":"UNAUTHORIZED"}]}', challenge)
+        return True
+
+    def _reply(self, seen: Seen, status: int, body: bytes, challenge: str | None = None) -> None:
+        seen.status = status
+        self.send_response(status)
+        if challenge:
+            self.send_header("WWW-Authenticate", challenge)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+            seen.sent = len(body)
 
     def _send_upstream(self, upstream: http.client.HTTPConnection, seen: Seen) -> None:
         upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)

@@ -564,3 +564,24 @@ def test_concurrent_pulls_download_each_blob_once(tmp_path, proxy, tiny_remote):
     assert sorted(served) == sorted(set(a.manifest.digests())), "each blob once"
     assert proxy.blob_bytes() == unique_size(a.manifest)
     assert store.verify(name) == []
+
+
+def test_bearer_token_auth(tmp_path, proxy):
+    """A token registry (Docker Hub's scheme): the 401 challenge names a token service, which
+    hands out a token for the Basic credentials; a given token is used as is."""
+    from mlxollama.errors import Unauthorized
+    from mlxollama.registry import Credentials, pull, push
+
+    proxy.require_bearer("s3cr3t-token", "alice", "wonderland")
+    name = proxy.name("bearer/fake:a")
+    store = fake_model(tmp_path / "src", name)
+    with pytest.raises(Unauthorized, match="MLXOLLAMA_REGISTRY_USERNAME"):
+        push(store, name)
+    with pytest.raises(Unauthorized):
+        push(store, name, credentials=Credentials(username="alice", password="wrong"))
+    push(store, name, credentials=Credentials(username="alice", password="wonderland"))
+    assert proxy.requests("GET", "/token")  # the token came from the challenge's realm
+    got = pull(Store(tmp_path / "dst"), name, credentials=Credentials(token="s3cr3t-token"))
+    assert got.digest == store.get(name).digest
+    with pytest.raises(Unauthorized):
+        pull(Store(tmp_path / "dst2"), name, credentials=Credentials(token="stale"))

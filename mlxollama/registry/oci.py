@@ -137,11 +137,12 @@ class Client:
             response.close()
 
     def _send(self, method: str, url: str, headers: dict, kwargs: dict) -> httpx.Response:
+        used = self.token  # another transfer thread may refresh it meanwhile
         request = self.http.build_request(
             method, url, headers={**self._auth_headers(), **headers}, **kwargs
         )
         response = self.http.send(request, stream=True)
-        if response.status_code == 401 and self._answer_challenge(response):
+        if response.status_code == 401 and self._answer_challenge(response, used):
             response.close()
             if "content" in kwargs and not isinstance(kwargs["content"], (bytes, str)):
                 return response  # a streamed body cannot be sent twice; callers probe first
@@ -151,14 +152,20 @@ class Client:
             response = self.http.send(request, stream=True)
         return response
 
-    def _answer_challenge(self, response: httpx.Response) -> bool:
+    def _answer_challenge(self, response: httpx.Response, used: str | None) -> bool:
         """Fetch a Bearer token for a `WWW-Authenticate: Bearer realm=...` challenge, or
-        switch to Basic; False when there is nothing to try."""
+        switch to Basic; False when there is nothing new to try (the token `used` for the
+        refused request is what the token service hands out again)."""
+        if self.token != used:
+            return True  # another thread got a new token since: try that one
         challenge = response.headers.get("WWW-Authenticate", "")
         scheme, _, params = challenge.partition(" ")
         c = self.credentials
-        if scheme.lower() == "basic":
-            return bool(c and c.username) and not self.token
+        if scheme.lower() == "basic":  # Basic went out with the request when we have it
+            if self.token and c and c.username:
+                self.token = None  # a given token the registry does not take: try Basic
+                return True
+            return False
         if scheme.lower() != "bearer":
             return False
         fields = dict(re.findall(r'(\w+)="([^"]*)"', params))
@@ -174,7 +181,7 @@ class Client:
             return False
         body = r.json()
         token = body.get("token") or body.get("access_token")
-        if not token or token == self.token:
+        if not token or token == used:
             return False
         self.token = token
         return True
