@@ -491,6 +491,27 @@ def test_push_then_pull_between_two_daemons(source, daemons, proxy):
     assert wait_until(no_transfers, 5)
 
 
+def test_a_shutdown_mid_pull_leaves_no_tag_and_the_next_pull_completes(source, daemons, proxy):
+    assert source.client().push(source.name, insecure=True).status == "success"
+    name = proxy.name("team/tiny:v1")
+    proxy.delay_blobs(0.3)
+    target = daemons("target")
+    stream = target.client().pull(name, insecure=True, stream=True)
+    assert next(stream).status == "pulling manifest"
+    assert next(stream).digest  # the first blobs are arriving
+    tic = time.monotonic()
+    target.runtime.stop()
+    assert time.monotonic() - tic < 5
+    with pytest.raises(ollama.ResponseError, match="was stopped"):
+        list(stream)
+    assert no_transfers()
+    assert Store(target.root).find(name) is None  # no tag, and only verified blobs
+    proxy.delay_blobs(0)
+    again = daemons("again", root=target.root)
+    assert again.client().pull(name, insecure=True).status == "success"
+    assert again.runtime.store.get(name).digest == source.runtime.store.get(source.name).digest
+
+
 def test_real_registry_errors(daemons, registry, monkeypatch):
     d = daemons("errors")
     client = d.client()
