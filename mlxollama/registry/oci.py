@@ -294,7 +294,11 @@ def pull(
                 f"{name.display()} is neither an mlxollama model nor an Ollama model "
                 f"(config {remote.config.media_type})"
             )
-        each(lambda d: fetch_blob(store, client, d, progress), [remote.config, *remote.layers])
+        blobs = [remote.config, *remote.layers]
+        for d in blobs:  # announce every layer first (`completed` omitted while 0, as Ollama)
+            if not store.blobs.exists(d.digest):
+                progress({"status": _pulling(d), "digest": d.digest, "total": d.size})
+        each(lambda d: fetch_blob(store, client, d, progress), blobs)
         progress({"status": "verifying sha256 digest"})  # each blob was checked as it arrived
         store.blobs.sync()  # downloads skip fsync one by one: one flush before the manifest
         if remote.is_ollama and not remote.is_ours:
@@ -328,6 +332,10 @@ def each(work, descriptors: list[Descriptor]) -> None:
             raise
 
 
+def _pulling(d: Descriptor) -> str:
+    return f"pulling {d.digest.split(':', 1)[1][:12]}"
+
+
 def partial_path(store: Store, digest: str) -> Path:
     return store.root / "blobs" / "partial" / f"sha256-{parse_digest(digest).split(':', 1)[1]}"
 
@@ -335,8 +343,7 @@ def partial_path(store: Store, digest: str) -> Path:
 def fetch_blob(store: Store, client: Client, d: Descriptor, progress: Progress) -> None:
     """Make blob `d` present in the store: skip it if it is there, wait for a pull that is
     fetching it already, else download (resuming a partial file) and verify it."""
-    status = f"pulling {d.digest.split(':', 1)[1][:12]}"
-    done = {"status": status, "digest": d.digest, "total": d.size, "completed": d.size}
+    done = {"status": _pulling(d), "digest": d.digest, "total": d.size, "completed": d.size}
     if store.blobs.exists(d.digest):
         progress(done)
         return
