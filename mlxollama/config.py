@@ -70,7 +70,14 @@ SETTINGS = (
     Setting(
         "MLXOLLAMA_REGISTRY_TOKEN",
         "",
-        "A Bearer token sent as is to registries (and to Hugging Face), instead of a user name.",
+        "A Bearer token sent as is to registries, instead of a user name.",
+    ),
+    Setting(
+        "MLXOLLAMA_REGISTRY_HOST",
+        "",
+        "The registry (host[:port]) the credentials above are for; unset: any OCI registry "
+        "that asks for them, never Hugging Face (set hf.co here for a Hugging Face token, "
+        "or use HF_TOKEN).",
     ),
     Setting(
         "MLXOLLAMA_HF_ENDPOINT",
@@ -97,6 +104,7 @@ class Config:
     registry_username: str | None = None
     registry_password: str | None = field(default=None, repr=False)
     registry_token: str | None = field(default=None, repr=False)
+    registry_host: str | None = None
     hf_endpoint: str | None = None
 
     @classmethod
@@ -119,6 +127,7 @@ class Config:
             registry_username=get["REGISTRY_USERNAME"] or None,
             registry_password=get["REGISTRY_PASSWORD"] or None,
             registry_token=get["REGISTRY_TOKEN"] or None,
+            registry_host=get["REGISTRY_HOST"] or None,
             hf_endpoint=_url("HF_ENDPOINT", get["HF_ENDPOINT"]) or None,
         )
 
@@ -128,6 +137,7 @@ class Config:
             "MLXOLLAMA_REGISTRY_USERNAME": self.registry_username,
             "MLXOLLAMA_REGISTRY_PASSWORD": self.registry_password,
             "MLXOLLAMA_REGISTRY_TOKEN": self.registry_token,
+            "MLXOLLAMA_REGISTRY_HOST": self.registry_host,
         }
         return {k: v for k, v in values.items() if v}
 

@@ -609,16 +609,10 @@ def upload_model(address: str, store, model: str, ref: str, auth=None) -> bytes:
 # -- fixtures --------------------------------------------------------------------------------
 
 
-def _start_or_skip(tmp: Path, htpasswd: bool = False) -> Registry:
-    if registry_binary() is None and not os.environ.get("CI"):
-        pytest.skip("no OCI registry binary: apt-get install docker-registry")
-    return start_registry(tmp, htpasswd=htpasswd)
-
-
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory):
     """A registry without auth for the whole session (tests use their own repositories)."""
-    reg = _start_or_skip(tmp_path_factory.mktemp("registry"))
+    reg = start_registry(tmp_path_factory.mktemp("registry"))
     yield reg
     reg.stop()
 
@@ -626,7 +620,7 @@ def registry(tmp_path_factory):
 @pytest.fixture(scope="module")
 def auth_registry(tmp_path_factory):
     """A registry with HTTP Basic auth: user `docker`, password `auth_registry.password`."""
-    reg = _start_or_skip(tmp_path_factory.mktemp("auth-registry"), htpasswd=True)
+    reg = start_registry(tmp_path_factory.mktemp("auth-registry"), htpasswd=True)
     yield reg
     reg.stop()
 

@@ -156,8 +156,10 @@ def test_a_gated_repo_needs_its_token(hub, store):
     with pytest.raises(Unauthorized, match="gated"):
         pull(store, "hf.co/acme/gated")
     with pytest.raises(Unauthorized):
-        pull(store, "hf.co/acme/gated", credentials=Credentials(token="wrong"))
-    model, _ = pull(store, "hf.co/acme/gated", credentials=Credentials(token="hf_secret"))
+        pull(store, "hf.co/acme/gated", credentials=Credentials(token="wrong", host="hf.co"))
+    model, _ = pull(
+        store, "hf.co/acme/gated", credentials=Credentials(token="hf_secret", host="hf.co")
+    )
     assert store.config(model)["provenance"]["revision"] == hub.gated
 
 

@@ -267,26 +267,20 @@ def check_push_progress(events: list[dict], manifest) -> None:
 
 
 def remote_manifest(registry, repo: str, tag: str) -> bytes:
-    """The manifest bytes the registry holds, read with skopeo (or httpx without it)."""
-    if shutil.which("skopeo"):
-        out = subprocess.run(
-            [
-                "skopeo",
-                "inspect",
-                "--raw",
-                "--tls-verify=false",
-                f"docker://{registry.address}/{repo}:{tag}",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        return out.stdout
-    r = httpx.get(
-        f"{registry.url}/v2/{repo}/manifests/{tag}", headers={"Accept": MANIFEST_MEDIA_TYPE}
+    """The manifest bytes the registry holds, read by skopeo (an independent OCI client)."""
+    out = subprocess.run(
+        [
+            shutil.which("skopeo") or "skopeo",
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            f"docker://{registry.address}/{repo}:{tag}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
-    r.raise_for_status()
-    return r.content
+    return out.stdout
 
 
 def greedy(root: Path, name: str) -> str:
@@ -585,3 +579,43 @@ def test_bearer_token_auth(tmp_path, proxy):
     assert got.digest == store.get(name).digest
     with pytest.raises(Unauthorized):
         pull(Store(tmp_path / "dst2"), name, credentials=Credentials(token="stale"))
+
+
+def test_remote_manifests_cannot_name_files_outside_the_model():
+    from mlxollama.errors import RegistryError
+    from mlxollama.registry.oci import parse_remote
+
+    def manifest(title: str) -> bytes:
+        layer = {"mediaType": "x", "digest": "sha256:" + "a" * 64, "size": 1}
+        layer["annotations"] = {"org.opencontainers.image.title": title}
+        config = {"mediaType": "c", "digest": "sha256:" + "b" * 64, "size": 1}
+        return orjson.dumps({"schemaVersion": 2, "config": config, "layers": [layer]})
+
+    assert parse_remote(manifest("1_Pooling/config.json"), "r").layers[0].name
+    for bad in ("/etc/passwd", "../../x.pth", "a/../../b", "a\\b", "", "./x"):
+        with pytest.raises(RegistryError, match="not a relative path"):
+            parse_remote(manifest(bad), "r")
+    with pytest.raises(RegistryError, match="schemaVersion"):
+        parse_remote(b'{"config": {}}', "r")
+
+
+def test_credentials_go_only_where_they_belong():
+    from mlxollama.registry import Credentials
+    from mlxollama.registry.oci import Client
+    from mlxollama.store.names import parse_name
+
+    anywhere = Credentials(username="u", password="p")
+    assert anywhere.for_host("box.lan:5000") is anywhere
+    assert anywhere.for_host("hf.co") is None  # never to Hugging Face unless named
+    scoped = Credentials(token="t", host="box.lan:5000")
+    assert scoped.for_host("box.lan:5000") is scoped
+    assert scoped.for_host("registry.ollama.ai") is None
+    client = Client(parse_name("box.lan:5000/team/m:v1"), insecure=True, credentials=scoped)
+    assert client._auth_headers("http://box.lan:5000/v2/team/m/blobs/x") == {
+        "Authorization": "Bearer t"
+    }
+    assert client._auth_headers("https://cdn.example/blob?sig=1") == {}  # another origin
+    basic = Client(parse_name("box.lan:5000/team/m:v1"), insecure=True, credentials=anywhere)
+    assert basic._auth_headers("http://box.lan:5000/v2/") == {}  # Basic waits for a challenge
+    client.close()
+    basic.close()

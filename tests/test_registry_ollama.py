@@ -132,3 +132,20 @@ def test_an_ollama_model_with_an_adapter_is_refused_and_leaves_no_tag(
     with pytest.raises(UnsupportedModel, match="LoRA adapters"):
         reg.pull(store, name)
     assert store.find(name) is None
+
+
+def test_pulling_an_unchanged_ollama_model_again_converts_nothing(registry, smollm2_gguf, tmp_path):  # noqa: F811
+    name = registry.name("library/smollm2-again:q4_1")
+    layers = [(smollm2_gguf.read_bytes(), "application/vnd.ollama.image.model")]
+    push_ollama_model(name, [*layers, (TEMPLATE.encode(), "application/vnd.ollama.image.template")])
+    store = Store(tmp_path / "store")
+    first = reg.pull(store, name)
+    events: list[dict] = []
+    again = reg.pull(store, name, progress=events.append)
+    assert again.digest == first.digest
+    assert events == [{"status": "pulling manifest"}, {"status": "success"}]
+    # a changed template is a new manifest: converted again, with the new template
+    push_ollama_model(name, [*layers, (b"{{ .Prompt }}", "application/vnd.ollama.image.template")])
+    changed = reg.pull(store, name)
+    assert changed.digest != first.digest
+    assert Embedded(store.root).show(name)["template"] == "{{ .Prompt }}"

@@ -339,7 +339,7 @@ def test_two_pulls_of_one_model_share_one_transfer(faked):
     second = threading.Thread(target=pull, args=(2,))
     second.start()
     ((transfer, _),) = faked.runtime._transfers.values()
-    assert wait_until(lambda: len(transfer._listeners) == 2, 10)
+    assert wait_until(lambda: len(transfer._listeners) == 2, 30)
     faked.fake.gate.set()
     first.join(10)
     second.join(10)

@@ -204,6 +204,8 @@ def _load_tokenizer(store: Store, stored: StoredModel, model_config: dict[str, A
     with tempfile.TemporaryDirectory(prefix="mlxollama-tok-") as tmp:
         for f in files:
             target = Path(tmp) / f.name
+            if not target.resolve().is_relative_to(Path(tmp).resolve()):
+                raise UnsupportedModel(f"model file name {f.name!r} points outside the model")
             target.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(store.blobs.path(f.digest), target)
         return tokenizer_utils.load(Path(tmp), eos_token_ids=model_config.get("eos_token_id"))

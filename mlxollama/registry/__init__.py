@@ -30,23 +30,34 @@ HF_HOSTS = ("hf.co", "huggingface.co")
 
 @dataclass(frozen=True)
 class Credentials:
-    """How to authenticate to a registry: HTTP Basic (`username`/`password`, which also
-    fetch a Bearer token when the registry asks for one), or a Bearer `token` as is."""
+    """How to authenticate to a registry: HTTP Basic (`username`/`password`, sent only when
+    the registry asks, and used to fetch a Bearer token when it asks for one), or a Bearer
+    `token` as is. `host` (host[:port]) limits them to one registry; without it they go to
+    any OCI registry that asks, never to Hugging Face."""
 
     username: str | None = None
     password: str | None = None
     token: str | None = None
+    host: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Credentials | None:
-        """`MLXOLLAMA_REGISTRY_USERNAME` / `_PASSWORD` / `_TOKEN`; None when none is set."""
+        """`MLXOLLAMA_REGISTRY_USERNAME` / `_PASSWORD` / `_TOKEN` / `_HOST`; None when no
+        credential is set."""
         env = os.environ if env is None else env
         found = cls(
             username=env.get("MLXOLLAMA_REGISTRY_USERNAME") or None,
             password=env.get("MLXOLLAMA_REGISTRY_PASSWORD") or None,
             token=env.get("MLXOLLAMA_REGISTRY_TOKEN") or None,
+            host=env.get("MLXOLLAMA_REGISTRY_HOST") or None,
         )
         return found if (found.username or found.token) else None
+
+    def for_host(self, host: str) -> Credentials | None:
+        """These credentials if they may be sent to `host`, else None."""
+        if self.host is None:
+            return None if host.lower() in HF_HOSTS else self
+        return self if host.lower() == self.host.lower() else None
 
 
 def is_hf(name: ModelName) -> bool:
@@ -71,6 +82,7 @@ def pull(
     """
     target = parse_name(name)
     say = progress or (lambda event: None)
+    credentials = credentials.for_host(target.host) if credentials else None
     if is_hf(target):
         from mlxollama.registry import hf
 
@@ -97,6 +109,7 @@ def push(
     target = parse_name(name)
     if is_hf(target):
         raise ValueError("pushing to Hugging Face is not supported: push to an OCI registry")
+    credentials = credentials.for_host(target.host) if credentials else None
     from mlxollama.registry import oci
 
     oci.push(

@@ -14,10 +14,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import os
 import re
+import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from filelock import FileLock, Timeout
 
 from mlxollama import __version__
 from mlxollama.errors import (
+    BlobNotFound,
     DigestMismatch,
     RegistryError,
     RegistryUnreachable,
@@ -52,6 +55,7 @@ WORKERS = 8  # blobs transferred at once
 ATTEMPTS = 3  # per request; a dropped download resumes from where it stopped
 BACKOFF = 0.3  # seconds, doubled after each failed attempt
 PROGRESS_EVERY = 0.1  # seconds between progress events for one blob
+MAX_MANIFEST = 16 << 20  # bytes
 TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
 
@@ -60,6 +64,10 @@ def plain_http_allowed(host: str, insecure: bool) -> bool:
     """Plain HTTP only for `insecure` or this machine (as Ollama and Docker do)."""
     hostname = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
     return insecure or hostname in LOCAL_HOSTS
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return (url.scheme, url.host, url.port)
 
 
 class Client:
@@ -73,9 +81,10 @@ class Client:
         self.repository = f"{name.namespace}/{name.model}"
         self.credentials: Credentials | None = credentials
         self.token = credentials.token if credentials and credentials.token else None
+        self.basic = False  # send Basic credentials: only once this registry asked for them
         self.http = httpx.Client(
             timeout=TIMEOUT,
-            follow_redirects=True,
+            follow_redirects=True,  # httpx drops Authorization on a redirect to another origin
             headers={"User-Agent": f"mlxollama/{__version__}"},
         )
 
@@ -87,11 +96,15 @@ class Client:
 
     # -- requests ------------------------------------------------------------------------------
 
-    def _auth_headers(self) -> dict[str, str]:
+    def _auth_headers(self, url: str) -> dict[str, str]:
+        """Credentials for the registry's own origin only (an upload `Location` or a blob
+        may live on another host, which gets none)."""
+        if _origin(httpx.URL(url)) != _origin(httpx.URL(self.base)):
+            return {}
         if self.token:
             return {"Authorization": f"Bearer {self.token}"}
         c = self.credentials
-        if c and c.username:
+        if self.basic and c and c.username:
             pair = base64.b64encode(f"{c.username}:{c.password or ''}".encode()).decode()
             return {"Authorization": f"Basic {pair}"}
         return {}
@@ -127,43 +140,50 @@ class Client:
             delay *= 2
         try:
             if response.status_code in (401, 403):
+                if self.credentials is None:
+                    hint = (
+                        "set MLXOLLAMA_REGISTRY_USERNAME and MLXOLLAMA_REGISTRY_PASSWORD "
+                        "(or MLXOLLAMA_REGISTRY_TOKEN)"
+                    )
+                else:
+                    hint = "check the credentials and their permissions on this repository"
                 raise Unauthorized(
                     f"{self.host} refused access to {self.repository} "
-                    f"({response.status_code}): set MLXOLLAMA_REGISTRY_USERNAME and "
-                    "MLXOLLAMA_REGISTRY_PASSWORD (or MLXOLLAMA_REGISTRY_TOKEN)"
+                    f"({response.status_code}): {hint}"
                 )
             yield response
         finally:
             response.close()
 
     def _send(self, method: str, url: str, headers: dict, kwargs: dict) -> httpx.Response:
-        used = self.token  # another transfer thread may refresh it meanwhile
-        request = self.http.build_request(
-            method, url, headers={**self._auth_headers(), **headers}, **kwargs
-        )
-        response = self.http.send(request, stream=True)
-        if response.status_code == 401 and self._answer_challenge(response, used):
-            response.close()
-            if "content" in kwargs and not isinstance(kwargs["content"], (bytes, str)):
-                return response  # a streamed body cannot be sent twice; callers probe first
+        """Send, answering up to two auth challenges (a token refreshed by another transfer
+        thread may lack this request's scope). A streamed body is sent once: its caller
+        starts over (a new upload) when the answer is a 401."""
+        replayable = isinstance(kwargs.get("content", b""), (bytes, str))
+        for challenge in range(3):
+            used = (self.token, self.basic)  # other transfer threads may change them
             request = self.http.build_request(
-                method, url, headers={**self._auth_headers(), **headers}, **kwargs
+                method, url, headers={**self._auth_headers(url), **headers}, **kwargs
             )
             response = self.http.send(request, stream=True)
+            if response.status_code != 401 or challenge == 2:
+                return response
+            if not self._answer_challenge(response, used) or not replayable:
+                return response
+            response.close()
         return response
 
-    def _answer_challenge(self, response: httpx.Response, used: str | None) -> bool:
-        """Fetch a Bearer token for a `WWW-Authenticate: Bearer realm=...` challenge, or
-        switch to Basic; False when there is nothing new to try (the token `used` for the
-        refused request is what the token service hands out again)."""
-        if self.token != used:
-            return True  # another thread got a new token since: try that one
+    def _answer_challenge(self, response: httpx.Response, used: tuple) -> bool:
+        """Get what a `WWW-Authenticate` challenge asks for: a Bearer token from its realm,
+        or Basic credentials. False when there is nothing new to try."""
+        if (self.token, self.basic) != used:
+            return True  # another thread got new credentials since: try those
         challenge = response.headers.get("WWW-Authenticate", "")
         scheme, _, params = challenge.partition(" ")
         c = self.credentials
-        if scheme.lower() == "basic":  # Basic went out with the request when we have it
-            if self.token and c and c.username:
-                self.token = None  # a given token the registry does not take: try Basic
+        if scheme.lower() == "basic":
+            if c and c.username and not self.basic:
+                self.token, self.basic = None, True
                 return True
             return False
         if scheme.lower() != "bearer":
@@ -172,16 +192,22 @@ class Client:
         realm = fields.pop("realm", "")
         if not realm:
             return False
-        auth = httpx.BasicAuth(c.username, c.password or "") if c and c.username else None
+        # credentials go to a token service over TLS, or on this machine; else ask anonymously
+        realm_url = httpx.URL(realm)
+        safe = realm_url.scheme == "https" or realm_url.host in LOCAL_HOSTS
+        auth = httpx.BasicAuth(c.username, c.password or "") if c and c.username and safe else None
         try:
             r = self.http.get(realm, params=fields, auth=auth)
         except httpx.TransportError as e:
             raise RegistryUnreachable(f"could not reach the token service {realm}: {e}") from None
         if r.status_code != 200:
             return False
-        body = r.json()
-        token = body.get("token") or body.get("access_token")
-        if not token or token == used:
+        try:
+            body = r.json()
+        except ValueError:
+            return False
+        token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
+        if not token or token == used[0]:
             return False
         self.token = token
         return True
@@ -258,13 +284,21 @@ class Remote:
         return any(d.media_type.startswith(OLLAMA_LAYER_PREFIX + "model") for d in self.layers)
 
     @property
+    def digest(self) -> str:
+        return f"sha256:{hashlib.sha256(self.raw).hexdigest()}"
+
+    @property
     def is_ours(self) -> bool:
         return self.config.media_type == mt.CONFIG_MEDIA_TYPE
 
 
 def parse_remote(raw: bytes, where: str) -> Remote:
+    """Check a registry's manifest before anything in it is used: digests, sizes and layer
+    titles (`Descriptor.from_dict` refuses titles that would name files outside a model)."""
     try:
         doc = orjson.loads(raw)
+        if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
+            raise ValueError("schemaVersion is not 2")
         config = Descriptor.from_dict(doc["config"])
         layers = [Descriptor.from_dict(d) for d in doc.get("layers") or []]
         for d in [config, *layers]:
@@ -272,7 +306,7 @@ def parse_remote(raw: bytes, where: str) -> Remote:
             if d.size < 0:
                 raise ValueError(f"negative size for {d.digest}")
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise RegistryError(f"{where}: the manifest is not an OCI image manifest: {e}") from None
+        raise RegistryError(f"{where}: the manifest is not a usable image manifest: {e}") from None
     return Remote(raw, doc, config, layers)
 
 
@@ -288,28 +322,44 @@ def pull(
     client = Client(name, insecure, credentials)
     try:
         progress({"status": "pulling manifest"})
-        remote = parse_remote(client.get_manifest(name.tag), f"{name.host}/{client.repository}")
+        where = f"{name.host}/{client.repository}"
+        raw = client.get_manifest(name.tag)
+        if len(raw) > MAX_MANIFEST:
+            raise RegistryError(f"{where}: the manifest is over {MAX_MANIFEST} bytes")
+        remote = parse_remote(raw, where)
         if not (remote.is_ours or remote.is_ollama):
             raise RegistryError(
                 f"{name.display()} is neither an mlxollama model nor an Ollama model "
                 f"(config {remote.config.media_type})"
             )
-        blobs = [remote.config, *remote.layers]
-        for d in blobs:  # announce every layer first (`completed` omitted while 0, as Ollama)
-            if not store.blobs.exists(d.digest):
-                progress({"status": _pulling(d), "digest": d.digest, "total": d.size})
-        each(lambda d: fetch_blob(store, client, d, progress), blobs)
-        progress({"status": "verifying sha256 digest"})  # each blob was checked as it arrived
-        store.blobs.sync()  # downloads skip fsync one by one: one flush before the manifest
         if remote.is_ollama and not remote.is_ours:
-            from mlxollama.registry.ollama import convert
+            from mlxollama.registry import ollama
 
-            origin = {"type": "registry", "reference": name.display(), "format": "ollama"}
-            return convert(store, name, remote, origin, progress)
-        progress({"status": "writing manifest"})
-        manifest = Manifest.from_bytes(remote.raw)
-        with store.lock():
-            stored = store.put_manifest(name, manifest)
+            current = ollama.already_converted(store, name, remote)
+            if current is not None:  # the same GGUF as last time: nothing to fetch or convert
+                progress({"status": "success"})
+                return current
+        blobs = [remote.config, *remote.layers]
+        for _ in range(ATTEMPTS):  # an `rm` or `gc` meanwhile may take shared blobs away
+            fetched = fetch_all(store, client, blobs, progress)
+            if fetched:
+                progress({"status": "verifying sha256 digest"})  # hashed as they arrived
+            store.blobs.sync()  # downloads skip fsync one by one: one flush before the tag
+            if remote.is_ollama and not remote.is_ours:
+                origin = {
+                    "type": "registry",
+                    "reference": name.display(),
+                    "format": "ollama",
+                    "manifest": remote.digest,
+                }
+                return ollama.convert(store, name, remote, origin, progress)
+            with store.lock():
+                if all(store.blobs.exists(d.digest) for d in blobs):
+                    progress({"status": "writing manifest"})
+                    stored = store.put_manifest(name, Manifest.from_bytes(remote.raw))
+                    break
+        else:
+            raise RegistryError(f"blobs of {name.display()} kept disappearing from the store")
         log.info("pull.done", model=name.display(), digest=stored.digest)
         progress({"status": "success"})
         return stored
@@ -317,87 +367,146 @@ def pull(
         client.close()
 
 
+def fetch_all(store: Store, client: Client, blobs: list[Descriptor], progress: Progress) -> int:
+    """Make every blob present; returns how many were downloaded. Layers are announced first
+    (`completed` omitted while 0, as Ollama does)."""
+    missing = []
+    for d in blobs:
+        if _present(store, d):
+            progress(_done(d))
+        else:
+            missing.append(d)
+            progress({"status": _pulling(d), "digest": d.digest, "total": d.size})
+    each(lambda d, stop: fetch_blob(store, client, d, progress, stop), missing)
+    return len(missing)
+
+
 def each(work, descriptors: list[Descriptor]) -> None:
-    """Run `work` on every descriptor, WORKERS at a time (a model is hundreds of small tensor
-    blobs: latency, not bandwidth, bounds one at a time); the first error is raised once the
-    others have stopped."""
+    """Run `work(d, stop)` on every descriptor, WORKERS at a time (a model is hundreds of
+    small tensor blobs: latency, not bandwidth, bounds one at a time). The first error sets
+    `stop`, which the others check between chunks, and is raised once they have ended."""
+    stop = threading.Event()
     with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="transfer") as pool:
-        futures = [pool.submit(work, d) for d in descriptors]
-        try:
-            for future in futures:
-                future.result()
-        except BaseException:
+        futures = [pool.submit(work, d, stop) for d in descriptors]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f for f in done if f.exception() is not None), None)
+        if failed is not None:
+            stop.set()
             for future in futures:
                 future.cancel()
-            raise
+            wait(futures)
+            raise failed.exception()
+
+
+class Stopped(Exception):
+    """Another blob of the same transfer failed: this one stops (its partial file stays)."""
 
 
 def _pulling(d: Descriptor) -> str:
     return f"pulling {d.digest.split(':', 1)[1][:12]}"
 
 
+def _done(d: Descriptor) -> dict[str, Any]:
+    return {"status": _pulling(d), "digest": d.digest, "total": d.size, "completed": d.size}
+
+
+def _present(store: Store, d: Descriptor) -> bool:
+    """The blob is in the store with the right size (a crash between a download's rename and
+    the final sync can leave a short file; it is fetched again). Touched, so that a `gc`
+    running meanwhile sees it as recent."""
+    path = store.blobs.path(d.digest)
+    try:
+        if path.stat().st_size == d.size:
+            os.utime(path)
+            return True
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    return False
+
+
 def partial_path(store: Store, digest: str) -> Path:
     return store.root / "blobs" / "partial" / f"sha256-{parse_digest(digest).split(':', 1)[1]}"
 
 
-def fetch_blob(store: Store, client: Client, d: Descriptor, progress: Progress) -> None:
-    """Make blob `d` present in the store: skip it if it is there, wait for a pull that is
-    fetching it already, else download (resuming a partial file) and verify it."""
-    done = {"status": _pulling(d), "digest": d.digest, "total": d.size, "completed": d.size}
-    if store.blobs.exists(d.digest):
-        progress(done)
-        return
+def blob_lock(store: Store, digest: str) -> FileLock:
+    """One of 256 lock files (by the digest's first byte) that pulls, threads and processes
+    alike, take before they touch a blob's partial file. They are never deleted (removing a
+    lock file races a waiter), so there are at most 256."""
+    folder = store.root / "blobs" / "partial" / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder / f"{parse_digest(digest).split(':', 1)[1][:2]}.lock"))
+
+
+def fetch_blob(
+    store: Store, client: Client, d: Descriptor, progress: Progress, stop: threading.Event
+) -> None:
+    """Download blob `d` (resuming a partial file) and verify it, unless another pull is
+    fetching it: then wait for that one, reporting its progress."""
     partial = partial_path(store, d.digest)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(partial) + ".lock")
-    while True:  # another pull may hold the lock: report its progress until it is done
+    lock = blob_lock(store, d.digest)
+    while True:
         try:
             lock.acquire(timeout=PROGRESS_EVERY * 5)
             break
         except Timeout:
+            if stop.is_set():
+                raise Stopped from None
             with contextlib.suppress(FileNotFoundError):
-                progress({**done, "completed": partial.stat().st_size})
+                if size := partial.stat().st_size:
+                    progress({**_done(d), "completed": size})
     try:
-        if store.blobs.exists(d.digest):  # the other pull finished it
-            progress(done)
-            return
-        _download(store, client, d, partial, lambda n: progress({**done, "completed": n}))
-        progress(done)
+        if not _present(store, d):  # else the other pull finished it
+            _download(
+                store, client, d, partial, lambda n: progress({**_done(d), "completed": n}), stop
+            )
+        progress(_done(d))
     finally:
-        lock.release()  # the lock file stays (removing it races a waiter); gc drops old ones
+        lock.release()
 
 
-def _download(store: Store, client: Client, d: Descriptor, partial: Path, report) -> None:
-    hasher = hashlib.sha256()
+def _download(store, client: Client, d: Descriptor, partial: Path, report, stop) -> None:
     have = partial.stat().st_size if partial.exists() else 0
     if have > d.size:
+        partial.unlink()
         have = 0
-    if have:
-        with open(partial, "rb") as f:  # the kept bytes count only if they hash on
-            while block := f.read(CHUNK):
-                hasher.update(block)
+    hasher = _rehash(partial) if have else hashlib.sha256()  # kept bytes count if they hash on
     url = client.url(f"blobs/{d.digest}")
     last = 0.0
-    for attempt in range(1, ATTEMPTS + 1):
-        headers = {"Range": f"bytes={have}-"} if have else {}
+    attempt = 0
+    while have < d.size:
+        attempt += 1
+        headers = {"Accept-Encoding": "identity"}  # byte ranges of the stored bytes, as is
+        if have:
+            headers["Range"] = f"bytes={have}-"
         try:
             with client.request("GET", url, headers=headers) as r:
                 if r.status_code == 404:
-                    raise RemoteNotFound(f"{client.host} has no blob {d.digest}")
-                if r.status_code == 416 and have == d.size:
-                    break  # everything is here already
+                    raise RegistryError(
+                        f"{client.host} lists {d.digest} in the manifest of "
+                        f"{client.repository} but does not have it"
+                    )
                 if r.status_code not in (200, 206):
                     raise client.fail(r, f"downloading {d.digest}")
                 if r.status_code == 206 and not r.headers.get("Content-Range", "").startswith(
                     f"bytes {have}-"
-                ):
-                    raise client.fail(r, f"resuming {d.digest} at byte {have}")
-                if r.status_code == 200 and have:  # no range support: start over
+                ):  # a range we did not ask for: start over without one
+                    partial.unlink(missing_ok=True)
+                    have, hasher = 0, hashlib.sha256()
+                    continue
+                if r.status_code == 200:  # the whole blob (no Range support): restart
                     have, hasher = 0, hashlib.sha256()
                 with open(partial, "r+b" if have else "wb") as f:
                     f.seek(have)
                     f.truncate()
                     for block in r.iter_bytes(CHUNK):
+                        if stop.is_set():
+                            raise Stopped
+                        if have + len(block) > d.size:
+                            raise DigestMismatch(
+                                f"digest mismatch: {client.host} sent more than the {d.size} "
+                                f"bytes of {d.digest}"
+                            )
                         f.write(block)
                         hasher.update(block)
                         have += len(block)
@@ -405,31 +514,25 @@ def _download(store: Store, client: Client, d: Descriptor, partial: Path, report
                         if now - last >= PROGRESS_EVERY:
                             report(have)
                             last = now
-            if have >= d.size:
-                break
         except (httpx.TransportError, RegistryUnreachable) as e:  # dropped mid-blob: resume
             log.warning("pull.interrupted", digest=d.digest, have=have, error=str(e))
             have = partial.stat().st_size if partial.exists() else 0
             hasher = _rehash(partial)
-            if attempt == ATTEMPTS:
-                raise RegistryUnreachable(
-                    f"the download of {d.digest} from {client.host} was interrupted at "
-                    f"{have} of {d.size} bytes: pull again to resume"
-                ) from None
+        if have < d.size and attempt >= ATTEMPTS:
+            raise RegistryUnreachable(
+                f"the download of {d.digest} from {client.host} stopped at {have} of {d.size} "
+                "bytes: pull again to resume"
+            )
+        if have < d.size:
             time.sleep(BACKOFF * attempt)
-    if have < d.size:  # the registry ended the body early, every time
-        raise RegistryUnreachable(
-            f"the download of {d.digest} from {client.host} stopped at {have} of {d.size} "
-            "bytes: pull again to resume"
-        )
     got = f"sha256:{hasher.hexdigest()}"
-    if have != d.size or got != d.digest:
+    if got != d.digest:
         partial.unlink(missing_ok=True)
         raise DigestMismatch(
-            f"digest mismatch, file must be downloaded again: want {d.digest} "
-            f"({d.size} bytes), got {got} ({have} bytes)"
+            f"digest mismatch, file must be downloaded again: want {d.digest}, got {got}"
         )
     store.blobs.adopt(partial, d.digest, sync=False)
+    os.utime(store.blobs.path(d.digest))  # recent for gc's grace, whatever the partial's age
 
 
 def _rehash(path: Path):
@@ -457,10 +560,12 @@ def push(
     client = Client(name, insecure, credentials)
     try:
         progress({"status": "retrieving manifest"})
-        manifest = stored.manifest
-        each(lambda d: push_blob(store, client, d, progress), [manifest.config, *manifest.layers])
+        # the bytes whose blobs go up are the bytes that go up: a re-tag meanwhile changes nothing
+        raw = stored.manifest.to_bytes()
+        manifest = Manifest.from_bytes(raw)
+        blobs = [manifest.config, *manifest.layers]
+        each(lambda d, stop: push_blob(store, client, d, progress, stop), blobs)
         progress({"status": "pushing manifest"})
-        raw = (store.manifests_dir / stored.name.path()).read_bytes()
         client.put_manifest(name.tag, raw, mt.MANIFEST_MEDIA_TYPE)
         log.info("push.done", model=name.display(), digest=stored.digest)
         progress({"status": "success"})
@@ -468,14 +573,22 @@ def push(
         client.close()
 
 
-def push_blob(store: Store, client: Client, d: Descriptor, progress: Progress) -> None:
+def push_blob(
+    store: Store, client: Client, d: Descriptor, progress: Progress, stop: threading.Event
+) -> None:
     """Upload one blob unless the registry has it (an unchanged tensor costs one HEAD)."""
     event = {"status": f"pushing {d.digest.split(':', 1)[1][:12]}", "digest": d.digest}
     event["total"] = d.size
+    if stop.is_set():
+        raise Stopped
     if client.has_blob(d.digest):
         progress({**event, "completed": d.size})
         return
-    progress({**event, "completed": 0})
+    if not store.blobs.exists(d.digest):
+        raise BlobNotFound(
+            f"blob {d.digest} of {client.repository} is missing from the store: run mlxctl verify"
+        )
+    progress(event)  # `completed` omitted while 0, as Ollama does
     sent, last = 0, 0.0
 
     def on_bytes(n: int) -> None:
@@ -490,9 +603,7 @@ def push_blob(store: Store, client: Client, d: Descriptor, progress: Progress) -
         try:
             client.upload_blob(store.blobs.path(d.digest), d.digest, on_bytes)
             break
-        except Unauthorized:
-            raise
-        except RegistryError as e:  # unreachable, or a refused upload (5xx)
+        except RegistryError as e:  # unreachable, refused (5xx), or a 401 for a new token
             if attempt == ATTEMPTS:
                 raise
             log.warning("push.retry", digest=d.digest, error=str(e))

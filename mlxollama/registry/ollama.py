@@ -26,6 +26,17 @@ PREFIX = "application/vnd.ollama.image."
 UNSUPPORTED = {"adapter": "LoRA adapters", "projector": "vision projectors"}
 
 
+def already_converted(store: Store, name: ModelName, remote) -> StoredModel | None:
+    """The stored `name`, if it was converted from this very manifest (a re-pull of an
+    unchanged Ollama model then fetches and converts nothing)."""
+    found = store.find(name)
+    if found is None:
+        return None
+    stored = store.get(found)
+    sources = store.config(stored).get("provenance", {}).get("sources") or [{}]
+    return stored if sources[0].get("manifest") == remote.digest else None
+
+
 def convert(store: Store, name: ModelName, remote, origin: dict, progress: Progress) -> StoredModel:
     """Build `name` from the pulled layers of an Ollama manifest (all already in the store).
 

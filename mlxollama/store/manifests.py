@@ -43,12 +43,21 @@ class Descriptor:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Descriptor:
-        return cls(
-            media_type=d["mediaType"],
-            digest=d["digest"],
-            size=int(d["size"]),
-            name=(d.get("annotations") or {}).get(TITLE),
-        )
+        """Raises ValueError for a title that is not a relative path inside a model: a
+        title names a file when the model loads, and manifests now come from registries."""
+        name = (d.get("annotations") or {}).get(TITLE)
+        if name is not None:
+            check_title(name)
+        return cls(media_type=d["mediaType"], digest=d["digest"], size=int(d["size"]), name=name)
+
+
+def check_title(title: Any) -> None:
+    """A tensor name or a file name inside the model (`1_Pooling/config.json` at most):
+    relative, without `.` or `..` parts, backslashes or NUL."""
+    if not isinstance(title, str):
+        raise ValueError(f"layer title {title!r} is not a string")
+    if any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in title.split("/")):
+        raise ValueError(f"layer title {title!r} is not a relative path inside the model")
 
 
 @dataclass(frozen=True)
