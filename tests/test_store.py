@@ -206,10 +206,15 @@ def test_a_retag_is_seen_at_once_though_manifests_are_parsed_once(store):
 def test_gc_keeps_recent_partial_downloads_for_a_resume_and_drops_week_old_ones(store):
     partial = store.root / "blobs" / "partial"
     partial.mkdir(parents=True)
+    (partial / "locks").mkdir()
+    lock = partial / "locks" / "aa.lock"
+    lock.write_bytes(b"")
     fresh, stale = partial / "sha256-aa", partial / "sha256-bb"
     fresh.write_bytes(b"half a blob")
     stale.write_bytes(b"forgotten")
     week = 8 * 24 * 3600
-    os.utime(stale, (stale.stat().st_atime - week, stale.stat().st_mtime - week))
+    for old in (stale, lock, partial / "locks"):
+        os.utime(old, (old.stat().st_atime - week, old.stat().st_mtime - week))
     store.gc()
     assert fresh.exists() and not stale.exists()
+    assert lock.exists()  # a lock file may be held by a pull: never removed

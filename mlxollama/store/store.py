@@ -244,9 +244,9 @@ class Store:
         if not folder.is_dir():
             return
         cutoff = self.clock() - PARTIAL_KEEP
-        for path in folder.iterdir():
+        for path in folder.iterdir():  # not locks/: a lock file may be held (oci.blob_lock)
             with contextlib.suppress(FileNotFoundError):
-                if path.stat().st_mtime <= cutoff:
+                if path.is_file() and path.stat().st_mtime <= cutoff:
                     path.unlink()
 
     def check_blobs(self, model: StoredModel) -> None:
