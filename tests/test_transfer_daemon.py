@@ -350,6 +350,27 @@ def test_two_pulls_of_one_model_share_one_transfer(faked):
     assert wait_until(no_transfers, 5)
 
 
+def test_a_pull_with_other_settings_does_not_join_a_running_one(faked):
+    faked.fake.gate = threading.Event()
+    results: dict[bool, list[str]] = {}
+
+    def pull(insecure: bool) -> None:
+        results[insecure] = statuses(faked.client().pull("m", insecure=insecure, stream=True))
+
+    first = threading.Thread(target=pull, args=(False,))
+    first.start()
+    assert faked.fake.reached.wait(10)
+    second = threading.Thread(target=pull, args=(True,))
+    second.start()
+    assert wait_until(lambda: len(faked.fake.pulls) == 2, 30)  # its own transfer
+    faked.fake.gate.set()
+    first.join(10)
+    second.join(10)
+    assert [p.insecure for p in faked.fake.pulls] == [False, True]
+    assert results[False][-1] == results[True][-1] == "success"
+    assert wait_until(no_transfers, 5)
+
+
 def test_stopping_the_daemon_stops_a_running_transfer(daemons, fake):
     d = daemons("stopping", pull=fake.pull)
     stream = d.client().pull("endless", stream=True)

@@ -122,7 +122,7 @@ class Runtime:
         self._pull = pull or registry.pull
         self._push = push or registry.push
         self._credentials = registry.Credentials.from_env(config.registry_env())
-        self._transfers: dict[tuple[str, str], tuple[Any, Any]] = {}  # key -> (Transfer, ref)
+        self._transfers: dict[tuple, tuple[Any, Any]] = {}  # key -> (Transfer, ref)
         self._transfers_lock = threading.Lock()
         self._stopping = False
         self._ids = itertools.count(1)
@@ -293,7 +293,7 @@ class Runtime:
         def run(progress) -> None:
             self._pull(self._store, name, insecure=insecure, credentials=creds, progress=progress)
 
-        return self._transfer("pull", target.display(), run, request_id)
+        return self._transfer("pull", target.display(), run, request_id, (insecure, creds))
 
     def push(
         self,
@@ -315,12 +315,13 @@ class Runtime:
         def run(progress) -> None:
             self._push(self._store, name, insecure=insecure, credentials=creds, progress=progress)
 
-        return self._transfer("push", stored.name.display(), run, request_id)
+        return self._transfer("push", stored.name.display(), run, request_id, (insecure, creds))
 
-    def _transfer(self, kind: str, name: str, run, request_id: str | None):
+    def _transfer(self, kind: str, name: str, run, request_id: str | None, settings: tuple):
         from mlxollama.actors.puller import PullerActor, Transfer
 
-        key = (kind, name.casefold())
+        # a request joins a running transfer only with the same `insecure` and credentials
+        key = (kind, name.casefold(), *settings)
         with self._transfers_lock:
             if self._stopping or self.governor is None:
                 raise MlxOllamaError(f"cannot {kind} '{name}': the daemon is stopping")
