@@ -4,6 +4,7 @@ end-to-end suites (test_daemon, test_openai, test_embed)."""
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
 import time
 from pathlib import Path
@@ -61,12 +62,14 @@ class Daemon(SimpleNamespace):
         return [orjson.loads(line) for line in self.log_path.read_bytes().splitlines()]
 
 
-def start_daemon(root: Path, **env) -> Daemon:
+def start_daemon(root: Path, pull=None, push=None, **env) -> Daemon:
+    """A daemon on the store at `root`; `env` are settings without the prefix
+    (`num_parallel=8`); `pull`/`push` replace the registry functions (fakes)."""
     settings = {"MLXOLLAMA_MODELS": str(root)}
     settings.update({f"MLXOLLAMA_{k.upper()}": str(v) for k, v in env.items()})
     config = Config.from_env(settings)
     log.configure(root / "logs", console=False)
-    runtime = Runtime(config).start()
+    runtime = Runtime(config, pull=pull, push=push).start()
     srv = make_server(create_app(runtime, config), "127.0.0.1", 0, threads=thread_count(config))
     threading.Thread(target=srv.run, name="waitress", daemon=True).start()
     return Daemon(
@@ -85,3 +88,16 @@ def actor_classes() -> list[str]:
 
 def no_sessions() -> bool:
     return "SessionActor" not in actor_classes()
+
+
+def raw_post(port: int, path: str, body: dict, headers: str = "") -> socket.socket:
+    """A POST on a raw socket, so that the test reads at its own pace and hangs up at will.
+    `headers`: extra header lines, each ending in CRLF."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    data = orjson.dumps(body)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"{headers}Content-Length: {len(data)}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + data)
+    return sock

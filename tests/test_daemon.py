@@ -30,7 +30,14 @@ import pytest
 from mlxollama.actors.governor import on_gpu
 from mlxollama.http.server import shutdown
 from mlxollama.store import manifests as mt
-from tests.daemons import Daemon, actor_classes, no_sessions, start_daemon, wait_until
+from tests.daemons import (
+    Daemon,
+    actor_classes,
+    no_sessions,
+    raw_post,
+    start_daemon,
+    wait_until,
+)
 
 pytestmark = pytest.mark.model
 
@@ -42,18 +49,6 @@ GREEDY = {"temperature": 0}
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def raw_post(port: int, path: str, body: dict) -> socket.socket:
-    """Send a POST on a raw socket, so that the test can hang up whenever it likes."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-    data = orjson.dumps(body)
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(data)}\r\n\r\n"
-    )
-    sock.sendall(head.encode() + data)
-    return sock
 
 
 def read_lines(sock: socket.socket, n: int) -> bytes:

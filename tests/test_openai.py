@@ -21,6 +21,7 @@ from mlxollama.http.app import create_app
 from mlxollama.http.openai import from_chat_request, from_completion_request
 from mlxollama.http.server import make_server, shutdown
 from mlxollama.store.store import Store
+from tests import daemons
 from tests.daemons import actor_classes, no_sessions, start_daemon, wait_until
 from tests.test_http import FakeRuntime, add_model
 
@@ -50,15 +51,7 @@ def client(d) -> openai.OpenAI:
 
 
 def raw_post(port: int, path: str, body: dict) -> socket.socket:
-    """A POST on a raw socket, so that the test reads at its own pace and hangs up at will."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-    data = orjson.dumps(body)
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Authorization: Bearer anything\r\nContent-Length: {len(data)}\r\n\r\n"
-    )
-    sock.sendall(head.encode() + data)
-    return sock
+    return daemons.raw_post(port, path, body, headers="Authorization: Bearer anything\r\n")
 
 
 def read_until(sock: socket.socket, marker: bytes) -> bytes:

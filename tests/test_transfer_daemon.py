@@ -28,20 +28,16 @@ import pykka
 import pytest
 from click.testing import CliRunner
 
-from mlxollama import log
 from mlxollama.actors.puller import TransferCancelled
-from mlxollama.actors.runtime import Runtime
 from mlxollama.cli.main import cli
-from mlxollama.config import Config
 from mlxollama.errors import RegistryUnreachable, RemoteNotFound, Unauthorized
-from mlxollama.http.app import create_app
-from mlxollama.http.server import make_server, shutdown, thread_count
+from mlxollama.http.server import shutdown
 from mlxollama.store import manifests as mt
 from mlxollama.store.manifests import Descriptor, Manifest
 from mlxollama.store.names import parse_name
 from mlxollama.store.store import Store
 from tests import registry_server
-from tests.daemons import Daemon, actor_classes, wait_until
+from tests.daemons import Daemon, actor_classes, start_daemon, wait_until
 
 registry = registry_server.registry
 auth_registry = registry_server.auth_registry
@@ -156,25 +152,6 @@ def plain_lines(verb: str) -> list[str]:
     return [f"{verb} {sha256(data)[7:19]} 100%" for data in LAYERS]
 
 
-def start(root: Path, pull=None, push=None, **env) -> Daemon:
-    """tests/daemons.py's start_daemon, with the registry functions injected."""
-    settings = {"MLXOLLAMA_MODELS": str(root)}
-    settings.update({f"MLXOLLAMA_{k.upper()}": str(v) for k, v in env.items()})
-    config = Config.from_env(settings)
-    log.configure(root / "logs", console=False)
-    runtime = Runtime(config, pull=pull, push=push).start()
-    srv = make_server(create_app(runtime, config), "127.0.0.1", 0, threads=thread_count(config))
-    threading.Thread(target=srv.run, name="waitress", daemon=True).start()
-    return Daemon(
-        runtime=runtime,
-        config=config,
-        srv=srv,
-        root=root,
-        port=srv.effective_port,
-        log_path=root / "logs" / "daemon.log",
-    )
-
-
 @pytest.fixture
 def daemons(tmp_path):
     """`daemons(name, pull=..., push=..., **env)` starts a daemon on a store of its own;
@@ -183,7 +160,7 @@ def daemons(tmp_path):
     started: list[Daemon] = []
 
     def make(name: str = "a", pull=None, push=None, root: Path | None = None, **env) -> Daemon:
-        d = start(root or tmp_path / name, pull=pull, push=push, **env)
+        d = start_daemon(root or tmp_path / name, pull=pull, push=push, **env)
         started.append(d)
         return d
 

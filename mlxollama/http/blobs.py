@@ -12,24 +12,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 import falcon
-import orjson
 
 from mlxollama import api
 from mlxollama.errors import DigestMismatch, InvalidName, ModelNotFound
 from mlxollama.http.errors import bad_request
-from mlxollama.http.native import (
-    NDJSON,
-    ClosingStream,
-    error_line,
-    field,
-    json_type,
-    read_json,
-)
+from mlxollama.http.native import field, json_type, progress_answer, read_json
 from mlxollama.store.blobs import CHUNK
 from mlxollama.store.buildspec import BuildSpec
 from mlxollama.store.names import parse_digest, parse_name
@@ -78,43 +69,22 @@ class Create:
         try:
             spec = build_spec(body, self.runtime.store, staged)
             progress = iter(self.runtime.create(name, spec))
-            first = next(progress, None)  # an early error still gets its status
         except BaseException:
             staged.cleanup()
             raise
-        if not stream:
-            try:
-                rest = deque(progress, maxlen=1)  # Ollama answers the last progress object
-            finally:
-                staged.cleanup()
-            resp.media = rest[-1] if rest else first or {"status": "success"}
-            return
 
-        outcome: dict[str, str | None] = {"error": None}
-
-        def lines():
-            if first is not None:
-                yield orjson.dumps(first) + b"\n"
-            try:
-                for item in progress:
-                    yield orjson.dumps(item) + b"\n"
-            except Exception as exc:
-                line, outcome["error"] = error_line(exc)
-                yield line
-
-        def cleanup() -> None:
+        def finish() -> str | None:
             # A build goes on when its client leaves; let it finish before its files go.
+            error = None
             try:
                 for _ in progress:
                     pass
             except Exception as exc:
-                outcome["error"] = outcome["error"] or str(exc)
+                error = str(exc)
             staged.cleanup()
-            req.context.log_end(200, None, outcome["error"])
+            return error
 
-        req.context.streaming = True
-        resp.content_type = NDJSON
-        resp.stream = ClosingStream(lines(), cleanup)
+        progress_answer(req, resp, progress, stream, finish)
 
 
 class _Staged:

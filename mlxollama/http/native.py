@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar, Protocol
@@ -158,6 +159,56 @@ def error_line(exc: BaseException) -> tuple[bytes, str]:
     if status >= 500:
         log.error("request.failed", error=message, exc_info=exc)
     return error_body(message) + b"\n", message
+
+
+def progress_answer(
+    req: falcon.Request,
+    resp: falcon.Response,
+    progress: Iterator[dict[str, Any]],
+    stream: bool,
+    finish: Callable[[], str | None],
+    left_early: str | None = None,
+) -> None:
+    """Ollama's answer for a long job's progress (create, pull, push).
+
+    The first object is read before any header, so an early error gets its status. With
+    `stream` false the answer is the last object; else NDJSON lines, and an error after the
+    first line is a final `{"error": ...}` line. `finish` runs once when the answer is over
+    or the client has gone (it may return an error to log); `left_early` is what the log
+    says of a client that left before the end.
+    """
+    try:
+        first = next(progress, None)
+    except BaseException:
+        finish()
+        raise
+    if not stream:
+        try:
+            rest = deque(progress, maxlen=1)  # Ollama answers the last progress object
+        finally:
+            finish()
+        resp.media = rest[-1] if rest else first or {"status": "success"}
+        return
+    outcome: dict[str, str | None] = {"error": left_early}
+
+    def lines() -> Iterator[bytes]:
+        if first is not None:
+            yield orjson.dumps(first) + b"\n"
+        try:
+            for item in progress:
+                yield orjson.dumps(item) + b"\n"
+            outcome["error"] = None
+        except Exception as exc:
+            line, outcome["error"] = error_line(exc)
+            yield line
+
+    def cleanup() -> None:
+        error = finish()
+        req.context.log_end(200, None, outcome["error"] or error)
+
+    req.context.streaming = True
+    resp.content_type = NDJSON
+    resp.stream = ClosingStream(lines(), cleanup)
 
 
 def _never() -> bool:

@@ -17,19 +17,9 @@ receiving progress; the transfer goes on to its end.
 
 from __future__ import annotations
 
-from collections import deque
-
 import falcon
-import orjson
 
-from mlxollama.http.native import (
-    NDJSON,
-    ClosingStream,
-    error_line,
-    field,
-    model_field,
-    read_json,
-)
+from mlxollama.http.native import field, model_field, progress_answer, read_json
 
 
 class _Transfer:
@@ -49,40 +39,13 @@ class _Transfer:
         stream = field(body, "stream", bool, True)
         start = getattr(self.runtime, self.kind)
         progress = iter(start(name, insecure=insecure, request_id=req.context.request_id))
-        try:
-            first = next(progress, None)  # an early error still gets its status
-        except BaseException:
-            progress.close()
-            raise
-        if not stream:
-            try:
-                rest = deque(progress, maxlen=1)  # Ollama answers the last progress object
-            finally:
-                progress.close()
-            resp.media = rest[-1] if rest else first or {"status": "success"}
-            return
 
-        outcome: dict[str, str | None] = {"error": "client disconnected (the transfer goes on)"}
+        def finish() -> None:
+            progress.close()  # stop listening; the transfer itself goes on
 
-        def lines():
-            if first is not None:
-                yield orjson.dumps(first) + b"\n"
-            try:
-                for item in progress:
-                    yield orjson.dumps(item) + b"\n"
-                outcome["error"] = None
-            except Exception as exc:
-                line, outcome["error"] = error_line(exc)
-                yield line
-
-        def cleanup() -> None:
-            # a client that hung up stops listening here; the transfer itself goes on
-            progress.close()
-            req.context.log_end(200, None, outcome["error"])
-
-        req.context.streaming = True
-        resp.content_type = NDJSON
-        resp.stream = ClosingStream(lines(), cleanup)
+        progress_answer(
+            req, resp, progress, stream, finish, "client disconnected (the transfer goes on)"
+        )
 
 
 class Pull(_Transfer):
