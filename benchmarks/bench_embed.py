@@ -100,11 +100,11 @@ def daemon_rate(port: int, sentences: list[str], size: int) -> float:
 
 
 def engine_rate(lm, sentences: list[str], size: int) -> float:
-    from mlxollama.engine.embed import embed, tokenize
+    from mlxollama.engine.embed import embed_texts
 
     tic = time.perf_counter()
     for batch in batches(sentences, size):
-        embed(lm.model, tokenize(lm.tokenizer, batch, lm.context_length, True), lm.pooling)
+        embed_texts(lm, batch)
     return len(sentences) / (time.perf_counter() - tic)
 
 

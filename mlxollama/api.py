@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from mlxollama.errors import InvalidOption
+from mlxollama.errors import InvalidOption, UnsupportedModel
 
 # Every option Ollama accepts, with its type and default. `None` means "unset": the engine
 # then uses the model's own value (num_ctx: the model's context length; seed: random).
@@ -350,7 +350,10 @@ class InferenceRequest:
             return not self.inputs
         return not self.prompt if self.kind == "generate" else not self.messages
 
-    @property
-    def capability(self) -> str:
-        """What the model must be able to do for this request."""
-        return "embedding" if self.kind == "embed" else "completion"
+    def require(self, name: str, capabilities: list[str]) -> None:
+        """Raises UnsupportedModel when model `name` (with `capabilities`) cannot do this
+        request: chat on an embedding model, embeddings from a generative one."""
+        needed = "embedding" if self.kind == "embed" else "completion"
+        if needed not in capabilities:
+            what = "embeddings" if self.kind == "embed" else self.kind
+            raise UnsupportedModel(f'"{name}" does not support {what}')

@@ -23,7 +23,7 @@ import orjson
 
 from mlxollama import api
 from mlxollama.config import Config
-from mlxollama.errors import MlxOllamaError, UnsupportedModel
+from mlxollama.errors import MlxOllamaError
 from mlxollama.store import info
 from mlxollama.store.build import create as build_create
 from mlxollama.store.buildspec import BuildSpec
@@ -173,10 +173,8 @@ class Embedded:
 
         stored = self.store.get(model)
         name = stored.name.display()
-        request = api.InferenceRequest(model=name, kind=kind)
-        if request.capability not in self.store.config(stored).get("capabilities", []):
-            what = "embeddings" if kind == "embed" else kind
-            raise UnsupportedModel(f'"{name}" does not support {what}')
+        capabilities = self.store.config(stored).get("capabilities", ["completion"])
+        api.InferenceRequest(model=name, kind=kind).require(name, capabilities)
         lm = self._loaded.get(name)
         if lm is not None and lm.digest == stored.digest:
             return lm, 0
@@ -254,7 +252,7 @@ class Embedded:
     ) -> dict[str, Any]:
         """Ollama's `embed`: one L2-normalized vector per input, computed as one batch (no
         input just loads the model)."""
-        from mlxollama.engine.embed import embed, tokenize
+        from mlxollama.engine.embed import embed_texts
 
         # a bare "" is no input (Ollama's load request); [""] embeds the empty string
         inputs = ([input] if input else []) if isinstance(input, str) else list(input)
@@ -263,13 +261,9 @@ class Embedded:
         lm, load_ns = self._load(model, "embed")
         vectors, count = [], 0
         if inputs:
-            merged = api.merge_options(lm.parameters, opts)
-            max_length = min(api.context_size(merged, lm.context_length), lm.context_length)
-            ids = tokenize(lm.tokenizer, inputs, max_length, truncate)
+            array, count = embed_texts(lm, inputs, opts, truncate, dimensions)
             # through orjson: float32 values as their shortest decimals, as the daemon sends
-            array = embed(lm.model, ids, lm.pooling, dimensions)
             vectors = orjson.loads(orjson.dumps(array, option=orjson.OPT_SERIALIZE_NUMPY))
-            count = sum(len(t) for t in ids)
         return {
             "model": lm.name,
             "embeddings": vectors,

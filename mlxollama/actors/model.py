@@ -209,18 +209,16 @@ class ModelActor(pykka.ThreadingActor):
     def _embed(self, adm: Admission) -> None:
         """Embed a request's inputs now, as one batch (an encoder has no steps to interleave:
         requests queue in this actor's mailbox)."""
-        from mlxollama.engine.embed import embed, tokenize
+        from mlxollama.engine.embed import embed_texts
 
-        req, lm = adm.request, self.lm
+        req = adm.request
         try:
-            opts = api.merge_options(lm.parameters, req.options)
-            max_length = min(api.context_size(opts, lm.context_length), lm.context_length)
-            ids = tokenize(lm.tokenizer, req.inputs, max_length, req.truncate)
-            vectors = embed(lm.model, ids, lm.pooling, req.dimensions, req.normalize)
+            vectors, count = embed_texts(
+                self.lm, req.inputs, req.options, req.truncate, req.dimensions, req.normalize
+            )
         except Exception as e:  # bad input (too long, dimensions) or a failed batch: this one
             tell(adm.session, (FAIL, e))
         else:
-            count = sum(len(t) for t in ids)
             result = api.Embeddings(vectors, prompt_eval_count=count, load_duration=adm.load_ns)
             tell(adm.session, (EMBEDDED, result))
         self._to_governor("release")

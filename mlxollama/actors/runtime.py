@@ -29,7 +29,7 @@ from mlxollama import api
 from mlxollama.actors.session import CANCEL, DONE, Admission, DirectReply, SessionActor, tell
 from mlxollama.api import Chunk, InferenceRequest
 from mlxollama.config import Config
-from mlxollama.errors import MlxOllamaError, UnsupportedModel
+from mlxollama.errors import MlxOllamaError
 from mlxollama.store.buildspec import BuildSpec
 from mlxollama.store.info import text_layers
 from mlxollama.store.names import parse_name
@@ -185,9 +185,7 @@ class Runtime:
         stored = self._store.get(request.model)
         info = self._store.config(stored)
         name = stored.name.display()
-        if request.capability not in info.get("capabilities", ["completion"]):
-            what = "embeddings" if request.kind == "embed" else request.kind
-            raise UnsupportedModel(f'"{name}" does not support {what}')
+        request.require(name, info.get("capabilities", ["completion"]))
         request.options = api.parse_options(request.options)
         # the window the model actor will use: request options over the model's PARAMETERs
         params = text_layers(self._store, stored)["parameters"]
@@ -198,7 +196,7 @@ class Runtime:
         )
         # an encoder keeps no KV cache between steps: its weights are what stays resident
         size = stored.size
-        if request.capability == "completion":
+        if request.kind != "embed":
             size = estimate_size(info, stored.size, self.config.num_parallel, num_ctx)
         facts = {
             "digest": stored.digest,

@@ -1,7 +1,7 @@
 """SessionActor: one per request. It turns the token ids its model sends into text
 (incremental detokenization, stop strings that never leak) and puts Chunks on the queue the
-HTTP handler reads, with Ollama's timings on the last one (an embed request's answer is one
-`Embeddings`).
+HTTP handler reads, with Ollama's timings on the last one. An embed request has nothing to
+detokenize: its `DirectReply` puts the model's one `Embeddings` answer on the queue.
 """
 
 from __future__ import annotations
@@ -154,11 +154,6 @@ class SessionActor(pykka.ThreadingActor):
         elif kind == LOADED:
             self.final.done_reason, self.final.load_duration = message[1], message[2]
             self._end()
-        elif kind == EMBEDDED:
-            result = message[1]
-            result.total_duration = time.perf_counter_ns() - self.started_ns
-            self.out.put(result)
-            self._end(cancelled=True)  # the answer is out; no final Chunk follows
         elif kind == CANCEL:
             self.cancel_model(self.id)
             self._end(error=None, cancelled=True)

@@ -117,3 +117,27 @@ def embed(
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         vectors = vectors / np.maximum(norms, math.ulp(1.0))
     return vectors.astype(np.float32)
+
+
+def embed_texts(
+    lm,
+    texts: list[str],
+    options: dict | None = None,
+    truncate: bool = True,
+    dimensions: int | None = None,
+    normalize: bool = True,
+) -> tuple[np.ndarray, int]:
+    """Embed `texts` with a loaded embedding model (`engine.loader.LoadedModel`): the window
+    is the request's `num_ctx` over the model's PARAMETERs, capped at the model's context.
+    Returns the vectors and the number of tokens read.
+
+    Raises:
+        InputTooLong, ValueError: as `tokenize` and `embed`.
+    """
+    from mlxollama import api
+
+    opts = api.merge_options(lm.parameters, options)
+    max_length = min(api.context_size(opts, lm.context_length), lm.context_length)
+    ids = tokenize(lm.tokenizer, texts, max_length, truncate)
+    vectors = embed(lm.model, ids, lm.pooling, dimensions, normalize)
+    return vectors, sum(len(t) for t in ids)

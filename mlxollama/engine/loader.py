@@ -163,9 +163,10 @@ def load(store: Store, name: str, *, float32_on_cpu: bool = True) -> LoadedModel
     if float32_on_cpu and mx.default_device() == mx.cpu and _fits_as_float32(model):
         model, _ = convert(model, model_config, "fp32")
     mx.eval(model.parameters())
-    pooling = info.get("pooling")
+    pooling = None
     if "embedding" in info.get("capabilities", ()):
         tokenizer = _load_encoder_tokenizer(store, stored)
+        pooling = info.get("pooling") or "mean"
     else:
         tokenizer = _load_tokenizer(store, stored, model_config)
     layers = text_layers(store, stored)
@@ -180,7 +181,7 @@ def load(store: Store, name: str, *, float32_on_cpu: bool = True) -> LoadedModel
         context_length=int(info.get("context_length") or 4096),
         load_duration=time.perf_counter() - tic,
         size=stored.size,
-        pooling=pooling or ("mean" if "embedding" in info.get("capabilities", ()) else None),
+        pooling=pooling,
         **layers,
     )
 

@@ -84,7 +84,10 @@ def run_embed(runtime, req: falcon.Request, request: api.InferenceRequest) -> ap
     )
 
 
-class _EmbedResource:
+class EmbedResource:
+    """What the embedding endpoints share: run the request, write `render(result)` as JSON
+    (float32 arrays serialized by orjson as they are)."""
+
     reads_model = True
 
     def __init__(self, runtime):
@@ -101,7 +104,7 @@ class _EmbedResource:
         resp.data = orjson.dumps(render(result), option=JSON_NUMPY)
 
 
-class Embed(_EmbedResource):
+class Embed(EmbedResource):
     """POST /api/embed"""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -124,7 +127,7 @@ class Embed(_EmbedResource):
         self.answer(req, resp, request, render)
 
 
-class LegacyEmbeddings(_EmbedResource):
+class LegacyEmbeddings(EmbedResource):
     """POST /api/embeddings: one `prompt`, its vector not normalized (Ollama's older API)."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:

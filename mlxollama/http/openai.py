@@ -31,7 +31,6 @@ from mlxollama.http import embed
 from mlxollama.http.errors import bad_request, openai_error, status_of
 from mlxollama.http.native import (
     Inference,
-    client_gone,
     field,
     json_type,
     loggable_model,
@@ -369,13 +368,8 @@ class Model:
 ENCODINGS = ("float", "base64")
 
 
-class Embeddings:
+class Embeddings(embed.EmbedResource):
     """POST /v1/embeddings: the native embed path (`http/embed.py`), OpenAI's shapes."""
-
-    reads_model = True
-
-    def __init__(self, runtime):
-        self.runtime = runtime
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req)
@@ -393,20 +387,15 @@ class Embeddings:
                 f"Supported values: {list(ENCODINGS)}."
             )
         request = embed.embed_request(body, req.context.request_id, inputs)
-        try:
-            result = embed.run_embed(self.runtime, req, request)
-        except ConnectionAbortedError:
-            client_gone(req, resp)
-            return
-        req.context.stats = result
-        vectors = result.vectors
-        if encoding == "base64":  # little-endian float32 bytes, as OpenAI sends them
-            rows = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
-        else:
-            rows = list(vectors)
-        resp.content_type = falcon.MEDIA_JSON
-        resp.data = orjson.dumps(
-            {
+
+        def render(result: api.Embeddings) -> dict[str, Any]:
+            if encoding == "base64":  # little-endian float32 bytes, as OpenAI sends them
+                rows = [
+                    base64.b64encode(v.astype("<f4").tobytes()).decode() for v in result.vectors
+                ]
+            else:
+                rows = list(result.vectors)
+            return {
                 "object": "list",
                 "data": [
                     {"object": "embedding", "embedding": row, "index": i}
@@ -417,6 +406,6 @@ class Embeddings:
                     "prompt_tokens": result.prompt_eval_count,
                     "total_tokens": result.prompt_eval_count,
                 },
-            },
-            option=orjson.OPT_SERIALIZE_NUMPY,
-        )
+            }
+
+        self.answer(req, resp, request, render)

@@ -121,10 +121,11 @@ class Client:
         """
         delay = BACKOFF
         # a streamed body (an upload) cannot be replayed: one attempt, the caller retries
-        attempts = ATTEMPTS if isinstance(kwargs.get("content", b""), (bytes, str)) else 1
+        replayable = isinstance(kwargs.get("content", b""), (bytes, str))
+        attempts = ATTEMPTS if replayable else 1
         for attempt in range(1, attempts + 1):
             try:
-                response = self._send(method, url, headers or {}, kwargs)
+                response = self._send(method, url, headers or {}, kwargs, replayable)
             except httpx.TransportError as e:
                 if attempt == attempts:
                     raise RegistryUnreachable(
@@ -155,11 +156,12 @@ class Client:
         finally:
             response.close()
 
-    def _send(self, method: str, url: str, headers: dict, kwargs: dict) -> httpx.Response:
+    def _send(
+        self, method: str, url: str, headers: dict, kwargs: dict, replayable: bool
+    ) -> httpx.Response:
         """Send, answering up to two auth challenges (a token refreshed by another transfer
         thread may lack this request's scope). A streamed body is sent once: its caller
         starts over (a new upload) when the answer is a 401."""
-        replayable = isinstance(kwargs.get("content", b""), (bytes, str))
         for challenge in range(3):
             used = (self.token, self.basic)  # other transfer threads may change them
             request = self.http.build_request(
