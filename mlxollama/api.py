@@ -79,40 +79,80 @@ DEPRECATED_OPTIONS = frozenset(
 )
 
 
+INT64 = 2**63  # Ollama's ints are Go int64: beyond them a value is not an int
+FLOAT32_MAX = 3.4028234663852886e38  # and its floats float32
+
+# Bounds a value must keep (inclusive), so that no option can break the sampler. Options not
+# named here take any value of their type; what the engine cannot use it clamps or ignores
+# (top_k <= 0 or >= the vocabulary is off, num_ctx <= 0 is the default; docs/engine.md).
+OPTION_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "temperature": (0.0, None),
+    "top_p": (0.0, 1.0),
+    "min_p": (0.0, 1.0),
+    "typical_p": (0.0, 1.0),
+    "repeat_last_n": (-1, None),
+    "repeat_penalty": (0.0, None),
+}
+
+
 def coerce_option(name: str, value: Any) -> Any:
-    """Convert one option value to its declared type.
+    """Convert one option value to its declared type and check its range.
 
     Any JSON number is accepted for int and float options (fractions given to int options are
     truncated, as Ollama does); strings are parsed, which is what Modelfile PARAMETER lines give.
+    NaN, infinities, ints beyond int64 and floats beyond float32 are type errors.
 
     Raises:
-        InvalidOption: the name is unknown or the value does not fit the type.
+        InvalidOption: the name is unknown, the value does not fit the type or its range.
     """
     kind = OPTION_TYPES.get(name)
     if kind is None:
         raise InvalidOption(f"unknown parameter '{name}'")
     try:
-        if kind is list:
-            items = value if isinstance(value, list) else [value]
-            if not all(isinstance(s, str) for s in items):
-                raise TypeError
-            return list(items)
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "false"):
-                return value.lower() == "true"
-            raise TypeError
-        if isinstance(value, bool):
-            raise TypeError
-        if isinstance(value, str):
-            value = float(value.strip())
-        if not isinstance(value, (int, float)) or math.isnan(value):
-            raise TypeError
-        return int(value) if kind is int else float(value)
+        typed = _typed(kind, value)
     except (TypeError, ValueError, OverflowError):
         type_name = {int: "int", float: "float32", bool: "bool", list: "[]string"}[kind]
         raise InvalidOption(f'option "{name}" must be of type {type_name}') from None
+    _check_range(name, typed)
+    return typed
+
+
+def _typed(kind: type, value: Any) -> Any:
+    if kind is list:
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(s, str) for s in items):
+            raise TypeError
+        return list(items)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise TypeError
+    if isinstance(value, bool):
+        raise TypeError
+    if isinstance(value, str):
+        value = float(value.strip())
+    if not isinstance(value, (int, float)):
+        raise TypeError
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError
+    if kind is int:
+        number = int(value)
+        if not -INT64 <= number < INT64:
+            raise OverflowError
+        return number
+    if abs(value) > FLOAT32_MAX:
+        raise OverflowError
+    return float(value)
+
+
+def _check_range(name: str, value: Any) -> None:
+    low, high = OPTION_RANGES.get(name, (None, None))
+    if low is not None and high is not None and not low <= value <= high:
+        raise InvalidOption(f'option "{name}" must be between {low:g} and {high:g}, not {value}')
+    if low is not None and value < low:
+        raise InvalidOption(f'option "{name}" must be at least {low:g}, not {value}')
 
 
 def parse_options(raw: dict[str, Any] | None) -> dict[str, Any]:

@@ -6,7 +6,12 @@ embedding model answers each request at once, as one batch.
 
 All MLX work happens on this actor's thread, from `on_start` on (MLX streams are
 thread-local). A failing step is reported to the sessions it affected; nothing escapes a
-`tell` (that would kill the actor).
+`tell` (that would kill the actor). Each sequence's sampler and logits processors run
+inside a `Guard`: one that raises marks only its own sequence failed (the batch goes on with
+a harmless value for this step), and that sequence alone is removed and failed. A failure
+that names no sequence fails the batch, and the generator is rebuilt. After any failure
+MLX's global random state is given a fresh key (`restore_random_state`): a compiled mlx-lm
+sampler that raised leaves it unusable for every later unseeded request.
 """
 
 from __future__ import annotations
@@ -33,6 +38,51 @@ STEP = ("step",)
 # one SmolLM2-sized sequence at 0.65 of its speed. When a second request arrives, the solo
 # sequence moves into the BatchGenerator with its cache.
 SOLO_MAX_PROMPT = 512
+
+
+class Guard:
+    """Catches a failure of one sequence's sampler or logits processors, so that it ends
+    that sequence and not the batch it shares: the first exception is kept in `error`, and
+    from then on the sampler answers token 0 and the processors pass the logits through
+    until the model actor removes the sequence after this step."""
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+
+    def _failed(self, error: Exception) -> None:
+        from mlxollama.engine.generate import restore_random_state
+
+        self.error = error
+        restore_random_state()  # before the next sequence of this step samples from it
+
+    def sampler(self, sampler):
+        from mlx_lm.sample_utils import greedy_sampler
+
+        if sampler is greedy_sampler:  # cannot fail; shared, so greedy rows sample as one
+            return sampler
+
+        def guarded(logprobs):
+            if self.error is None:
+                try:
+                    return sampler(logprobs)
+                except Exception as e:
+                    self._failed(e)
+            import mlx.core as mx
+
+            return mx.zeros(logprobs.shape[:-1], dtype=mx.uint32)
+
+        return guarded
+
+    def processor(self, processor):
+        def guarded(tokens, logits):
+            if self.error is None:
+                try:
+                    return processor(tokens, logits)
+                except Exception as e:
+                    self._failed(e)
+            return logits
+
+        return guarded
 
 
 @dataclass
@@ -67,6 +117,7 @@ class ModelActor(pykka.ThreadingActor):
             default_ctx,
         )
         self.active: dict[int, Admission] = {}  # admission id -> admission
+        self.guards: dict[int, Guard] = {}  # admission id -> its sequence's guard
         self.uids: dict[int, int] = {}  # BatchGenerator uid -> admission id
         self.waiting: deque[Admission] = deque()
         self.stepping = False
@@ -184,6 +235,9 @@ class ModelActor(pykka.ThreadingActor):
                 )
             budget = fit_context(tokens, num_ctx, sampling.num_predict, opts["num_keep"])
             sampler, processors = make_sampling(sampling, num_ctx)
+            guard = self.guards[adm.id] = Guard()
+            sampler = guard.sampler(sampler)
+            processors = [guard.processor(p) for p in processors]
         except Exception as e:  # a bad template or option: this request only
             tell(adm.session, (FAIL, e))
             self._to_governor("release")
@@ -304,6 +358,7 @@ class ModelActor(pykka.ThreadingActor):
 
     def _leave(self, adm: Admission, admit: bool = True) -> None:
         self.active.pop(adm.id, None)
+        self.guards.pop(adm.id, None)
         if adm.uid is not None:
             self.uids.pop(adm.uid, None)
         self._to_governor("release")
@@ -332,26 +387,59 @@ class ModelActor(pykka.ThreadingActor):
             return
         try:
             _, responses = self.gen.next()
-        except Exception as e:  # report to every affected session, keep the actor alive
-            log.error("model.step_failed", model=self.name, error=str(e), exc_info=True)
-            failed = list(self.active.values())
-            self.gen.close()
-            self.gen = self._new_generator()  # before anyone waiting is admitted to it
-            for adm in failed:
-                tell(adm.session, (FAIL, RuntimeError(f"generation failed: {e}")))
-                self._leave(adm, admit=False)
-            self._admit_waiting()
-            if self.active:
-                self._kick()
+        except Exception as e:  # no sequence to blame: fail the batch, keep the actor alive
+            self._batch_failed(e)
             return
+        failed = self._failed_sequences()
         for r in responses:
             adm_id = self.uids.get(r.uid)
-            if adm_id is None:
+            if adm_id is None or adm_id in failed:
                 continue
             adm = self.active[adm_id]
             tell(adm.session, (TOKEN, r.token, r.finish_reason))
             if r.finish_reason is not None:
                 self._leave(adm)
+        for adm_id, error in failed.items():
+            adm = self.active[adm_id]
+            self.gen.remove([adm.uid])  # a uid the batch has already let go is ignored
+            self._fail(adm, error)
+        if failed:
+            self._admit_waiting()
+        if self.active:
+            self._kick()
+
+    def _failed_sequences(self) -> dict[int, Exception]:
+        """The active sequences whose guard caught a failure in this step."""
+        return {
+            adm_id: guard.error
+            for adm_id, guard in self.guards.items()
+            if guard.error is not None and adm_id in self.active
+        }
+
+    def _fail(self, adm: Admission, error: Exception) -> None:
+        """End one sequence with its error; the others go on."""
+        log.error(
+            "model.sequence_failed",
+            model=self.name,
+            request_id=adm.request.request_id,
+            error=str(error),
+            exc_info=error,
+        )
+        tell(adm.session, (FAIL, RuntimeError(f"generation failed: {error}")))
+        self._leave(adm, admit=False)
+
+    def _batch_failed(self, e: Exception) -> None:
+        from mlxollama.engine.generate import restore_random_state
+
+        log.error("model.step_failed", model=self.name, error=str(e), exc_info=True)
+        failed = list(self.active.values())
+        self.gen.close()
+        restore_random_state()
+        self.gen = self._new_generator()  # before anyone waiting is admitted to it
+        for adm in failed:
+            tell(adm.session, (FAIL, RuntimeError(f"generation failed: {e}")))
+            self._leave(adm, admit=False)
+        self._admit_waiting()
         if self.active:
             self._kick()
 
@@ -362,10 +450,20 @@ class ModelActor(pykka.ThreadingActor):
         except StopIteration:
             token = None
         except Exception as e:  # report it, keep serving (like a failed batch step)
+            from mlxollama.engine.generate import restore_random_state
+
             log.error("model.step_failed", model=self.name, error=str(e), exc_info=True)
+            restore_random_state()
             self.solo = None
             tell(solo.adm.session, (FAIL, RuntimeError(f"generation failed: {e}")))
             self._leave(solo.adm)
+            return
+        error = self.guards[solo.adm.id].error if solo.adm.id in self.guards else None
+        if error is not None:  # its sampler or a processor raised (the guard caught it)
+            solo.steps.close()
+            self.solo = None
+            self._fail(solo.adm, error)
+            self._admit_waiting()
             return
         if token is None:  # generate_step ran out (max_tokens): already reported
             self.solo = None
