@@ -156,7 +156,9 @@ def _check_range(name: str, value: Any) -> None:
 
 
 def parse_options(raw: dict[str, Any] | None) -> dict[str, Any]:
-    """Validate a request's or Modelfile's options; deprecated names are dropped.
+    """Validate a request's or Modelfile's options; deprecated names are dropped, and so
+    are null values, as Ollama skips them (LlamaIndex and LangChain send unset options as
+    null: `{"temperature": null}`).
 
     Raises:
         InvalidOption: an unknown option name or a wrongly typed value.
@@ -165,7 +167,11 @@ def parse_options(raw: dict[str, Any] | None) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise InvalidOption("options must be an object")
-    return {k: coerce_option(k, v) for k, v in raw.items() if k not in DEPRECATED_OPTIONS}
+    return {
+        k: coerce_option(k, v)
+        for k, v in raw.items()
+        if v is not None and k not in DEPRECATED_OPTIONS
+    }
 
 
 def merge_options(*layers: dict[str, Any] | None) -> dict[str, Any]:

@@ -69,6 +69,11 @@ def test_options_out_of_range_are_refused(name, value, message):
     assert message in str(e.value)
 
 
+def test_null_options_are_skipped():
+    assert api.parse_options(LLAMAINDEX_OPTIONS) == {"num_ctx": 3900}
+    assert api.parse_options(LANGCHAIN_EMBED_OPTIONS) == {}
+
+
 @pytest.mark.parametrize("top_k", [100, 10**6, 0, -5])
 def test_top_k_off_the_vocabulary_turns_top_k_off(top_k):
     """llama.cpp's rule: top_k <= 0 or >= the vocabulary size samples from all of it."""
@@ -209,3 +214,22 @@ def test_a_sequence_failing_mid_batch_ends_only_its_own_stream(d, client, monkey
     assert wait_until(lambda: d.active() == 0, 30)
     monkeypatch.undo()
     assert sampled(client).done_reason == "length"  # the random state was restored
+
+
+@pytest.mark.model
+def test_llamaindex_null_temperature_is_skipped(client):
+    answer = client.chat(
+        model="smollm2", messages=USER, options=LLAMAINDEX_OPTIONS | {"num_predict": 4}
+    )
+    assert answer.done and answer.message.content
+
+
+@pytest.mark.model
+def test_langchain_embeddings_null_options_are_skipped(client):
+    out = client.embed(
+        model="all-minilm",
+        input=["hello", "world"],
+        options=LANGCHAIN_EMBED_OPTIONS,
+        keep_alive=None,
+    )
+    assert len(out.embeddings) == 2 and len(out.embeddings[0]) == 384
