@@ -40,6 +40,13 @@ INVALID = [
     "sp ace",
     "semi;colon",
     "back\\slash",
+    "victim\n",
+    " victim",
+    "victim ",
+    "victim\t",
+    "vic\x00tim",
+    "victim\r\n",
+    "h" * 256 + "/ns/m",  # no longer a file name (NAME_MAX 255)
 ]
 
 
@@ -115,3 +122,25 @@ def test_part_grammar_fuzz():
             continue
         for part in name.path().parts:
             assert part not in (".", "..") and "/" not in part and "\\" not in part
+
+
+def test_the_longest_parts_that_fit_a_path_parse():
+    name = parse_name("h" * 255 + "/" + "n" * 80 + "/" + "m" * 80 + ":" + "t" * 80)
+    assert all(len(part.encode()) <= 255 for part in name.path().parts)
+
+
+def test_a_part_too_long_says_which_and_the_limit():
+    with pytest.raises(InvalidName, match=r"the host is 300 characters long, at most 255"):
+        parse_name("h" * 300 + "/ns/m")
+
+
+def test_the_scheme_is_kept_but_not_part_of_the_identity():
+    assert parse_name("http://localhost:5000/ns/m").scheme == "http"
+    assert parse_name("localhost:5000/ns/m").scheme == ""
+    assert parse_name("http://localhost:5000/ns/m") == parse_name("localhost:5000/ns/m")
+
+
+@pytest.mark.parametrize("text", ["sha256:" + "a" * 64 + "\n", " sha256:" + "a" * 64])
+def test_digests_with_whitespace_are_rejected(text):
+    with pytest.raises(InvalidDigest):
+        parse_digest(text)

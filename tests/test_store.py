@@ -55,15 +55,25 @@ def test_failed_write_leaves_no_blob_and_no_temp(store):
     assert list(store.blobs.dir.iterdir()) == []
 
 
-def test_old_temp_files_are_cleaned_by_gc(store):
+def test_temp_files_no_writer_holds_are_cleaned_by_gc(store):
+    """A killed writer's temp file goes however young; a live writer's (locked) stays."""
+    import fcntl
+
     store.blobs.dir.mkdir(parents=True)
     stale = store.blobs.dir / ".tmp-crashed"
     stale.write_bytes(b"x")
-    os.utime(stale, (0, 0))
+    young = store.blobs.dir / ".tmp-killed-just-now"
+    young.write_bytes(b"z")
     fresh = store.blobs.dir / ".tmp-inflight"
     fresh.write_bytes(b"y")
+    os.utime(stale, (0, 0))
+    os.utime(fresh, (0, 0))
+    with open(fresh, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        store.gc()
+        assert not stale.exists() and not young.exists() and fresh.exists()
     store.gc()
-    assert not stale.exists() and fresh.exists()
+    assert not fresh.exists()
 
 
 def test_manifest_needs_every_blob(store):

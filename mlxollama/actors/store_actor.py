@@ -1,7 +1,9 @@
 """StoreActor: every store mutation the daemon makes, one at a time, on one thread.
 
 The file lock already keeps writers apart across processes; the actor keeps the daemon's
-own writers in order and off the HTTP threads (a create can run for minutes).
+own writers in order and off the HTTP threads (a create can run for minutes). On start it
+removes what killed writers left (temp files, a killed create's blobs), unless another
+process is writing to the store just then.
 """
 
 from __future__ import annotations
@@ -10,16 +12,28 @@ from collections.abc import Callable
 from typing import Any
 
 import pykka
+import structlog
 
 from mlxollama.store.build import create
 from mlxollama.store.buildspec import BuildSpec
 from mlxollama.store.store import Store, StoredModel
+
+log = structlog.get_logger("mlxollama.store")
 
 
 class StoreActor(pykka.ThreadingActor):
     def __init__(self, store: Store):
         super().__init__()
         self.store = store
+
+    def on_start(self) -> None:
+        try:
+            removed, freed = self.store.recover(wait=False)
+        except Exception as e:  # a damaged store must not keep the daemon from starting
+            log.warning("store.recover_failed", error=str(e))
+            return
+        if removed:
+            log.info("store.recovered", blobs=removed, bytes=freed)
 
     def create(
         self, name: str, spec: BuildSpec, progress: Callable[[dict[str, Any]], None]

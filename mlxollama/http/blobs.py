@@ -5,6 +5,11 @@ written; a blob becomes visible only once its digest is verified), then sends
 `POST /api/create` whose `files` map file names to those digests. The store's builder reads
 paths, so the blobs are presented to it through symlinks in a temporary folder: one
 `<name>.gguf` for a GGUF file, or a folder of files named as given for a safetensors model.
+
+An upload is unreferenced until a create uses it; gc spares it for an hour after its last
+upload (uploading it again refreshes it). While a create reads it, gc spares it whatever its
+age, and once the create succeeds it is removed unless the model refers to it (a GGUF never
+is: its tensors become blobs of their own) or it was uploaded again meanwhile.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +46,11 @@ class Blob:
         digest = parse_digest(digest)
         blobs = self.runtime.store.blobs
         if blobs.exists(digest):
-            return  # 200: already there, the body is not read
+            try:
+                blobs.touch(digest)  # a create is coming: gc's grace starts again
+                return  # 200: already there, the body is not read
+            except FileNotFoundError:
+                pass  # gc took it just now: store it again
         chunks = iter(lambda: req.bounded_stream.read(CHUNK), b"")
         try:
             blobs.put_stream(chunks, expected=digest)
@@ -65,13 +75,27 @@ class Create:
             raise bad_request("model is required")
         parse_name(name)  # InvalidName: 400 before anything is staged
         stream = field(body, "stream", bool, True)
+        store = self.runtime.store
         staged = _Staged()
         try:
-            spec = build_spec(body, self.runtime.store, staged)
-            progress = iter(self.runtime.create(name, spec))
+            spec = build_spec(body, store, staged)
+            since = store.claim_uploads(staged.uploads)
         except BaseException:
             staged.cleanup()
             raise
+        try:
+            build = iter(self.runtime.create(name, spec))
+        except BaseException:
+            store.release_uploads(staged.uploads, since, drop=False)
+            staged.cleanup()
+            raise
+        built = [False]  # whoever consumes the progress, did the build end well?
+
+        def tracked() -> Iterator[dict[str, Any]]:
+            yield from build
+            built[0] = True
+
+        progress = tracked()
 
         def finish() -> str | None:
             # A build goes on when its client leaves; let it finish before its files go.
@@ -82,6 +106,7 @@ class Create:
             except Exception as exc:
                 error = str(exc)
             staged.cleanup()
+            store.release_uploads(staged.uploads, since, drop=built[0])
             return error
 
         progress_answer(req, resp, progress, stream, finish)
@@ -92,6 +117,7 @@ class _Staged:
 
     def __init__(self):
         self.dir: Path | None = None
+        self.uploads: list[str] = []  # the digests of the uploaded files it links to
 
     def folder(self) -> Path:
         if self.dir is None:
@@ -175,6 +201,7 @@ def _stage_files(files: dict[str, Any], store, staged: _Staged) -> Path:
                 f"POST /api/blobs/{digest}"
             )
         checked.append((filename, path.absolute()))
+        staged.uploads.append(digest)
     folder = staged.folder()
     if len(checked) == 1:
         filename, path = checked[0]

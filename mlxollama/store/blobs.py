@@ -8,10 +8,11 @@ re-hashed by `verify` or by a load whose stat does not match the last verificati
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import hashlib
 import os
 import tempfile
-import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,78 @@ from mlxollama.errors import BlobNotFound, DigestMismatch
 from mlxollama.store.names import parse_digest
 
 CHUNK = 1 << 20
+
+
+def without_paths(error: OSError, root: Path) -> OSError:
+    """`error` without the file names under `root`, which an error message must not show
+    (a client learns the store's absolute path from it); the same OSError subclass."""
+    names = [n for n in (error.filename, error.filename2) if n is not None]
+    if not any(str(n).startswith(str(root)) for n in names):
+        return error
+    return type(error)(error.errno, f"{error.strerror} (in the model store)")
+
+
+TEMP_PREFIX = ".tmp-"
+
+
+def locked_temp(folder: Path, prefix: str = TEMP_PREFIX) -> tuple[int, str]:
+    """A new temp file in `folder`, open and locked (flock) for as long as its writer lives,
+    so a cleaner tells a running write from a killed one's leftovers without guessing by age.
+    The caller renames it while the file is still open, then closes it."""
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, dir=folder)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
+                return fd, tmp
+        except FileNotFoundError:
+            pass  # a cleaner took it in the instant before the lock: make another
+        os.close(fd)
+
+
+def remove_dead_temp(folder: Path) -> int:
+    """Delete the temp files in `folder` that no live writer holds (`locked_temp`): a killed
+    process leaves them behind, however young. Returns how many went."""
+    removed = 0
+    try:
+        candidates = [p for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    for path in candidates:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue  # gone already (renamed into place), or not a plain file
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # a live writer
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+def hides_paths(method):
+    """Decorate a method of an object with a `root`: its OSErrors name no store path."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as e:
+            clean = without_paths(e, self.root)
+            if clean is e:
+                raise
+            raise clean from e
+
+    return wrapper
 
 
 def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
@@ -49,6 +122,7 @@ class BlobStore:
     """The `blobs/sha256/` folder of a store."""
 
     def __init__(self, root: Path):
+        self.root = root
         self.dir = root / "blobs" / "sha256"
 
     def path(self, digest: str) -> Path:
@@ -64,6 +138,7 @@ class BlobStore:
         except FileNotFoundError:
             raise BlobNotFound(f"blob {digest} is missing from the store") from None
 
+    @hides_paths
     def read_bytes(self, digest: str) -> bytes:
         try:
             return self.path(digest).read_bytes()
@@ -85,42 +160,49 @@ class BlobStore:
         hundreds of tensor blobs and flushes them once, before its manifest).
         """
         self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.dir)
+        fd, tmp = locked_temp(self.dir)
         try:
-            with os.fdopen(fd, "wb") as f:
+            with os.fdopen(fd, "wb") as f:  # renamed while open: locked until in place
                 w = _HashingWriter(f)
                 yield w
                 f.flush()
                 if sync:
                     os.fsync(f.fileno())
-            w.digest = f"sha256:{w.h.hexdigest()}"
-            if expected is not None and parse_digest(expected) != w.digest:
-                raise DigestMismatch(
-                    f'digest mismatch, expected "{parse_digest(expected)}", got "{w.digest}"'
-                )
-            final = self.path(w.digest)
-            if final.exists():
-                os.utime(final)  # keep the existing (identical) file; mark it as used
-            else:
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, final)
-                if sync:
-                    _fsync_dir(self.dir)
+                w.digest = f"sha256:{w.h.hexdigest()}"
+                if expected is not None and parse_digest(expected) != w.digest:
+                    raise DigestMismatch(
+                        f'digest mismatch, expected "{parse_digest(expected)}", got "{w.digest}"'
+                    )
+                final = self.path(w.digest)
+                if final.exists():
+                    os.utime(final)  # keep the existing (identical) file; mark it as used
+                else:
+                    os.chmod(tmp, 0o644)
+                    os.replace(tmp, final)
+            if sync and not os.path.exists(tmp):
+                _fsync_dir(self.dir)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
+    def touch(self, digest: str) -> None:
+        """Mark a blob as just used: gc's grace for unreferenced blobs counts from here."""
+        os.utime(self.path(digest))
+
+    @hides_paths
     def put_bytes(self, data: bytes, sync: bool = True) -> str:
         with self.writer(sync=sync) as w:
             w.write(data)
         return w.digest
 
+    @hides_paths
     def put_stream(self, chunks: Iterable[bytes], expected: str | None = None) -> str:
         with self.writer(expected) as w:
             for chunk in chunks:
                 w.write(chunk)
         return w.digest
 
+    @hides_paths
     def put_file(self, src: Path, expected: str | None = None) -> str:
         """Copy a file in. When `expected` names a blob we already have, nothing is read."""
         if expected is not None and self.exists(expected):
@@ -164,20 +246,9 @@ class BlobStore:
     def remove(self, digest: str) -> None:
         self.path(digest).unlink(missing_ok=True)
 
-    def clean_temp(self, min_age: float = 3600.0) -> int:
-        """Delete temp files left by interrupted writes (older than `min_age` seconds, so a
-        write in progress in another process is left alone); returns how many."""
-        if not self.dir.is_dir():
-            return 0
-        cutoff = time.time() - min_age
-        stale = [
-            p
-            for p in self.dir.iterdir()
-            if p.name.startswith(".tmp-") and p.stat().st_mtime <= cutoff
-        ]
-        for p in stale:
-            p.unlink(missing_ok=True)
-        return len(stale)
+    def clean_temp(self) -> int:
+        """Delete temp files left by killed writes (none a live writer holds); how many."""
+        return remove_dead_temp(self.dir)
 
 
 def _fsync_dir(path: Path) -> None:

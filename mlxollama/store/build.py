@@ -5,7 +5,8 @@ already in the store. Every parameter becomes its own safetensors blob named as 
 modules expect, so two variants share every tensor they have in common, and building the
 same recipe twice writes nothing new. The manifest is written last, under the store lock; if
 anything fails before it, the blobs this build added are removed again, so a failed create
-leaves neither a tag nor an orphan behind.
+leaves neither a tag nor an orphan behind. A killed one leaves its journal (the blobs it
+added), which the next gc or daemon start-up undoes (`Store.recover`).
 """
 
 from __future__ import annotations
@@ -83,10 +84,11 @@ class _Parts:
 
 
 class _Builder:
-    def __init__(self, store: Store, progress: Progress | None):
+    def __init__(self, store: Store, progress: Progress | None, journal: Callable[[str], None]):
         self.store = store
         self.progress = progress or (lambda event: None)
         self.added: set[str] = set()
+        self.journal = journal  # noted before it is written: a kill leaves no unknown orphan
 
     def say(self, status: str, **fields: Any) -> None:
         self.progress({"status": status, **fields})
@@ -99,6 +101,7 @@ class _Builder:
             return digest
         if announce:
             self.say(f"creating new layer {digest}")
+        self.journal(digest)
         self.store.blobs.put_bytes(data, sync=False)
         self.added.add(digest)
         return digest
@@ -218,8 +221,8 @@ def create(
     """
     target = parse_name(name)
     quantize = _quantization(spec.quantize)
-    builder = _Builder(store, progress)
-    with store.lock():
+    with store.lock(), store.build_journal() as journal:
+        builder = _Builder(store, progress, journal)
         try:
             stored = _build(store, builder, target, spec, quantize)
         except BaseException:

@@ -2,7 +2,7 @@
 
 A model name is `[scheme://][host/][namespace/]model[:tag]`, Ollama's grammar:
 
-- host: 1-350 chars of letters, digits, `_ - . :`; default `registry.ollama.ai`
+- host: 1-255 chars of letters, digits, `_ - . :`; default `registry.ollama.ai`
 - namespace: 1-80 chars of letters, digits, `_ -`; default `library`
 - model: 1-80 chars of letters, digits, `_ - .`
 - tag: 1-80 chars of letters, digits, `_ - .`; default `latest`
@@ -10,12 +10,17 @@ A model name is `[scheme://][host/][namespace/]model[:tag]`, Ollama's grammar:
 Every part starts with a letter, digit or `_`, so `.`, `..` and `/` can never reach a path.
 The tag is split off only when the last `:` follows the last `/`, so `host:5000/m` works. A
 separator promising a part that is empty (`m:`, `/m`, `a//m`) makes the name invalid.
+
+Two departures from Ollama, both so that a name that parses always has a path: the host is
+capped at 255 characters (Ollama allows 350, but the host is one path component and no file
+system takes a name over 255 bytes; a DNS name is at most 253), and nothing is stripped, so
+`"victim\n"` is invalid rather than `victim` (Ollama's parser refuses it too).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
 from mlxollama.errors import InvalidDigest, InvalidName
@@ -24,8 +29,10 @@ DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
 
+NAME_MAX = 255  # bytes in one path component (Linux and macOS)
+_LIMITS = {"host": NAME_MAX, "namespace": 80, "model": 80, "tag": 80}
 _PART = {
-    "host": re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}"),
+    "host": re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,254}"),
     "namespace": re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,79}"),
     "model": re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}"),
     "tag": re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}"),
@@ -41,6 +48,8 @@ class ModelName:
     namespace: str = ""
     model: str = ""
     tag: str = ""
+    # `http` or `https` when the text gave one (`http://host/ns/m`); not part of the identity
+    scheme: str = field(default="", compare=False, repr=False)
 
     @classmethod
     def parse_bare(cls, text: str) -> ModelName:
@@ -49,9 +58,9 @@ class ModelName:
         Parts promised by a separator but empty are kept as the marker `"!"`, which no
         part may contain, so `is_valid` fails on them.
         """
-        s = text.strip()
+        s, scheme = text, ""
         if "://" in s:
-            s = s.split("://", 1)[1]
+            scheme, s = s.split("://", 1)
         tag = ""
         colon, slash = s.rfind(":"), s.rfind("/")
         if colon > slash:
@@ -67,7 +76,7 @@ class ModelName:
             namespace, model = parts
         else:
             (model,) = parts
-        return cls(host=host, namespace=namespace, model=model, tag=tag)
+        return cls(host=host, namespace=namespace, model=model, tag=tag, scheme=scheme.lower())
 
     def with_defaults(self) -> ModelName:
         return ModelName(
@@ -75,6 +84,7 @@ class ModelName:
             namespace=self.namespace or DEFAULT_NAMESPACE,
             model=self.model,
             tag=self.tag or DEFAULT_TAG,
+            scheme=self.scheme,
         )
 
     def is_valid(self) -> bool:
@@ -82,6 +92,13 @@ class ModelName:
         if not self.model:
             return False
         return all(not value or _PART[part].fullmatch(value) for part, value in self._items())
+
+    def too_long(self) -> tuple[str, int] | None:
+        """The first part over its length limit and its length, or None."""
+        for part, value in self._items():
+            if len(value) > _LIMITS[part]:
+                return part, len(value)
+        return None
 
     def is_fully_qualified(self) -> bool:
         return self.is_valid() and all(value for _, value in self._items())
@@ -136,9 +153,16 @@ def parse_name(text: str) -> ModelName:
         raise InvalidName("invalid model name: the name is empty")
     name = ModelName.parse_bare(text).with_defaults()
     if not name.is_fully_qualified():
+        long = name.too_long()
+        if long is not None:
+            part, length = long
+            raise InvalidName(
+                f"invalid model name {text[:60]!r}...: the {part} is {length} characters long, "
+                f"at most {_LIMITS[part]} are allowed"
+            )
         raise InvalidName(
-            f"invalid model name '{text}': use [host/][namespace/]model[:tag] with letters, "
-            "digits, '_', '-' and '.' (host may add ':')"
+            f"invalid model name {text!r}: use [host/][namespace/]model[:tag] with letters, "
+            "digits, '_', '-' and '.' (host may add ':'), and no spaces or control characters"
         )
     return name
 
@@ -149,7 +173,7 @@ def parse_digest(text: str) -> str:
     Raises:
         InvalidDigest: anything else.
     """
-    m = _DIGEST.fullmatch(text.strip()) if isinstance(text, str) else None
+    m = _DIGEST.fullmatch(text) if isinstance(text, str) else None
     if not m:
         raise InvalidDigest(f"invalid digest format '{text}': expected sha256:<64 hex digits>")
     return f"sha256:{m.group(1).lower()}"

@@ -17,20 +17,22 @@ at all.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
-import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from mlxollama.errors import BlobNotFound, DigestMismatch, ModelNotFound
-from mlxollama.store.blobs import BlobStore
+from mlxollama.store.blobs import BlobStore, hides_paths, locked_temp, remove_dead_temp
 from mlxollama.store.manifests import Manifest
 from mlxollama.store.names import ModelName, parse_name
 
@@ -69,6 +71,9 @@ class Store:
         # manifest path -> ((inode, mtime, size), StoredModel): a model's manifest (hundreds
         # of layers) is parsed once, not on every request; a rewrite is a rename (new inode)
         self._parsed: dict[Path, tuple[tuple[int, int, int], StoredModel]] = {}
+        # uploads (`POST /api/blobs`) that a create in this process is reading: gc spares them
+        self._claims: Counter[str] = Counter()
+        self._claims_lock = threading.Lock()
 
     # -- locking ---------------------------------------------------------------------------
 
@@ -88,6 +93,7 @@ class Store:
         host, namespace, model, tag = path.relative_to(self.manifests_dir).parts
         return ModelName(host, namespace, model, tag)
 
+    @hides_paths
     def find(self, name: str | ModelName) -> ModelName | None:
         """The stored spelling of `name`, matched case-insensitively, or None."""
         wanted = parse_name(name) if isinstance(name, str) else name
@@ -101,6 +107,7 @@ class Store:
                 return candidate
         return None
 
+    @hides_paths
     def get(self, name: str | ModelName) -> StoredModel:
         """Read one model's manifest.
 
@@ -130,6 +137,7 @@ class Store:
         self._parsed[path] = (key, model)
         return model
 
+    @hides_paths
     def list(self) -> list[StoredModel]:
         """Every tag, newest first."""
         models = []
@@ -152,6 +160,7 @@ class Store:
 
     # -- writing (callers hold the lock) ----------------------------------------------------
 
+    @hides_paths
     def put_manifest(self, name: ModelName, manifest: Manifest) -> StoredModel:
         """Point `name` at `manifest`, atomically. Every blob must already be stored.
 
@@ -167,14 +176,14 @@ class Store:
         except (OSError, ValueError):
             old = None
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        fd, tmp = locked_temp(path.parent)
         try:
-            with os.fdopen(fd, "wb") as f:
+            with os.fdopen(fd, "wb") as f:  # renamed while open: locked until in place
                 f.write(manifest.to_bytes())
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -182,6 +191,7 @@ class Store:
             self._remove_unreferenced(set(old.digests()) - set(manifest.digests()))
         return self._read(name)
 
+    @hides_paths
     def copy(self, source: str, destination: str) -> StoredModel:
         """Tag `destination` with `source`'s manifest (blobs are shared, nothing is copied)."""
         dst = parse_name(destination)
@@ -189,6 +199,7 @@ class Store:
             src = self.get(source)
             return self.put_manifest(dst, src.manifest)
 
+    @hides_paths
     def remove(self, name: str) -> StoredModel:
         """Delete a tag, then every blob no other tag references."""
         with self.lock():
@@ -214,28 +225,128 @@ class Store:
             self.blobs.remove(digest)
         return len(unreferenced), freed
 
+    @hides_paths
     def gc(self, grace: float = 3600.0) -> tuple[int, int]:
-        """Remove blobs that no manifest references, stale temp files and week-old partial
-        downloads.
+        """Remove blobs that no manifest references, what killed writers left (`recover`)
+        and week-old partial downloads.
 
         Unreferenced blobs younger than `grace` seconds stay: a blob uploaded for a create
-        that has not run yet (`POST /api/blobs`) is unreferenced too, as in Ollama.
+        that has not run yet (`POST /api/blobs`; uploading it again refreshes it) is
+        unreferenced too, as in Ollama. Uploads a running create reads stay too.
 
         Returns:
-            (blobs removed, bytes freed)
+            (blobs removed, bytes freed), killed builds' blobs included
         """
         with self.lock():
-            self.blobs.clean_temp()
+            count, freed = self.recover()
             self._clean_partials()
             cutoff = self.clock() - grace
             old = set()
-            for digest in self.blobs.digests():
+            for digest in self.blobs.digests() - self._claimed():
                 try:
                     if self.blobs.path(digest).stat().st_mtime <= cutoff:
                         old.add(digest)
                 except FileNotFoundError:
                     continue
-            return self._remove_unreferenced(old)
+            more, more_freed = self._remove_unreferenced(old)
+            return count + more, freed + more_freed
+
+    # -- what killed writers leave ----------------------------------------------------------
+
+    @hides_paths
+    def recover(self, wait: bool = True) -> tuple[int, int]:
+        """Remove the temp files no live writer holds (blobs, manifests, the verify cache)
+        and the blobs of builds killed before their manifest (`build_journal`). Without
+        `wait`, does nothing when another writer holds the store (a daemon starting beside
+        a running `mlxctl create`). Returns (blobs removed, bytes freed)."""
+        try:
+            self.lock().acquire(timeout=-1 if wait else 0)
+        except Timeout:
+            return 0, 0
+        try:
+            self.blobs.clean_temp()
+            remove_dead_temp(self.root / "cache")
+            if self.manifests_dir.is_dir():
+                for folder in self.manifests_dir.glob("*/*/*"):
+                    remove_dead_temp(folder)
+            return self._undo_dead_builds()
+        finally:
+            self.lock().release()
+
+    @contextlib.contextmanager
+    def build_journal(self) -> Iterator[Callable[[str], None]]:
+        """A record of the blobs a build adds, written before each blob (callers hold the
+        lock). The build removes its blobs itself when it fails; when it is killed, the
+        record stays, unlocked, and `recover` removes what it names."""
+        folder = self.root / "cache" / "builds"
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, path = locked_temp(folder, prefix="build-")
+        try:
+
+            def note(digest: str) -> None:
+                os.write(fd, f"{digest}\n".encode())
+
+            yield note
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            os.close(fd)
+
+    def _undo_dead_builds(self) -> tuple[int, int]:
+        folder = self.root / "cache" / "builds"
+        if not folder.is_dir():
+            return 0, 0
+        count = freed = 0
+        for journal in folder.iterdir():
+            try:
+                fd = os.open(journal, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a build in another thread of this process
+                digests = {d for d in journal.read_text().split() if len(d) == 71}
+                removed, size = self._remove_unreferenced(digests)
+                count, freed = count + removed, freed + size
+                journal.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+        return count, freed
+
+    # -- uploads a create reads -------------------------------------------------------------
+
+    def claim_uploads(self, digests: Iterable[str]) -> float:
+        """Mark uploaded blobs as read by a create, so gc spares them; returns the time of
+        the claim, for `release_uploads`."""
+        with self._claims_lock:
+            self._claims.update(set(digests))
+        return time.time()
+
+    def release_uploads(self, digests: Iterable[str], since: float, drop: bool) -> int:
+        """End a claim. With `drop` (the create succeeded), remove the uploads that are now
+        unreferenced, claimed by no other create and not uploaded again since the claim:
+        the model holds what it needs in its own blobs. Returns how many went."""
+        digests = set(digests)
+        with self._claims_lock:
+            self._claims.subtract(digests)
+            self._claims = +self._claims
+        if not drop or not digests:
+            return 0
+        with self.lock():
+            idle = set()
+            for digest in digests - self._claimed():
+                try:
+                    if self.blobs.path(digest).stat().st_mtime <= since:
+                        idle.add(digest)
+                except FileNotFoundError:
+                    continue
+            return self._remove_unreferenced(idle)[0]
+
+    def _claimed(self) -> set[str]:
+        with self._claims_lock:
+            return set(self._claims)
 
     def _clean_partials(self) -> None:
         """Drop interrupted downloads (`blobs/partial/`) untouched for PARTIAL_KEEP seconds:
@@ -249,6 +360,7 @@ class Store:
                 if path.is_file() and path.stat().st_mtime <= cutoff:
                     path.unlink()
 
+    @hides_paths
     def check_blobs(self, model: StoredModel) -> None:
         """Check every blob of a model before it is loaded.
 
@@ -279,10 +391,10 @@ class Store:
             changed = True
         if changed:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=cache_path.parent)
+            fd, tmp = locked_temp(cache_path.parent)
             with os.fdopen(fd, "wb") as f:
                 f.write(orjson.dumps(cache))
-            os.replace(tmp, cache_path)
+                os.replace(tmp, cache_path)
 
     def verify(self, name: str, progress: Callable[[str], None] | None = None) -> list[Problem]:
         """Re-hash every blob of a model; returns the problems found (empty: all good)."""
