@@ -5,20 +5,30 @@ notices a client that hangs up while its request is silent (queued, loading, pre
 enough worker threads that every admitted stream and every queued request has one and a
 503 can still be answered; a 1 MiB output watermark so that a client that stops reading
 blocks its own stream rather than filling memory.
+
+Against slow and greedy clients (`mlxollama.http.channel`, docs/daemon.md): waitress's
+`channel_timeout` (120 s, kept) only closes a connection after that long *without a byte*,
+so our own deadlines (headers within 15 s, a body at 1 KiB/s or more) do the real work and
+are checked every `cleanup_interval` = 1 s (waitress's default 30 s would let a slow client
+sit for up to 45 s); `connection_limit` is 1000 (or 2 x threads, if more; waitress's 100
+let 110 slow clients lock everyone out), with the file-descriptor limit raised to fit;
+`asyncore_use_poll` because select() cannot watch descriptors above 1023.
 """
 
 from __future__ import annotations
 
+import resource
 import signal
 import threading
+from dataclasses import replace
 
 import structlog
-import waitress
 from waitress import wasyncore
 from waitress.server import BaseWSGIServer, MultiSocketServer
 
 from mlxollama.config import Config
-from mlxollama.http.app import create_app
+from mlxollama.http.app import BodyLimit, create_app
+from mlxollama.http.channel import Limits, create_server
 
 log = structlog.get_logger("mlxollama.http")
 
@@ -71,21 +81,60 @@ def thread_count(config: Config) -> int:
     return config.num_parallel * config.max_loaded_models + config.max_queue + 8
 
 
-def make_server(app, host: str, port: int, threads: int):
+def make_server(app, host: str, port: int, threads: int, limits: Limits | None = None):
     """A waitress server bound to `host:port` (port 0: any free port, see `effective_port`);
-    `run()` serves until `close()` is called from another thread."""
-    return waitress.create_server(
+    `run()` serves until `close()` is called from another thread.
+
+    Args:
+        limits: deadlines and caps for clients (tests pass short ones); the body limit is
+            taken from the app's `BodyLimit` unless `limits` sets one.
+    """
+    limits = limits or Limits()
+    if limits.body_limit is Limits.body_limit:
+        found = body_limit_of(app)
+        if found is not None:
+            limits = replace(limits, body_limit=found.limit_for)
+    return create_server(
         app,
+        limits,
         host=host,
         port=port,
         threads=threads,
         channel_request_lookahead=1,
-        connection_limit=max(100, 2 * threads),
+        connection_limit=connection_limit(limits, threads),
+        cleanup_interval=1,
         asyncore_use_poll=True,  # select() cannot watch descriptors above 1023
         max_request_body_size=BLOB_CAP,
         outbuf_high_watermark=1 << 20,
         ident="mlxollama",
     )
+
+
+def body_limit_of(app) -> BodyLimit | None:
+    """The app's BodyLimit middleware, if it has one (Falcon keeps the list it was given)."""
+    middleware = getattr(app, "_unprepared_middleware", None) or ()
+    return next((m for m in middleware if isinstance(m, BodyLimit)), None)
+
+
+FD_RESERVE = 256  # descriptors kept for model files, logs, temp files, the trigger
+
+
+def connection_limit(limits: Limits, threads: int) -> int:
+    """`limits.connection_limit` (at least 2 x threads), within the descriptors the process
+    may open: the soft limit is raised towards the hard one first, as Go does at start."""
+    wanted = max(limits.connection_limit, 2 * threads)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < target:
+        new = target if hard == resource.RLIM_INFINITY else min(target, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):  # macOS refuses more than OPEN_MAX
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(16, min(wanted, soft - FD_RESERVE))
 
 
 def serve(config: Config, runtime) -> None:

@@ -1,0 +1,307 @@
+"""Waitress, hardened: deadlines for slow clients, a per-address cap, body limits enforced
+while the request is read, and protocol errors in Ollama's JSON shape.
+
+Stock waitress only closes a connection after `channel_timeout` seconds *without a byte*, so a
+client that sends a header byte every 10 s holds its connection for ever; and at
+`connection_limit` it stops accepting, so a hundred such clients lock everyone else out. It
+reads a whole body (spooling it to a temp file) before the app can refuse it, and answers
+malformed requests in plain text. Here:
+
+- `Limits.header_timeout`: a request's headers must be complete this long after its first
+  byte (after the accept, for a connection's first request), else the connection is closed.
+- `Limits.min_body_rate`: once `body_grace` seconds have passed since the headers, a body must
+  have arrived at this many bytes per second on average, else the connection is closed.
+- `Limits.max_per_client`: open connections from one non-loopback address. Loopback peers are
+  exempt (every local client is 127.0.0.1: a cap would let one local program lock out the
+  others); the deadlines protect them, and so does shedding: at `connection_limit`, the
+  connections that have no request running (headers pending, or idle keep-alive) are closed,
+  oldest first, so a new client always gets in.
+- The body limit for a path (`Limits.body_limit`, from the app's `BodyLimit`) is checked on
+  `Content-Length` as soon as the headers are parsed (no `100 Continue` is sent, no byte of
+  the body is kept), and a chunked body is cut off as soon as it passes the limit.
+- Every error waitress answers itself (bad request line or header, headers too large, bad
+  chunked encoding, unsupported transfer coding, the limits above) is `{"error": "..."}`,
+  or OpenAI's error object under `/v1`.
+
+Deadlines are checked in the server's maintenance pass, which runs every `cleanup_interval`
+seconds (set to 1 s by `mlxollama.http.server.make_server`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+import structlog
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
+from waitress.server import MultiSocketServer, TcpWSGIServer
+from waitress.task import ErrorTask
+
+from mlxollama.http import errors
+from mlxollama.http.app import BodyLimit
+
+log = structlog.get_logger("mlxollama.http")
+
+
+def no_limit(path: str) -> int | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a client may take; the defaults are the daemon's (docs/daemon.md says why)."""
+
+    header_timeout: float = 15.0  # seconds from a request's first byte to its blank line
+    body_grace: float = 15.0  # seconds before the body rate is checked
+    min_body_rate: float = 1024.0  # bytes per second, averaged since the headers
+    max_per_client: int = 64  # open connections per non-loopback address
+    loopback_exempt: bool = True  # loopback peers are not capped per address
+    connection_limit: int = 1000  # open connections in all (at least 2 x threads)
+    body_limit: Callable[[str], int | None] = no_limit  # per path; None: waitress's outer cap
+
+
+class BodyTooLarge(Exception):
+    """A body over the path's limit: `message` is the `error` text."""
+
+    code = 413
+    reason = "Content Too Large"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class Parser(HTTPRequestParser):
+    """Waitress's parser that refuses a body over the path's limit while reading it, and
+    notes when the body started. Once it has an error it swallows the rest of the data: the
+    connection closes after the error answer, so nothing after it is a request."""
+
+    def __init__(self, adj, limits: Limits):
+        super().__init__(adj)
+        self.limits = limits
+        self.body_started: float | None = None  # time.monotonic() when the headers were in
+        self.limit: int | None = None
+
+    def received(self, data: bytes) -> int:
+        had_headers = self.headers_finished
+        consumed = super().received(data)
+        if self.error is None and self.headers_finished:
+            if not had_headers:
+                self._headers_done()
+            elif self.limit is not None and self.body_rcv.__len__() > self.limit:
+                self._refuse(None)  # a chunked body (a fixed one was checked on its length)
+        return len(data) if self.error is not None else consumed
+
+    def _headers_done(self) -> None:
+        self.body_started = time.monotonic()
+        self.limit = self.limits.body_limit(self.path)
+        if self.limit is not None and self.content_length > self.limit:
+            self._refuse(self.content_length)
+
+    def _refuse(self, size: int | None) -> None:
+        self.error = BodyTooLarge(BodyLimit.message(size, self.limit or 0))
+        self.expect_continue = False  # the point of Expect: refuse before the body is sent
+        self.completed = True
+
+
+class JsonErrorTask(ErrorTask):
+    """Waitress's error answer with an Ollama (or, under /v1, OpenAI) JSON body."""
+
+    def execute(self) -> None:
+        exc = self.request.error
+        status = f"{exc.code} {exc.reason}"
+        message = getattr(exc, "message", None) or f"{status}: {exc.body}"
+        path = getattr(self.request, "path", "") or ""
+        if errors.is_openai(path):
+            body = orjson.dumps(errors.openai_error(exc.code, message))
+        else:
+            body = errors.error_body(message)
+        log.info("request.refused", status=exc.code, path=path, error=message)
+        self.status = status
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class Channel(HTTPChannel):
+    """One connection: its header clock, its body rate, and no parsing after an error.
+
+    The header clock runs from the accept until the first request is served, then from the
+    first byte after each request served (blank lines between requests do not restart it)."""
+
+    error_task_class = JsonErrorTask
+
+    def __init__(self, server: Server, sock, addr, adj, map=None):
+        self.accepted_at = self.idle_since = time.monotonic()
+        self.served = False
+        self.first_byte_at: float | None = None  # since the last request served
+        self.client = client_of(addr)
+        self.counted = False
+        super().__init__(server, sock, addr, adj, map=map)
+        self.parser_class = self._new_parser
+        server.clients[self.client] += 1
+        self.counted = True
+
+    def _new_parser(self, adj) -> Parser:
+        return Parser(adj, self.server.limits)
+
+    def received(self, data: bytes) -> bool:
+        if any(r.error for r in self.requests):
+            return True  # an error answer is on its way and the connection will close
+        if data and self.first_byte_at is None:
+            self.first_byte_at = time.monotonic()
+        return super().received(data)
+
+    def send_continue(self) -> None:
+        self.request.body_started = time.monotonic()  # the client waited for this
+        super().send_continue()
+
+    def service(self) -> None:
+        super().service()
+        self.served = True
+        self.idle_since = time.monotonic()
+        # a request already begun (pipelined) gets its full time from now
+        self.first_byte_at = self.idle_since if self.request is not None else None
+
+    def waiting_since(self) -> float | None:
+        """When this connection started owing us request headers; None if it does not (a
+        request is running, its headers are in, or it is idle between requests)."""
+        req = self.request
+        if self.requests or (req is not None and req.headers_finished):
+            return None
+        return self.first_byte_at if self.served else self.accepted_at
+
+    def overdue(self, now: float) -> str | None:
+        """Why this connection should be closed now, if it should."""
+        if self.requests or self.will_close:
+            return None
+        limits = self.server.limits
+        since = self.waiting_since()
+        if since is not None and now - since > limits.header_timeout:
+            return "header_timeout"
+        req = self.request
+        if req is not None and req.body_started is not None and not req.completed:
+            elapsed = now - max(req.body_started, self.idle_since)
+            if elapsed > limits.body_grace and req.body_bytes_received < limits.min_body_rate * (
+                elapsed
+            ):
+                return "slow_body"
+        return None
+
+    def idle_for(self, now: float) -> float | None:
+        """How long this connection has had no request running (None: one is)."""
+        if self.requests or self.will_close:
+            return None
+        since = self.waiting_since()
+        return now - (since if since is not None else self.idle_since)
+
+    def del_channel(self, map=None) -> None:
+        if self.counted:
+            self.counted = False
+            clients = self.server.clients
+            clients[self.client] -= 1
+            if clients[self.client] <= 0:
+                del clients[self.client]
+        super().del_channel(map)
+
+
+def client_of(addr) -> str:
+    host = addr[0] if isinstance(addr, tuple) and addr else str(addr)
+    return host.removeprefix("::ffff:")  # an IPv4 peer on a dual-stack socket
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":  # a Unix socket
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+TOO_MANY = errors.error_body("too many connections from this address")
+TOO_MANY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(TOO_MANY), TOO_MANY)
+)
+
+
+class Server(TcpWSGIServer):
+    """Waitress's TCP server with `Limits`: the deadlines in its maintenance pass, the
+    per-address cap at accept, and shedding idle connections at the connection limit."""
+
+    def __init__(self, *args, limits: Limits, **kwargs):
+        self.limits = limits
+        self.clients: Counter[str] = Counter()
+        self.refused = 0
+        super().__init__(*args, **kwargs)
+
+    def channel_class(self, server, conn, addr, adj, map=None) -> Channel | None:
+        """Waitress calls this for each accepted connection (in place of a channel class)."""
+        client = client_of(addr)
+        exempt = self.limits.loopback_exempt and is_loopback(client)
+        if not exempt and self.clients[client] >= self.limits.max_per_client:
+            self.refused += 1
+            with contextlib.suppress(OSError):  # a few bytes: the socket buffer takes them
+                conn.send(TOO_MANY_RESPONSE)
+            conn.close()
+            return None
+        return Channel(self, conn, addr, adj, map=map)
+
+    def readable(self) -> bool:
+        if self.accepting and len(self._map) >= self.adj.connection_limit:
+            self.shed(len(self._map) - self.adj.connection_limit + 1)
+        return super().readable()
+
+    def shed(self, count: int) -> None:
+        """Close the `count` connections idle longest (no request running), to make room."""
+        channels = list(self.active_channels.values())
+        count -= sum(ch.will_close for ch in channels)  # closing already, from the last round
+        now = time.monotonic()
+        idle = [(t, ch) for ch in channels if (t := ch.idle_for(now)) is not None]
+        idle.sort(key=lambda pair: pair[0], reverse=True)
+        for _, channel in idle[: max(count, 0)]:
+            channel.will_close = True
+        if count > 0 and idle:
+            log.warning("connections.shed", count=min(count, len(idle)))
+
+    def maintenance(self, now: float) -> None:
+        super().maintenance(now)  # channel_timeout: idle connections
+        mono = time.monotonic()
+        closed: Counter[str] = Counter()
+        for channel in list(self.active_channels.values()):
+            reason = channel.overdue(mono)
+            if reason:
+                channel.will_close = True
+                closed[reason] += 1
+        if self.refused:
+            closed["per_client_cap"], self.refused = self.refused, 0
+        if closed:
+            log.warning("connections.closed", **closed)
+
+
+def create_server(app, limits: Limits, **adjustments):
+    """`waitress.create_server` with `Server`: one per address that `host` resolves to (a
+    MultiSocketServer when there are several)."""
+    from waitress.adjustments import Adjustments
+    from waitress.task import ThreadedTaskDispatcher
+
+    adj = Adjustments(**adjustments)
+    dispatcher = ThreadedTaskDispatcher()
+    dispatcher.set_thread_count(adj.threads)
+    socket_map: dict = {}
+    servers = [
+        Server(app, socket_map, dispatcher=dispatcher, adj=adj, sockinfo=info, limits=limits)
+        for info in adj.listen
+    ]
+    if len(servers) == 1:
+        return servers[0]
+    listen = [(s.effective_host, s.effective_port) for s in servers]
+    return MultiSocketServer(socket_map, adj, listen, dispatcher, log_info=servers[0].log_info)
