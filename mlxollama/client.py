@@ -130,12 +130,16 @@ class Client:
             ``127.0.0.1:11435``.
         timeout: seconds to wait for an answer (httpx's timeout). Default: no limit once
             connected (model loads and long answers take time); 10 s to connect.
+
+    Sends ``MLXOLLAMA_API_KEY`` as a Bearer token when it is set.
     """
 
     def __init__(self, host: str | None = None, timeout: float | None = None):
         self.host = base_url(host)
         limit = httpx.Timeout(timeout) if timeout is not None else httpx.Timeout(None, connect=10)
-        self._http = httpx.Client(base_url=self.host, timeout=limit)
+        key = os.environ.get("MLXOLLAMA_API_KEY", "").strip()  # the daemon's, if it has one
+        headers = {"Authorization": f"Bearer {key}"} if key else None
+        self._http = httpx.Client(base_url=self.host, timeout=limit, headers=headers)
 
     def close(self) -> None:
         self._http.close()

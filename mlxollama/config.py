@@ -85,6 +85,24 @@ SETTINGS = (
         "Hugging Face endpoint for hf.co/ pulls, e.g. a mirror; unset: huggingface_hub's "
         "(HF_ENDPOINT, else https://huggingface.co).",
     ),
+    Setting(
+        "MLXOLLAMA_ORIGINS",
+        "",
+        "Extra browser origins allowed to call the daemon, comma-separated, * as a wildcard "
+        "(e.g. https://app.example,chrome-extension://*); other origins get 403.",
+    ),
+    Setting(
+        "MLXOLLAMA_API_KEY",
+        "",
+        "Key every request must send (Authorization: Bearer <key> or x-api-key); required "
+        "to serve a non-loopback address.",
+    ),
+    Setting(
+        "MLXOLLAMA_TRUST_NETWORK",
+        "0",
+        "1: serve a non-loopback address without MLXOLLAMA_API_KEY (everyone who can reach "
+        "it may use the daemon).",
+    ),
 )
 
 
@@ -106,6 +124,9 @@ class Config:
     registry_token: str | None = field(default=None, repr=False)
     registry_host: str | None = None
     hf_endpoint: str | None = None
+    origins: tuple[str, ...] = ()
+    api_key: str | None = field(default=None, repr=False)
+    trust_network: bool = False
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Config:
@@ -129,6 +150,9 @@ class Config:
             registry_token=get["REGISTRY_TOKEN"] or None,
             registry_host=get["REGISTRY_HOST"] or None,
             hf_endpoint=_url("HF_ENDPOINT", get["HF_ENDPOINT"]) or None,
+            origins=_list(get["ORIGINS"]),
+            api_key=get["API_KEY"].strip() or None,
+            trust_network=_flag("TRUST_NETWORK", get["TRUST_NETWORK"]),
         )
 
     def registry_env(self) -> dict[str, str]:
@@ -164,6 +188,21 @@ def _seconds(name: str, value: str) -> float:
         return parse_keep_alive(value if number is None else number)
     except ValueError as e:
         raise ValueError(f"MLXOLLAMA_{name}: {e}") from None
+
+
+def _list(value: str) -> tuple[str, ...]:
+    """A comma-separated list, each item trimmed of spaces and quotes (as Ollama reads it)."""
+    items = (item.strip().strip("\"'") for item in value.split(","))
+    return tuple(item for item in items if item)
+
+
+def _flag(name: str, value: str) -> bool:
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"MLXOLLAMA_{name} must be 1 or 0 (true or false), got {value!r}")
 
 
 def _url(name: str, value: str) -> str:

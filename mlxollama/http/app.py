@@ -21,7 +21,7 @@ import structlog
 from mlxollama import __version__
 from mlxollama.api import Chunk, Embeddings
 from mlxollama.config import Config
-from mlxollama.http import blobs, embed, errors, native, openai, transfer
+from mlxollama.http import blobs, embed, errors, guards, native, openai, transfer
 
 log = structlog.get_logger("mlxollama.http")
 
@@ -148,9 +148,10 @@ def create_app(runtime, config: Config) -> falcon.App:
 
     Args:
         runtime: a started `mlxollama.actors.runtime.Runtime` (or a fake with its methods).
-        config: settings (`Config`); reads `max_body`.
+        config: settings (`Config`); reads `max_body`, and `host`, `origins` and `api_key`
+            for the guards (`http/guards.py`), which run before anything reads a body.
     """
-    app = falcon.App(middleware=[RequestLog(), BodyLimit(config.max_body)])
+    app = falcon.App(middleware=[RequestLog(), guards.Guards(config), BodyLimit(config.max_body)])
     json = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json

@@ -27,6 +27,7 @@ from waitress import wasyncore
 from waitress.server import BaseWSGIServer, MultiSocketServer
 
 from mlxollama.config import Config
+from mlxollama.http import guards
 from mlxollama.http.app import BodyLimit, create_app
 from mlxollama.http.channel import Limits, create_server
 
@@ -142,9 +143,13 @@ def serve(config: Config, runtime) -> None:
 
     Args:
         config: settings; reads `host`, `num_parallel`, `max_loaded_models`, `max_queue`
-            and `max_body`.
+            and `max_body`; `api_key`, `trust_network` and `origins` for what it exposes.
         runtime: a started Runtime; it is stopped on the way out.
+
+    Raises:
+        ValueError: a non-loopback `host` without `api_key` or `trust_network`.
     """
+    guards.check_exposure(config)
     host, port = parse_host(config.host)
     threads = thread_count(config)
     srv = make_server(create_app(runtime, config), host, port, threads)
@@ -154,7 +159,9 @@ def serve(config: Config, runtime) -> None:
         previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
     loop = threading.Thread(target=srv.run, name="waitress", daemon=True)
     loop.start()
-    log.info("server.listening", addresses=listening(srv), threads=threads)
+    log.info(
+        "server.listening", addresses=listening(srv), threads=threads, **guards.exposure(config)
+    )
     try:
         while loop.is_alive() and not stop.wait(0.5):
             pass
