@@ -132,6 +132,18 @@ def test_slowloris_neither_locks_out_others_nor_stays(serve):
     assert version(d.port)[0] == 200
 
 
+def test_at_the_connection_limit_the_longest_idle_make_room(serve):
+    d = serve(header_timeout=60.0, connection_limit=20)  # the deadline is not what helps here
+    slow = Trickle(d.port, 30, SLOW_HEADERS, every=0.5)
+    try:
+        time.sleep(1.0)
+        status, took = version(d.port, timeout=20)
+        assert status == 200 and took < 10, took  # waitress alone: not accepted
+        assert slow.open_count() < 20  # the oldest slow ones were closed
+    finally:
+        slow.close()
+
+
 def test_silent_connections_are_closed_after_the_header_deadline(serve):
     d = serve(header_timeout=2.0)
     socks = [socket.create_connection(("127.0.0.1", d.port), timeout=5) for _ in range(5)]
