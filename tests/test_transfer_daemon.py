@@ -279,7 +279,7 @@ def test_a_client_that_hangs_up_leaves_the_pull_running_to_its_end(faked):
     sock = socket.create_connection(("127.0.0.1", faked.port), timeout=30)
     body = orjson.dumps({"model": "m"})
     sock.sendall(
-        b"POST /api/pull HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /api/pull HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
