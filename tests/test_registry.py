@@ -304,7 +304,7 @@ def test_push_remove_pull_answers_as_before(store_root, registry, proxy):
     original = store.copy("smollm2", name)
 
     pushed: list[dict] = []
-    push(store, name, progress=pushed.append)
+    push(store, name, progress=pushed.append, insecure=True)
     check_push_progress(pushed, original.manifest)
     raw = remote_manifest(registry, "library/smollm2", "latest")
     assert sha256(raw) == f"sha256:{original.digest}"
@@ -317,7 +317,7 @@ def test_push_remove_pull_answers_as_before(store_root, registry, proxy):
 
     proxy.reset()
     pulled: list[dict] = []
-    got = pull(store, name, progress=pulled.append)
+    got = pull(store, name, progress=pulled.append, insecure=True)
     assert got.digest == original.digest
     check_pull_progress(pulled, original.manifest)
     assert proxy.blob_bytes() == unique_size(original.manifest)  # every blob once
@@ -352,7 +352,7 @@ def test_pull_progress_and_bytes(tmp_path, proxy, tiny_remote):
     _, a, _, _ = tiny_remote
     store = Store(tmp_path / "pulled")
     events: list[dict] = []
-    got = pull(store, proxy.name("tiny/llama:a"), progress=events.append)
+    got = pull(store, proxy.name("tiny/llama:a"), progress=events.append, insecure=True)
     assert got.digest == a.digest
     assert got.name == parse_name(proxy.name("tiny/llama:a"))
     check_pull_progress(events, a.manifest)
@@ -364,7 +364,7 @@ def test_pull_progress_and_bytes(tmp_path, proxy, tiny_remote):
     # pulled again: nothing but the manifest crosses the wire
     proxy.reset()
     again: list[dict] = []
-    pull(store, proxy.name("tiny/llama:a"), progress=again.append)
+    pull(store, proxy.name("tiny/llama:a"), progress=again.append, insecure=True)
     assert proxy.blob_bytes() == 0
     assert again[0] == {"status": "pulling manifest"} and again[-1] == {"status": "success"}
     check_layer_events(again, "pulling", a.manifest)
@@ -376,9 +376,9 @@ def test_diff_pull_transfers_only_the_changed_tensor(tmp_path, proxy, tiny_remot
 
     _, a, big, changed = tiny_remote
     store = Store(tmp_path / "pulled")
-    pull(store, proxy.name("tiny/llama:a"))
+    pull(store, proxy.name("tiny/llama:a"), insecure=True)
     proxy.reset()
-    got = pull(store, proxy.name("tiny/llama:b"))
+    got = pull(store, proxy.name("tiny/llama:b"), insecure=True)
     assert {g.digest for g in proxy.blob_gets() if g.sent} == {changed.digest}
     assert proxy.blob_bytes() == changed.size
     assert proxy.requests("GET", "/manifests/b"), "the manifest was fetched"
@@ -399,14 +399,14 @@ def test_interrupted_pull_resumes_with_range(tmp_path, proxy, tiny_remote):
     proxy.cut_after(big.digest, cut)
     tic = time.monotonic()
     with pytest.raises(RegistryError) as failed:
-        pull(store, name)
+        pull(store, name, insecure=True)
     assert big.digest in str(failed.value)  # says which blob stopped
     assert time.monotonic() - tic < 30
     assert store.find(name) is None
     assert proxy.blob_bytes(big.digest) == cut
 
     proxy.reset()
-    pull(store, name)
+    pull(store, name, insecure=True)
     first = proxy.blob_gets(big.digest)[0]
     assert first.headers.get("range", "").startswith(f"bytes={cut}-"), first.headers
     assert proxy.blob_bytes(big.digest) == big.size - cut
@@ -423,7 +423,7 @@ def test_corrupted_blob_fails_and_leaves_nothing(tmp_path, proxy, tiny_remote):
     store = Store(tmp_path / "pulled")
     proxy.corrupt(big.digest)
     with pytest.raises(DigestMismatch, match="digest mismatch"):
-        pull(store, name)
+        pull(store, name, insecure=True)
     assert store.find(name) is None
     assert not store.blobs.exists(big.digest)
     store.gc(grace=0)
@@ -456,18 +456,21 @@ def test_auth(tmp_path, auth_registry):
     name = auth_registry.name("auth/fake:a")
     store = fake_model(tmp_path / "src", name)
 
-    for attempt in (lambda: push(store, name), lambda: pull(Store(tmp_path / "x"), name)):
+    for attempt in (
+        lambda: push(store, name, insecure=True),
+        lambda: pull(Store(tmp_path / "x"), name, insecure=True),
+    ):
         tic = time.monotonic()
         with pytest.raises(Unauthorized):
             attempt()
         assert time.monotonic() - tic < 5
     wrong = Credentials(username="docker", password="wrong")
     with pytest.raises(Unauthorized):
-        push(store, name, credentials=wrong)
+        push(store, name, credentials=wrong, insecure=True)
 
     good = Credentials(username=auth_registry.username, password=auth_registry.password)
-    push(store, name, credentials=good)
-    pulled = pull(Store(tmp_path / "dst"), name, credentials=good)
+    push(store, name, credentials=good, insecure=True)
+    pulled = pull(Store(tmp_path / "dst"), name, credentials=good, insecure=True)
     assert pulled.digest == store.get(name).digest
 
 
@@ -478,21 +481,21 @@ def test_repush_sends_no_blob_and_transient_errors_are_retried(tmp_path, proxy):
     store = fake_model(tmp_path / "src", name, size=64 * 1024)
     proxy.fail_with(503, path="/blobs/uploads/", method="POST", times=1)
     proxy.fail_with(503, path="/blobs/uploads/", method="PUT", times=1)  # a refused upload
-    push(store, name)
+    push(store, name, insecure=True)
     manifest_bytes = len((store.manifests_dir / store.get(name).name.path()).read_bytes())
     assert [r.status for r in proxy.requests("PUT", "/blobs/uploads/")][:2] == [503, 201]
     # the refused PUT's bytes, once more for its new upload, then the rest
     refused = proxy.requests("PUT", "/blobs/uploads/")[0].received
     assert proxy.received() == store.get(name).size + manifest_bytes + refused
     proxy.reset()
-    push(store, name)
+    push(store, name, insecure=True)
     assert {r.method for r in proxy.requests()} == {"HEAD", "PUT"}
     assert proxy.received() < 4096  # the manifest only
 
     proxy.reset()
     proxy.fail_with(503, path="/manifests/", times=1)
     proxy.fail_with(502, path="/blobs/", method="GET", times=1)
-    got = pull(Store(tmp_path / "dst"), name)
+    got = pull(Store(tmp_path / "dst"), name, insecure=True)
     assert got.digest == store.get(name).digest
     assert [r.status for r in proxy.requests("GET", "/manifests/")] == [503, 200]
 
@@ -510,13 +513,13 @@ def test_unreachable_registry(tmp_path):
     name = f"127.0.0.1:{closed_port()}/library/fake:a"
     tic = time.monotonic()
     with pytest.raises(RegistryUnreachable):
-        pull(Store(tmp_path / "dst"), name)
+        pull(Store(tmp_path / "dst"), name, insecure=True)
     assert time.monotonic() - tic < 5
 
     store = fake_model(tmp_path / "src", name)
     tic = time.monotonic()
     with pytest.raises(RegistryUnreachable):
-        push(store, name)
+        push(store, name, insecure=True)
     assert time.monotonic() - tic < 5
 
 
@@ -526,7 +529,7 @@ def test_unknown_model(tmp_path, registry):
 
     store = Store(tmp_path / "dst")
     with pytest.raises(RemoteNotFound):
-        pull(store, registry.name("library/no-such-model:latest"))
+        pull(store, registry.name("library/no-such-model:latest"), insecure=True)
     assert store.list() == []
 
 
@@ -544,7 +547,7 @@ def test_concurrent_pulls_download_each_blob_once(tmp_path, proxy, tiny_remote):
     def run(i: int) -> None:
         start.wait()
         try:
-            results[i] = pull(store, name).digest
+            results[i] = pull(store, name, insecure=True).digest
         except Exception as e:
             results[i] = e
 
@@ -570,15 +573,21 @@ def test_bearer_token_auth(tmp_path, proxy):
     name = proxy.name("bearer/fake:a")
     store = fake_model(tmp_path / "src", name)
     with pytest.raises(Unauthorized, match="MLXOLLAMA_REGISTRY_USERNAME"):
-        push(store, name)
+        push(store, name, insecure=True)
     with pytest.raises(Unauthorized):
-        push(store, name, credentials=Credentials(username="alice", password="wrong"))
-    push(store, name, credentials=Credentials(username="alice", password="wonderland"))
+        push(
+            store, name, credentials=Credentials(username="alice", password="wrong"), insecure=True
+        )
+    push(
+        store, name, credentials=Credentials(username="alice", password="wonderland"), insecure=True
+    )
     assert proxy.requests("GET", "/token")  # the token came from the challenge's realm
-    got = pull(Store(tmp_path / "dst"), name, credentials=Credentials(token="s3cr3t-token"))
+    got = pull(
+        Store(tmp_path / "dst"), name, credentials=Credentials(token="s3cr3t-token"), insecure=True
+    )
     assert got.digest == store.get(name).digest
     with pytest.raises(Unauthorized):
-        pull(Store(tmp_path / "dst2"), name, credentials=Credentials(token="stale"))
+        pull(Store(tmp_path / "dst2"), name, credentials=Credentials(token="stale"), insecure=True)
 
 
 def test_remote_manifests_cannot_name_files_outside_the_model():

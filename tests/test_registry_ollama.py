@@ -51,7 +51,7 @@ def push_ollama_model(name: str, layers: list[tuple[bytes, str]]) -> bytes:
     """Upload blobs and a Docker v2 manifest shaped like ollama.com's."""
     config = orjson.dumps({"model_format": "gguf", "model_family": "llama", "file_type": "Q4_1"})
     target = parse_name(name)
-    client = Client(target)
+    client = Client(target, insecure=True)
     try:
         blobs = [(config, "application/vnd.docker.container.image.v1+json"), *layers]
         descriptors = [blob(data, media_type) for data, media_type in blobs]
@@ -90,7 +90,7 @@ def test_an_ollama_style_model_converts_on_pull(registry, smollm2_gguf, tmp_path
     )
     store = Store(tmp_path / "store")
     events: list[dict] = []
-    stored = reg.pull(store, name, progress=events.append)
+    stored = reg.pull(store, name, progress=events.append, insecure=True)
     statuses = [e["status"] for e in events]
     assert statuses[0] == "pulling manifest"
     assert "converting model" in statuses and statuses[-1] == "success"
@@ -130,7 +130,7 @@ def test_an_ollama_model_with_an_adapter_is_refused_and_leaves_no_tag(
     )
     store = Store(tmp_path / "store")
     with pytest.raises(UnsupportedModel, match="LoRA adapters"):
-        reg.pull(store, name)
+        reg.pull(store, name, insecure=True)
     assert store.find(name) is None
 
 
@@ -139,13 +139,13 @@ def test_pulling_an_unchanged_ollama_model_again_converts_nothing(registry, smol
     layers = [(smollm2_gguf.read_bytes(), "application/vnd.ollama.image.model")]
     push_ollama_model(name, [*layers, (TEMPLATE.encode(), "application/vnd.ollama.image.template")])
     store = Store(tmp_path / "store")
-    first = reg.pull(store, name)
+    first = reg.pull(store, name, insecure=True)
     events: list[dict] = []
-    again = reg.pull(store, name, progress=events.append)
+    again = reg.pull(store, name, progress=events.append, insecure=True)
     assert again.digest == first.digest
     assert events == [{"status": "pulling manifest"}, {"status": "success"}]
     # a changed template is a new manifest: converted again, with the new template
     push_ollama_model(name, [*layers, (b"{{ .Prompt }}", "application/vnd.ollama.image.template")])
-    changed = reg.pull(store, name)
+    changed = reg.pull(store, name, insecure=True)
     assert changed.digest != first.digest
     assert Embedded(store.root).show(name)["template"] == "{{ .Prompt }}"

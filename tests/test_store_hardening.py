@@ -11,11 +11,14 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import orjson
 import pykka
 import pytest
 
@@ -264,3 +267,75 @@ def test_uploading_an_existing_blob_again_protects_it_from_gc(tiny):
     d.runtime.store.gc()
     assert path.is_file(), "gc deleted a blob the client had just uploaded again"
     assert d.call("HEAD", f"/api/blobs/{digest}")[0] == 200
+
+
+# -- defect 13: plain HTTP to a registry ---------------------------------------------------------
+
+
+class Listener:
+    """A TCP server on 127.0.0.1 that records the first bytes of each connection."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.first: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                try:
+                    self.first.append(conn.recv(64))
+                except OSError:
+                    self.first.append(b"")
+
+    def plain_http_seen(self) -> bool:
+        return any(b.startswith((b"GET ", b"HEAD ", b"POST ")) for b in self.first)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_pull_over_plain_http_needs_insecure(tiny):
+    d = tiny()
+    server = Listener()
+    try:
+        host = f"127.0.0.1:{server.port}"
+        status, _, data = d.call(
+            "POST", "/api/pull", {"model": f"http://{host}/ns/m", "stream": False}
+        )
+        assert status == 400 and b"insecure" in data, (status, data)
+        status, _, data = d.call(
+            "POST", "/api/push", {"model": f"http://{host}/ns/m", "stream": False}
+        )
+        assert status in (400, 404), (status, data)
+        status, _, data = d.call("POST", "/api/pull", {"model": f"{host}/ns/m", "stream": False})
+        assert status != 200, data
+        assert not server.plain_http_seen(), server.first  # TLS, or nothing at all
+        body = {"model": f"http://{host}/ns/m", "insecure": True, "stream": False}
+        status, _, data = d.call("POST", "/api/pull", body)
+        assert status != 200 and server.plain_http_seen(), (status, data, server.first)
+    finally:
+        server.close()
+    answer = orjson.loads(data)
+    assert "error" in answer
+
+
+def test_a_redirect_to_plain_http_is_refused_without_insecure():
+    from mlxollama.errors import RegistryError
+    from mlxollama.registry.oci import Client
+
+    server = Listener()
+    try:
+        client = Client(parse_name("box.example/ns/m"))
+        assert client.base == "https://box.example"
+        with pytest.raises(RegistryError, match="insecure"):
+            client.http.get(f"http://127.0.0.1:{server.port}/v2/ns/m/blobs/x")  # a Location
+        assert server.first == []  # nothing was sent
+    finally:
+        server.close()

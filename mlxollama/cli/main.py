@@ -148,7 +148,7 @@ def _quiet(client):
 insecure_option = click.option(
     "--insecure",
     is_flag=True,
-    help="Allow plain HTTP to the registry (always allowed to this machine).",
+    help="Allow plain HTTP to the registry (needed on this machine too).",
 )
 
 

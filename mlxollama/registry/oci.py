@@ -60,10 +60,31 @@ TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
 
 
-def plain_http_allowed(host: str, insecure: bool) -> bool:
-    """Plain HTTP only for `insecure` or this machine (as Ollama and Docker do)."""
-    hostname = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
-    return insecure or hostname in LOCAL_HOSTS
+INSECURE_HINT = "pass insecure: true (mlxctl pull/push --insecure) to allow it"
+
+
+def registry_scheme(name: ModelName, insecure: bool) -> str:
+    """How to reach `name`'s registry. Ollama's rule: HTTPS, plain HTTP only with `insecure`
+    (to this machine too); `http://` in the name without it is refused, `https://` stays TLS.
+
+    Raises:
+        ValueError: `http://` without `insecure`, or a scheme other than http and https.
+    """
+    if name.scheme == "http" and not insecure:
+        raise ValueError(f"insecure protocol http: {name.host} is plain HTTP; {INSECURE_HINT}")
+    if name.scheme not in ("", "http", "https"):
+        raise ValueError(f"unsupported protocol {name.scheme}: use http:// or https://")
+    return "http" if insecure and name.scheme != "https" else "https"
+
+
+def _refuse_plain_http(request: httpx.Request) -> None:
+    """Every request, redirects and upload locations included: no plain HTTP unless the
+    transfer is `insecure`."""
+    if request.url.scheme != "https":
+        raise RegistryError(
+            f"refusing plain HTTP to {request.url.host} (a redirect or an upload location of "
+            f"the registry); {INSECURE_HINT}"
+        )
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
@@ -76,8 +97,7 @@ class Client:
 
     def __init__(self, name: ModelName, insecure: bool = False, credentials=None):
         self.host = name.host
-        scheme = "http" if plain_http_allowed(name.host, insecure) else "https"
-        self.base = f"{scheme}://{name.host}"
+        self.base = f"{registry_scheme(name, insecure)}://{name.host}"
         self.repository = f"{name.namespace}/{name.model}"
         self.credentials: Credentials | None = credentials
         self.token = credentials.token if credentials and credentials.token else None
@@ -86,6 +106,7 @@ class Client:
             timeout=TIMEOUT,
             follow_redirects=True,  # httpx drops Authorization on a redirect to another origin
             headers={"User-Agent": f"mlxollama/{__version__}"},
+            event_hooks={"request": [] if insecure else [_refuse_plain_http]},
         )
 
     def close(self) -> None:
