@@ -223,7 +223,9 @@ def test_health_and_version(server):
     status, _, data = call(server, "HEAD", "/")
     assert (status, data) == (200, b"")
     status, resp, data = call(server, "GET", "/api/version")
-    assert status == 200 and orjson.loads(data) == {"version": __version__}
+    body = orjson.loads(data)
+    assert status == 200 and body["version"] == __version__
+    assert set(body["mlxollama"]) == {"backend", "blas", "mlx"}  # how mlxctl knows us
     assert resp.getheader("Content-Type").startswith("application/json")
     assert call(server, "HEAD", "/api/version")[0] == 200
 

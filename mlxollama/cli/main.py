@@ -1,14 +1,17 @@
 """`mlxctl`: Ollama's verbs. One short function per verb: pick the client (the daemon when one
 answers, else the store in-process: `cli/connect.py`), call one method, print Ollama's
-formats, and turn our errors into `Error: <message>` with exit status 1.
+formats, and turn our errors into `Error: <message>` with exit status 1; Ctrl-C exits 130
+and SIGTERM 143 (`cli/interrupt.py`).
 
-MLX is imported only by the verbs that run a model in-process, so `mlxctl --help` and
-`mlxctl list` stay fast.
+MLX, transformers and the server stack (Falcon, waitress, Pykka) are imported only by the
+verbs that need them, so `mlxctl --help`, `list` and `ps` start in a fraction of a second
+(tests/test_first_run.py checks what they import).
 """
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 import time
 from pathlib import Path
@@ -19,18 +22,24 @@ import orjson
 from mlxollama import __version__
 from mlxollama.cli import format as fmt
 from mlxollama.cli import repl
-from mlxollama.cli.connect import connect, daemon, is_daemon, local
+from mlxollama.cli.connect import check_address, connect, daemon, is_daemon, local, occupant
+from mlxollama.cli.interrupt import exit_status, signals_seen, sigterm_raises
 from mlxollama.cli.progress import ProgressView
 from mlxollama.config import settings_table
 from mlxollama.errors import MlxOllamaError, ModelNotFound
 
 
 class _Group(click.Group):
-    """Shows domain errors as `Error: ...` (exit 1) instead of tracebacks."""
+    """Shows domain errors as `Error: ...` (exit 1) instead of tracebacks; an interrupt
+    exits 130 (Ctrl-C) or 143 (SIGTERM) once the verb has cleaned up."""
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with sigterm_raises():
+                return super().invoke(ctx)
+        except KeyboardInterrupt as e:
+            click.echo(err=True)
+            ctx.exit(exit_status(e))
         except (MlxOllamaError, FileNotFoundError, ValueError, PermissionError) as e:
             raise click.ClickException(str(e)) from None
         except OSError as e:
@@ -43,12 +52,10 @@ def _version(ctx: click.Context, _param, value: bool) -> None:
     """Ollama's `-v`: the daemon's version, with a warning when this client's differs."""
     if not value or ctx.resilient_parsing:
         return
-    from mlxollama.client import Client
-
     try:
-        client = Client()
-        server = client.version().get("version") if client.heartbeat() else None
-    except (MlxOllamaError, ValueError):  # a bad MLXOLLAMA_HOST, a daemon that went away
+        found = occupant().daemon
+        server = found.get("version") if found else None
+    except ValueError:  # a bad MLXOLLAMA_HOST
         server = None
     if server:
         click.echo(f"mlxctl version is {server}")
@@ -89,20 +96,38 @@ embedded_option = click.option(
 
 
 @cli.command(epilog=ENVIRONMENT)
-def serve() -> None:
-    """Start the daemon (Ollama's API on MLXOLLAMA_HOST) in the foreground."""
-    from mlxollama import log
-    from mlxollama.actors.runtime import Runtime
+@click.pass_context
+def serve(ctx: click.Context) -> None:
+    """Start the daemon (Ollama's API on MLXOLLAMA_HOST) in the foreground.
+
+    It checks first that the address is free (and says what holds it when not) and that
+    MLXOLLAMA_BLAS loads, then logs the engine's backend and BLAS. SIGINT or SIGTERM stop
+    it cleanly (exit status 130 or 143).
+    """
     from mlxollama.config import Config
-    from mlxollama.http.server import serve as serve_http
 
     config = Config.from_env()
+    where = check_address(config.host)  # before anything heavy loads: one line, at once
+    # engine first: a MLXOLLAMA_BLAS that cannot load fails here, before the runtime starts
+    import structlog
+
+    from mlxollama import engine, log
+    from mlxollama.actors.runtime import Runtime
+    from mlxollama.http.server import serve as serve_http
+
     log.configure(config.models / "logs")
+    structlog.get_logger("mlxollama.cli").info("server.engine", **engine.describe())
     runtime = Runtime(config).start()
-    try:
-        serve_http(config, runtime)  # until SIGINT/SIGTERM; it stops the runtime itself
-    finally:
-        runtime.stop()  # again, harmlessly, or after a failure to bind
+    with signals_seen() as seen:
+        try:
+            serve_http(config, runtime)  # until SIGINT/SIGTERM; it stops the runtime itself
+        except OSError as e:  # taken since the check
+            raise click.ClickException(f"cannot listen on {where}: {e.strerror}") from None
+        finally:
+            runtime.stop()  # again, harmlessly, or after a failure to bind
+    stops = [s for s in seen if s in (signal.SIGINT, signal.SIGTERM)]
+    if stops:
+        ctx.exit(128 + stops[0])
 
 
 def serve_entry() -> None:
@@ -236,8 +261,16 @@ cli.add_command(list_, "ls")
 @cli.command()
 @click.argument("prefix", required=False)
 def ps(prefix: str | None) -> None:
-    """List running models (needs the daemon)."""
-    models = daemon().ps()["models"]
+    """List running models (needs the daemon); stderr says what runs them (MLX's backend
+    and BLAS)."""
+    client = daemon()
+    engine = client.version().get("mlxollama") or {}
+    click.echo(
+        f"mlxollama at {client.host}: MLX {engine.get('mlx')} on {engine.get('backend')}, "
+        f"BLAS {engine.get('blas')}",
+        err=True,
+    )
+    models = client.ps()["models"]
     now = time.time()
     rows = [
         [

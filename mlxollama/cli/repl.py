@@ -4,7 +4,8 @@
 history) and streams answers; `repl()` reads lines and dispatches `/set`, `/show`, `/load`,
 `/save`, `/clear`, `/bye` and `/?`. Input between `\"\"\"` markers spans lines. Ctrl-C stops an
 answer (the stream is closed, which the daemon takes as a cancel) and the turn is dropped;
-Ctrl-D or `/bye` leaves.
+Ctrl-D or `/bye` leaves. Outside the chat (`mlxctl run MODEL PROMPT`) and on SIGTERM the
+interrupt goes on up, and `mlxctl` exits 130 or 143.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import click
 from mlxollama.api import OPTION_TYPES, coerce_option
 from mlxollama.cli import format as fmt
 from mlxollama.cli.connect import is_daemon
+from mlxollama.cli.interrupt import Terminated
 from mlxollama.errors import MlxOllamaError, ModelNotFound
 
 HELP = """Available Commands:
@@ -111,16 +113,18 @@ class Conversation:
         """Load the model now (an empty chat), so the first answer does not wait for it."""
         self.client.chat(self.model, [], **self._daemon_fields())
 
-    def ask(self, text: str) -> str | None:
-        """Stream the answer to `text` to stdout; the exchange joins the history unless
-        Ctrl-C stopped it (then None)."""
+    def ask(self, text: str) -> str:
+        """Stream the answer to `text` to stdout; the exchange joins the history.
+
+        Raises:
+            KeyboardInterrupt: Ctrl-C (or SIGTERM) stopped the answer; the turn is dropped.
+        """
         user = {"role": "user", "content": text}
         reply = self._answer(self.messages(user))
-        if reply is not None:
-            self.history += [user, {"role": "assistant", "content": reply}]
+        self.history += [user, {"role": "assistant", "content": reply}]
         return reply
 
-    def _answer(self, messages: list[dict[str, str]]) -> str | None:
+    def _answer(self, messages: list[dict[str, str]]) -> str:
         parts: list[str] = []
         stream = None
         final: dict[str, Any] = {}
@@ -136,7 +140,7 @@ class Conversation:
             if stream is not None:
                 stream.close()  # the daemon cancels on disconnect; a generator stops
             click.echo("\n")
-            return None
+            raise
         click.echo("\n")
         if self.verbose:
             click.echo(fmt.stats(final), err=True)
@@ -163,6 +167,8 @@ def repl(conversation: Conversation) -> None:
         except EOFError:
             click.echo()
             return
+        except Terminated:
+            raise
         except KeyboardInterrupt:  # the typed line (if any) is dropped
             click.echo("\nUse Ctrl + d or /bye to exit.\n")
             continue
@@ -172,6 +178,10 @@ def repl(conversation: Conversation) -> None:
                     return
             elif line.strip():
                 conversation.ask(line)
+        except Terminated:
+            raise
+        except KeyboardInterrupt:  # the answer stopped; the chat goes on
+            continue
         except MlxOllamaError as e:
             click.echo(f"Error: {e}\n", err=True)
 

@@ -3,14 +3,19 @@
 Importing this package first gives MLX's CPU backend a fast BLAS when one is installed:
 MLX's Linux CPU wheel bundles a reference BLAS, and loading OpenBLAS globally before the
 first `import mlx` makes MLX's BLAS calls resolve to it (about 10x faster float32 matmuls
-measured on 2 cores). On macOS and with the CUDA backend nothing changes.
+measured on 2 cores). On macOS and with the CUDA backend nothing changes. A path given in
+`MLXOLLAMA_BLAS` that cannot be loaded fails the import (a silent fallback would leave the
+user with a 10x slower engine and no clue). `describe()` says what was chosen.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
+
+from mlxollama.errors import MlxOllamaError
 
 _BLAS_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3",
@@ -20,19 +25,58 @@ _BLAS_CANDIDATES = (
 )
 
 
-def _preload_blas() -> str | None:
-    choice = os.environ.get("MLXOLLAMA_BLAS", "auto")
-    if not sys.platform.startswith("linux") or choice == "off" or "mlx.core" in sys.modules:
-        return None
-    candidates = _BLAS_CANDIDATES if choice == "auto" else (choice,)
-    for path in candidates:
+class BlasError(MlxOllamaError):
+    """MLXOLLAMA_BLAS names a library that cannot be loaded."""
+
+
+def _preload_blas(choice: str) -> tuple[str | None, str]:
+    """(the loaded library's path or None, why none was loaded).
+
+    Raises:
+        BlasError: `choice` is a path that does not exist or does not load.
+    """
+    if choice not in ("auto", "off"):
+        if not os.path.exists(choice):
+            raise BlasError(f"MLXOLLAMA_BLAS={choice}: cannot load it: no such file")
+        try:
+            return _load(choice), ""
+        except OSError as e:
+            reason = str(e).removeprefix(f"{choice}: ")
+            raise BlasError(f"MLXOLLAMA_BLAS={choice}: cannot load it: {reason}") from None
+    if not sys.platform.startswith("linux"):
+        return None, "Accelerate" if sys.platform == "darwin" else "none"
+    if choice == "off":
+        return None, "none (MLXOLLAMA_BLAS=off: MLX's bundled reference BLAS)"
+    for path in _BLAS_CANDIDATES:
         if os.path.exists(path):
             try:
-                ctypes.CDLL(path, mode=os.RTLD_GLOBAL)
-                return path
+                return _load(path), ""
             except OSError:
                 continue
-    return None
+    return None, "none (no OpenBLAS found: apt-get install libopenblas0-pthread)"
 
 
-BLAS = _preload_blas()
+def _load(path: str) -> str:
+    if "mlx.core" not in sys.modules:  # afterwards MLX has bound its own BLAS already
+        ctypes.CDLL(path, mode=os.RTLD_GLOBAL)
+    return path
+
+
+_IMPORTED_LATE = "mlx.core" in sys.modules
+BLAS, _NO_BLAS = _preload_blas(os.environ.get("MLXOLLAMA_BLAS", "auto"))
+if _IMPORTED_LATE and BLAS:
+    BLAS, _NO_BLAS = None, "none (mlx was imported before mlxollama.engine)"
+
+
+@functools.cache
+def describe() -> dict[str, str]:
+    """What runs the models, as `mlxctl serve` logs it and `/api/version` reports it:
+    `backend` (cpu, metal or cuda), `blas` (the loaded library's path, or why none) and
+    `mlx` (its version). Imports MLX."""
+    import mlx.core as mx
+
+    if mx.default_device().type == mx.cpu:
+        backend = "cpu"
+    else:
+        backend = "metal" if sys.platform == "darwin" else "cuda"
+    return {"backend": backend, "blas": BLAS or _NO_BLAS, "mlx": mx.__version__}

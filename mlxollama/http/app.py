@@ -137,8 +137,14 @@ class Health:
 
 
 class Version:
+    """Ollama's `{"version": ...}`, plus an `mlxollama` object (the engine's backend, BLAS and
+    MLX version): how `mlxctl` tells this daemon from any other server on its port, and what
+    `mlxctl ps` shows of the engine."""
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"version": __version__}
+        from mlxollama import engine  # loaded already in the daemon; cached after the first
+
+        resp.media = {"version": __version__, "mlxollama": engine.describe()}
 
     on_head = on_get
 
