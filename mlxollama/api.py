@@ -350,6 +350,28 @@ def parse_keep_alive(value: Any) -> float | None:
     return FOREVER if seconds < 0 else seconds
 
 
+# What one embedding request may carry (400 beyond): the model actor works through a
+# request in sub-batches, and these bound how long one request can hold the model.
+MAX_EMBED_INPUTS = 2048
+MAX_EMBED_CHARS = 8 * 2**20  # characters over all inputs (8 MiB of ASCII)
+
+
+def check_embed_inputs(inputs: list[str]) -> None:
+    """Raises InvalidOption (HTTP 400) for a request over MAX_EMBED_INPUTS inputs or
+    MAX_EMBED_CHARS characters in all."""
+    if len(inputs) > MAX_EMBED_INPUTS:
+        raise InvalidOption(
+            f"too many inputs: a request may carry at most {MAX_EMBED_INPUTS} inputs, "
+            f"not {len(inputs)}; split it into several requests"
+        )
+    chars = sum(len(text) for text in inputs)
+    if chars > MAX_EMBED_CHARS:
+        raise InvalidOption(
+            f"input too large: a request may carry at most {MAX_EMBED_CHARS} characters "
+            f"in all, not {chars}; split it into several requests"
+        )
+
+
 @dataclass
 class Embeddings:
     """An embedding request's answer: one float32 row per input (a numpy array; L2-normalized

@@ -2,7 +2,8 @@
 generates step by step: one `step` message runs one `BatchGenerator.next()` for every active
 session and then re-sends itself, so `submit`, `cancel` and `unload` interleave between steps
 (a cancel costs at most one step) and up to `num_parallel` requests share the model. An
-embedding model answers each request at once, as one batch.
+embedding model answers each request at once, in sub-batches; a cancelled request stops
+between two of them.
 
 All MLX work happens on this actor's thread, from `on_start` on (MLX streams are
 thread-local). A failing step is reported to the sessions it affected; nothing escapes a
@@ -261,15 +262,26 @@ class ModelActor(pykka.ThreadingActor):
         self._kick()
 
     def _embed(self, adm: Admission) -> None:
-        """Embed a request's inputs now, as one batch (an encoder has no steps to interleave:
-        requests queue in this actor's mailbox)."""
-        from mlxollama.engine.embed import embed_texts
+        """Embed a request's inputs now (an encoder has no steps to interleave: requests
+        queue in this actor's mailbox). The reply's `cancelled` event, set when the client
+        goes away, is polled between sub-batches, so a cancelled request frees the model
+        within one forward pass."""
+        from mlxollama.engine.embed import Cancelled, embed_texts
 
         req = adm.request
+        event = getattr(adm.session, "cancelled", None)
         try:
             vectors, count = embed_texts(
-                self.lm, req.inputs, req.options, req.truncate, req.dimensions, req.normalize
+                self.lm,
+                req.inputs,
+                req.options,
+                req.truncate,
+                req.dimensions,
+                req.normalize,
+                cancelled=None if event is None else event.is_set,
             )
+        except Cancelled:
+            log.info("embed.cancelled", model=self.name, request_id=req.request_id)
         except Exception as e:  # bad input (too long, dimensions) or a failed batch: this one
             tell(adm.session, (FAIL, e))
         else:

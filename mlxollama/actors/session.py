@@ -79,6 +79,8 @@ class DirectReply:
         self.cancel_model = cancel_model
         self.started_ns = time.perf_counter_ns()
         self.done = False
+        # set by the HTTP side's cancel; the model actor polls it between sub-batches
+        self.cancelled = threading.Event()
         self._lock = threading.Lock()
 
     def tell(self, message: tuple) -> None:
@@ -103,6 +105,7 @@ class DirectReply:
                     )
                 )
             elif kind == CANCEL:
+                self.cancelled.set()
                 self.cancel_model(self.id)
             else:
                 return
@@ -111,6 +114,7 @@ class DirectReply:
 
     def stop(self, block: bool = True, timeout: float | None = None) -> None:
         """Shutdown: the reader must not wait forever (what SessionActor.on_stop does)."""
+        self.cancelled.set()
         self.tell((FAIL, RuntimeError("the server is shutting down")))
 
     def is_alive(self) -> bool:

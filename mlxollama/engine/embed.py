@@ -3,12 +3,14 @@
 This is what sentence-transformers does for a Transformer + Pooling (+ Normalize) model:
 `[CLS] text [SEP]` ids cut to the model's `max_seq_length`, the encoder's last hidden
 states, then mean (or CLS, or max) pooling over the real tokens. Inputs are sorted by length
-and run in sub-batches of similar lengths, so padding costs little.
+and run in sub-batches of similar lengths, so padding costs little; between sub-batches a
+cancelled request stops.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import mlx.core as mx
 import numpy as np
@@ -19,6 +21,10 @@ MAX_BATCH = 32  # sequences per MLX call
 
 class InputTooLong(ValueError):
     """An input longer than the context with `truncate` off (HTTP 400, as in Ollama)."""
+
+
+class Cancelled(Exception):
+    """The request was cancelled (its client went away) between two sub-batches."""
 
 
 def load_tokenizer(path: str):
@@ -86,20 +92,25 @@ def embed(
     pooling: str,
     dimensions: int | None = None,
     normalize: bool = True,
+    cancelled: Callable[[], bool] | None = None,
 ) -> np.ndarray:
     """Embed tokenized inputs: a float32 array (len(token_ids), dimensions or hidden).
 
     `dimensions` keeps the first that many components (Matryoshka-style), then the vector is
-    L2-normalized again when `normalize` is on.
+    L2-normalized again when `normalize` is on. `cancelled` is polled before each sub-batch
+    of MAX_BATCH inputs, so a request whose client left stops within one forward pass.
 
     Raises:
         ValueError: `dimensions` out of range, or a vector that is not finite.
+        Cancelled: `cancelled()` turned true.
     """
     if not token_ids:
         return np.zeros((0, 0), dtype=np.float32)
     order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
     vectors: np.ndarray | None = None
     for start in range(0, len(order), MAX_BATCH):
+        if cancelled is not None and cancelled():
+            raise Cancelled("the embedding request was cancelled")
         chunk = order[start : start + MAX_BATCH]
         pooled = encode(model, [token_ids[i] for i in chunk], pooling)
         mx.eval(pooled)
@@ -126,18 +137,22 @@ def embed_texts(
     truncate: bool = True,
     dimensions: int | None = None,
     normalize: bool = True,
+    cancelled: Callable[[], bool] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Embed `texts` with a loaded embedding model (`engine.loader.LoadedModel`): the window
     is the request's `num_ctx` over the model's PARAMETERs, capped at the model's context.
     Returns the vectors and the number of tokens read.
 
     Raises:
-        InputTooLong, ValueError: as `tokenize` and `embed`.
+        InvalidOption: more inputs or characters than one request may carry
+            (`api.check_embed_inputs`).
+        InputTooLong, ValueError, Cancelled: as `tokenize` and `embed`.
     """
     from mlxollama import api
 
+    api.check_embed_inputs(texts)
     opts = api.merge_options(lm.parameters, options)
     max_length = min(api.context_size(opts, lm.context_length), lm.context_length)
     ids = tokenize(lm.tokenizer, texts, max_length, truncate)
-    vectors = embed(lm.model, ids, lm.pooling, dimensions, normalize)
+    vectors = embed(lm.model, ids, lm.pooling, dimensions, normalize, cancelled)
     return vectors, sum(len(t) for t in ids)

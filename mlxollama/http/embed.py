@@ -46,7 +46,13 @@ def parse_inputs(value: Any, message: str = "invalid input type") -> list[str]:
 def embed_request(
     body: dict[str, Any], request_id: str, inputs: list[str], normalize: bool = True
 ) -> api.InferenceRequest:
-    """The runtime request for `inputs`, with the fields every embedding endpoint shares."""
+    """The runtime request for `inputs`, with the fields every embedding endpoint shares.
+
+    Raises:
+        InvalidOption: more inputs or characters than one request may carry (400, before
+            the model loads).
+    """
+    api.check_embed_inputs(inputs)
     dimensions = field(body, "dimensions", int)
     if dimensions is not None and dimensions <= 0:
         raise bad_request("dimensions must be a positive integer")
