@@ -318,6 +318,52 @@ def test_bad_requests_raise_the_sdks_typed_errors(client):
         complete(model="ghost", prompt="Hi")
 
 
+@pytest.mark.parametrize(
+    ("change", "text"),
+    [
+        ({"temperature": 100}, "Invalid 'temperature': decimal above maximum value"),
+        ({"temperature": -0.5}, "Invalid 'temperature': decimal below minimum value"),
+        ({"top_p": 1.5}, "Invalid 'top_p': decimal above maximum value. Expected a value <= 1"),
+        ({"top_p": -1}, "Invalid 'top_p': decimal below minimum value. Expected a value >= 0"),
+        ({"presence_penalty": 3}, "Invalid 'presence_penalty': decimal above maximum value"),
+        ({"frequency_penalty": -2.5}, "Invalid 'frequency_penalty': decimal below minimum"),
+        ({"max_tokens": -1}, "Invalid 'max_tokens': integer below minimum value"),
+        ({"max_tokens": 0}, "Expected a value >= 1, but got 0 instead"),
+        ({"max_completion_tokens": 0}, "Invalid 'max_completion_tokens': integer below minimum"),
+        ({"n": True}, '"n" must be an integer, not boolean'),
+        ({"n": "1"}, '"n" must be an integer, not string'),
+        ({"n": 0}, "n: only 1 choice is supported, not 0"),
+        ({"temperature": True}, '"temperature" must be a number, not boolean'),
+        ({"seed": True}, '"seed" must be an integer, not boolean'),
+    ],
+)
+def test_out_of_range_sampling_fields_are_openai_400s(client, change, text):
+    """What OpenAI refuses (temperature outside [0, 2], top_p outside [0, 1], penalties
+    outside [-2, 2], max_tokens < 1, n that is not the integer 1) is a 400 here too."""
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(**{"model": "smollm2", "messages": USER, **change})
+    assert text in e.value.body["message"], (change, e.value.body)
+    assert e.value.body["type"] == "invalid_request_error"
+    if "max_completion_tokens" not in change:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(**{"model": "smollm2", "prompt": "Hi", **change})
+        assert text in e.value.body["message"], (change, e.value.body)
+
+
+def test_the_edges_of_the_ranges_are_accepted(client):
+    answer = client.chat.completions.create(
+        model="smollm2",
+        messages=USER,
+        temperature=2,
+        top_p=1,
+        presence_penalty=-2,
+        frequency_penalty=2,
+        max_tokens=1,
+        n=1,
+    )
+    assert answer.choices[0].finish_reason == "length"
+
+
 def test_error_bodies_have_openais_shape_and_native_ones_do_not(d):
     def error(status: int, kind: str, message: str) -> tuple[int, dict]:
         body = {"message": message, "type": kind, "param": None, "code": None}

@@ -45,17 +45,47 @@ SSE = "text/event-stream"
 DONE_EVENT = b"data: [DONE]\n\n"
 FINGERPRINT = "fp_mlxollama"
 
-# OpenAI sampling fields that are Ollama options of the same name (all JSON numbers).
-NUMBERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+# OpenAI sampling fields that are Ollama options of the same name (all JSON numbers), with
+# the ranges OpenAI accepts (a value outside is a 400 there, and here).
+NUMBERS: dict[str, tuple[float, float]] = {
+    "temperature": (0, 2),
+    "top_p": (0, 1),
+    "presence_penalty": (-2, 2),
+    "frequency_penalty": (-2, 2),
+}
 
 
 # -- request bodies ------------------------------------------------------------------------
 
 
-def number(body: dict[str, Any], key: str) -> float | None:
+def number(body: dict[str, Any], key: str, low: float, high: float) -> float | None:
+    """`body[key]`: a JSON number in [low, high] (OpenAI's wording when it is not)."""
     value = body.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad_request(f'invalid request: "{key}" must be a number, not {json_type(value)}')
+    if value > high:
+        raise bad_request(
+            f"Invalid '{key}': decimal above maximum value. "
+            f"Expected a value <= {high:g}, but got {value} instead."
+        )
+    if not value >= low:  # NaN too
+        raise bad_request(
+            f"Invalid '{key}': decimal below minimum value. "
+            f"Expected a value >= {low:g}, but got {value} instead."
+        )
+    return value
+
+
+def token_limit(body: dict[str, Any], key: str) -> int | None:
+    """`max_tokens` / `max_completion_tokens`: an integer of at least 1, as OpenAI requires."""
+    value = field(body, key, int)
+    if value is not None and value < 1:
+        raise bad_request(
+            f"Invalid '{key}': integer below minimum value. "
+            f"Expected a value >= 1, but got {value} instead."
+        )
     return value
 
 
@@ -81,11 +111,14 @@ def common(body: dict[str, Any], limits: tuple[str, ...]) -> dict[str, Any]:
     """What chat and completions share: the model's options and `keep_alive`, and refusals of
     what no model here can do. Explicit fields win over the extra `options` object; the first
     of the `limits` fields present (`max_completion_tokens`, `max_tokens`) is `num_predict`.
+    The explicit fields keep OpenAI's ranges (temperature in [0, 2], top_p in [0, 1],
+    penalties in [-2, 2], token limits >= 1, `n` the integer 1); the `options` object keeps
+    Ollama's.
 
     Raises:
         falcon.HTTPBadRequest: a wrongly typed field, or one that cannot be honoured.
     """
-    n = body.get("n")
+    n = field(body, "n", int)  # `true` is not 1
     if n is not None and n != 1:
         raise bad_request(f"n: only 1 choice is supported, not {n}")
     if body.get("logprobs"):
@@ -94,13 +127,14 @@ def common(body: dict[str, Any], limits: tuple[str, ...]) -> dict[str, Any]:
         raise bad_request("logit_bias is not supported")
     include_usage(body)  # validated now, read when the answer is written
     options = request_options(body.get("options"))
-    explicit: dict[str, Any] = {key: number(body, key) for key in NUMBERS}
+    explicit: dict[str, Any] = {key: number(body, key, *NUMBERS[key]) for key in NUMBERS}
     explicit["seed"] = field(body, "seed", int)
     explicit["stop"] = stop_field(body)
     explicit["num_ctx"] = field(body, "num_ctx", int)
-    given = [field(body, key, int) for key in limits]
+    given = [token_limit(body, key) for key in limits]
     explicit["num_predict"] = next((n for n in given if n is not None), None)
-    options.update({k: v for k, v in explicit.items() if v is not None})
+    # typed and range-checked as the native options are (a seed beyond int64, ...)
+    options.update(api.parse_options(explicit))
     return {"options": options, "keep_alive": api.parse_keep_alive(body.get("keep_alive"))}
 
 
