@@ -425,3 +425,54 @@ def test_serve_says_what_it_exposes_and_never_the_key(tmp_path):
     assert "https://app.example" in listening
     assert KEY not in "".join(lines) + rest
     assert KEY not in (tmp_path / "store" / "logs" / "daemon.log").read_text()
+
+
+# -- refused on the headers: a body nobody may send is never read ---------------------------
+
+
+def head_only(d: Daemon, head: str) -> tuple[bytes, float]:
+    """Send request headers announcing a huge body, and none of it; the answer and the
+    seconds it took (the server must answer on the headers alone)."""
+    import time
+
+    with socket.create_connection(("127.0.0.1", d.port), timeout=30) as sock:
+        t0 = time.monotonic()
+        sock.sendall(head.encode())
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks), time.monotonic() - t0
+
+
+def test_uploads_without_the_key_or_from_a_foreign_origin_are_refused_before_the_body(daemon):
+    """Blob uploads have no body limit (model files); without this, anyone who can reach the
+    port could make the daemon spool terabytes before the guards saw the request."""
+    d = daemon(api_key=KEY)
+    digest = "sha256:" + "ab" * 32
+    huge = 100 * 2**30  # 100 GiB announced (under the 1 TiB blob cap), nothing sent
+    answer, seconds = head_only(
+        d,
+        f"POST /api/blobs/{digest} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Length: {huge}\r\nExpect: 100-continue\r\n\r\n",
+    )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), answer[:300]
+    assert b"100 Continue" not in answer and b"www-authenticate: bearer" in head.lower()
+    assert "MLXOLLAMA_API_KEY" in orjson.loads(body)["error"]
+    assert seconds < 10, seconds
+    temp = [p for p in (d.root / "blobs").rglob("*") if p.is_file() and "tmp" in p.name]
+    assert not temp, temp
+
+    answer, _ = head_only(
+        d,
+        f"POST /api/blobs/{digest} HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://evil.example\r\n"
+        f"Authorization: Bearer {KEY}\r\nContent-Length: {huge}\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:300]
+    # a JSON body over the limit from a foreign origin: refused for the origin, not the size
+    answer, _ = head_only(
+        d,
+        "POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://evil.example\r\n"
+        f"Authorization: Bearer {KEY}\r\nContent-Length: {huge}\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 403") and b"origin" in answer, answer[:300]

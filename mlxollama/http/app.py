@@ -100,7 +100,7 @@ class BodyLimit:
     """Answers 413 (as JSON) when a request body is larger than `limit` bytes.
 
     The same limit is enforced earlier by the waitress layer (`mlxollama.http.channel`, which
-    finds this middleware on the app): on `Content-Length` before the body is read, and on a
+    finds this middleware on the `DaemonApp`): on `Content-Length` before the body is read, and on a
     chunked body as it arrives. This check stays for servers without that layer (Falcon's
     test client). Paths under `exempt` (blob uploads: model files) are not limited here.
     """
@@ -149,7 +149,17 @@ class Version:
     on_head = on_get
 
 
-def create_app(runtime, config: Config) -> falcon.App:
+class DaemonApp(falcon.App):
+    """Falcon's App, carrying the checks the server runs on a request's headers alone
+    (`mlxollama.http.channel`): `guards` (Host, Origin, API key) and `body_limit`."""
+
+    def __init__(self, guards: guards.Guards, body_limit: BodyLimit):
+        super().__init__(middleware=[RequestLog(), guards, body_limit])
+        self.guards = guards
+        self.body_limit = body_limit
+
+
+def create_app(runtime, config: Config) -> DaemonApp:
     """The WSGI app serving Ollama's native API and the OpenAI `/v1` API on top of `runtime`.
 
     Args:
@@ -157,7 +167,7 @@ def create_app(runtime, config: Config) -> falcon.App:
         config: settings (`Config`); reads `max_body`, and `host`, `origins` and `api_key`
             for the guards (`http/guards.py`), which run before anything reads a body.
     """
-    app = falcon.App(middleware=[RequestLog(), guards.Guards(config), BodyLimit(config.max_body)])
+    app = DaemonApp(guards.Guards(config), BodyLimit(config.max_body))
     json = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json

@@ -16,6 +16,9 @@ malformed requests in plain text. Here:
   others); the deadlines protect them, and so does shedding: at `connection_limit`, the
   connections that have no request running (headers pending, or idle keep-alive) are closed,
   oldest first, so a new client always gets in.
+- `Limits.refusal` (the app's Host, Origin and API-key guards) is asked as soon as a
+  request's headers are in: a refused request is answered 403/401 before a byte of its body
+  is read, so nobody without the key can make the daemon spool a blob upload.
 - The body limit for a path (`Limits.body_limit`, from the app's `BodyLimit`) is checked on
   `Content-Length` as soon as the headers are parsed (no `100 Continue` is sent, no byte of
   the body is kept), and a chunked body is cut off as soon as it passes the limit.
@@ -36,6 +39,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import falcon
 import orjson
 import structlog
 from waitress.channel import HTTPChannel
@@ -53,6 +57,10 @@ def no_limit(path: str) -> int | None:
     return None
 
 
+def no_refusal(method: str, path: str, header: Callable[[str], str | None]) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Limits:
     """What a client may take; the defaults are the daemon's (docs/daemon.md says why)."""
@@ -64,17 +72,22 @@ class Limits:
     loopback_exempt: bool = True  # loopback peers are not capped per address
     connection_limit: int = 1000  # open connections in all (at least 2 x threads)
     body_limit: Callable[[str], int | None] = no_limit  # per path; None: waitress's outer cap
+    # (method, path, header) -> an HTTPError to answer instead of reading the body, or None
+    refusal: Callable[..., falcon.HTTPError | None] = no_refusal
 
 
-class BodyTooLarge(Exception):
-    """A body over the path's limit: `message` is the `error` text."""
+class Refused(Exception):
+    """An answer decided on the headers: waitress's error shape (`code`, `reason`) plus the
+    `error` text and extra response headers."""
 
-    code = 413
-    reason = "Content Too Large"
-
-    def __init__(self, message: str):
+    def __init__(self, code: int, reason: str, message: str, headers: dict | None = None):
         super().__init__(message)
-        self.message = message
+        self.code, self.reason, self.message = code, reason, message
+        self.headers = headers or {}
+
+
+def body_too_large(message: str) -> Refused:
+    return Refused(413, "Content Too Large", message)
 
 
 class Parser(HTTPRequestParser):
@@ -96,16 +109,30 @@ class Parser(HTTPRequestParser):
                 self._headers_done()
             elif self.limit is not None and self.body_rcv.__len__() > self.limit:
                 self._refuse(None)  # a chunked body (a fixed one was checked on its length)
-        return len(data) if self.error is not None else consumed
+        if self.error is not None:
+            self.expect_continue = False  # waitress's own refusals too: no 100 before an error
+            return len(data)
+        return consumed
 
     def _headers_done(self) -> None:
         self.body_started = time.monotonic()
+        headers = self.headers  # waitress's keys: upper case, "-" as "_"
+        refused = self.limits.refusal(
+            self.command, self.path, lambda name: headers.get(name.upper().replace("-", "_"))
+        )
+        if refused is not None:  # 403/401: not a byte of the body is read
+            reason = str(refused.status).partition(" ")[2]
+            self._fail(Refused(refused.status_code, reason, refused.description, refused.headers))
+            return
         self.limit = self.limits.body_limit(self.path)
         if self.limit is not None and self.content_length > self.limit:
             self._refuse(self.content_length)
 
     def _refuse(self, size: int | None) -> None:
-        self.error = BodyTooLarge(BodyLimit.message(size, self.limit or 0))
+        self._fail(body_too_large(BodyLimit.message(size, self.limit or 0)))
+
+    def _fail(self, error: Refused) -> None:
+        self.error = error
         self.expect_continue = False  # the point of Expect: refuse before the body is sent
         self.completed = True
 
@@ -124,6 +151,7 @@ class JsonErrorTask(ErrorTask):
             body = errors.error_body(message)
         log.info("request.refused", status=exc.code, path=path, error=message)
         self.status = status
+        self.response_headers.extend((getattr(exc, "headers", None) or {}).items())
         self.response_headers.append(("Content-Type", "application/json"))
         self.set_close_on_finish()
         self.content_length = len(body)

@@ -136,52 +136,64 @@ class Guards:
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.append_header("Vary", "Origin")
-        self._host(req)
+        refused = self.refusal(req.method, req.path, req.get_header)
+        if refused is not None:
+            raise refused
         origin = req.get_header("Origin")
-        if origin is not None:
-            self._origin(req, resp, origin)
-            if resp.complete:  # a preflight, answered
-                return
-        self._key(req)
-
-    def _host(self, req: falcon.Request) -> None:
-        header = req.get_header("Host")
-        if not self.check_host or header is None:
+        if origin is None:
             return
-        name = host_name(header)
-        if name is None or not (is_loopback(name) or name in self.hosts):
-            raise falcon.HTTPForbidden(
-                title="403 Forbidden",
-                description=f"host {_shown(header)!r} is not allowed: a daemon bound to a "
-                "loopback address answers only localhost, 127.0.0.1 and [::1] "
-                "(a guard against DNS rebinding)",
-            )
-
-    def _origin(self, req: falcon.Request, resp: falcon.Response, origin: str) -> None:
-        if not self.allowed_origin(origin):
-            raise falcon.HTTPForbidden(
-                title="403 Forbidden",
-                description=f"origin {_shown(origin)!r} is not allowed: add it to "
-                "MLXOLLAMA_ORIGINS to let that page call the daemon",
-            )
         resp.set_header("Access-Control-Allow-Origin", origin)
-        if req.method == "OPTIONS" and req.get_header("Access-Control-Request-Method"):
+        if _is_preflight(req.method, req.get_header):
             resp.set_header("Access-Control-Allow-Methods", ALLOW_METHODS)
             resp.set_header("Access-Control-Allow-Headers", _allow_headers(req))
             resp.set_header("Access-Control-Max-Age", MAX_AGE)
             resp.status = falcon.HTTP_204
             resp.complete = True
 
-    def _key(self, req: falcon.Request) -> None:
-        if self.key is None or (req.path in HEALTH_PATHS and req.method in ("GET", "HEAD")):
-            return
-        if not any(hmac.compare_digest(given, self.key) for given in _presented(req)):
-            raise falcon.HTTPUnauthorized(
+    def refusal(
+        self, method: str, path: str, header: Callable[[str], str | None]
+    ) -> falcon.HTTPError | None:
+        """Why a request may not be served (403 or 401), from its method, path and headers
+        alone; None: it may. The waitress layer asks this as soon as the headers are in, so
+        a refused upload is never read; this middleware asks it again for other servers."""
+        host = header("Host")
+        if self.check_host and host is not None:
+            name = host_name(host)
+            if name is None or not (is_loopback(name) or name in self.hosts):
+                return falcon.HTTPForbidden(
+                    title="403 Forbidden",
+                    description=f"host {_shown(host)!r} is not allowed: a daemon bound to a "
+                    "loopback address answers only localhost, 127.0.0.1 and [::1] "
+                    "(a guard against DNS rebinding)",
+                )
+        origin = header("Origin")
+        if origin is not None:
+            if not self.allowed_origin(origin):
+                return falcon.HTTPForbidden(
+                    title="403 Forbidden",
+                    description=f"origin {_shown(origin)!r} is not allowed: add it to "
+                    "MLXOLLAMA_ORIGINS to let that page call the daemon",
+                )
+            if _is_preflight(method, header):
+                return None  # browsers send preflights without credentials
+        if self.key is None or (path in HEALTH_PATHS and method in ("GET", "HEAD")):
+            return None
+        if not any(hmac.compare_digest(given, self.key) for given in _presented(header)):
+            return falcon.HTTPUnauthorized(
                 title="401 Unauthorized",
                 description="unauthorized: this daemon needs its API key (MLXOLLAMA_API_KEY) "
                 "as 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
-                headers={"WWW-Authenticate": 'Bearer realm="mlxollama"'},
+                headers={
+                    "WWW-Authenticate": 'Bearer realm="mlxollama"',
+                    # an allowed page may read why (it was let through the Origin check)
+                    **({"Access-Control-Allow-Origin": origin, "Vary": "Origin"} if origin else {}),
+                },
             )
+        return None
+
+
+def _is_preflight(method: str, header: Callable[[str], str | None]) -> bool:
+    return method == "OPTIONS" and header("Access-Control-Request-Method") is not None
 
 
 def _allow_headers(req: falcon.Request) -> str:
@@ -191,13 +203,13 @@ def _allow_headers(req: falcon.Request) -> str:
     return ", ".join((*ALLOW_HEADERS, *extra))
 
 
-def _presented(req: falcon.Request) -> list[bytes]:
+def _presented(header: Callable[[str], str | None]) -> list[bytes]:
     """The keys a request offers: a Bearer token and an x-api-key header."""
     found = []
-    scheme, _, token = (req.get_header("Authorization") or "").strip().partition(" ")
+    scheme, _, token = (header("Authorization") or "").strip().partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         found.append(token.strip().encode())
-    if api_key := req.get_header("x-api-key"):
+    if api_key := header("x-api-key"):
         found.append(api_key.strip().encode())
     return found
 

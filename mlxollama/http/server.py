@@ -28,7 +28,7 @@ from waitress.server import BaseWSGIServer, MultiSocketServer
 
 from mlxollama.config import Config
 from mlxollama.http import guards
-from mlxollama.http.app import BodyLimit, create_app
+from mlxollama.http.app import DaemonApp, create_app
 from mlxollama.http.channel import Limits, create_server
 
 log = structlog.get_logger("mlxollama.http")
@@ -87,14 +87,12 @@ def make_server(app, host: str, port: int, threads: int, limits: Limits | None =
     `run()` serves until `close()` is called from another thread.
 
     Args:
-        limits: deadlines and caps for clients (tests pass short ones); the body limit is
-            taken from the app's `BodyLimit` unless `limits` sets one.
+        limits: deadlines and caps for clients (tests pass short ones). A `DaemonApp`'s
+            body limit and guards are applied as soon as a request's headers are in.
     """
     limits = limits or Limits()
-    if limits.body_limit is Limits.body_limit:
-        found = body_limit_of(app)
-        if found is not None:
-            limits = replace(limits, body_limit=found.limit_for)
+    if isinstance(app, DaemonApp):  # refuse on the headers what the app would refuse
+        limits = replace(limits, body_limit=app.body_limit.limit_for, refusal=app.guards.refusal)
     return create_server(
         app,
         limits,
@@ -109,12 +107,6 @@ def make_server(app, host: str, port: int, threads: int, limits: Limits | None =
         outbuf_high_watermark=1 << 20,
         ident="mlxollama",
     )
-
-
-def body_limit_of(app) -> BodyLimit | None:
-    """The app's BodyLimit middleware, if it has one (Falcon keeps the list it was given)."""
-    middleware = getattr(app, "_unprepared_middleware", None) or ()
-    return next((m for m in middleware if isinstance(m, BodyLimit)), None)
 
 
 FD_RESERVE = 256  # descriptors kept for model files, logs, temp files, the trigger
