@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 import threading
 
-import mlx.core as mx
 import ollama
 import pykka
 import pytest
@@ -19,6 +18,10 @@ from mlxollama.engine import generate
 from mlxollama.errors import InvalidOption
 from mlxollama.http.server import shutdown
 from tests.daemons import actor_classes, start_daemon, wait_until
+
+# MLX comes through mlxollama.engine, never imported first: that would keep OpenBLAS out of
+# this whole test session (engine/__init__.py) and make every model 10x slower.
+mx = generate.mx
 
 STORY = "Write a long story about a dragon who learns to bake bread."
 USER = [{"role": "user", "content": "Say hello."}]
