@@ -3,15 +3,103 @@
 Standard-library records (waitress, pykka) go through the same processors, so the file holds
 one JSON object per line whatever wrote it. Request ids are bound per request in the HTTP
 thread and passed inside actor messages (contextvars do not cross threads).
+
+Nothing secret may reach a line: tracebacks are rendered without their frames' locals (a
+local may be a registry password), the file is private (0600 in a 0700 folder) and rotates,
+and a last processor replaces the values of secret-looking keys (`password`, `token`,
+`authorization`, `api_key`, ...) and credentials inside strings (`Basic ...`, `Bearer ...`,
+a URL's `user:pass@`) wherever they sit in an event, tracebacks included.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import logging.handlers
+import os
+import re
 from pathlib import Path
+from typing import Any
 
 import orjson
 import structlog
+
+REDACTED = "[redacted]"
+LOG_FILE = "daemon.log"
+MAX_BYTES = 10 << 20  # per file; 5 rotated files are kept
+BACKUPS = 5
+
+# a key names a secret if its last word is one of these (`password`, `registry_token`,
+# `Authorization`, `x-api-key`); counts such as `eval_count` are not strings and stay
+_SECRET_KEY = re.compile(
+    r"(?:^|[_\-. ])(?:password|passwd|pass|token|secret|authorization|cookie|credentials?"
+    r"|api[_\-]?key|apikey)$",
+    re.IGNORECASE,
+)
+_SECRET_TEXT = [
+    (re.compile(r"(?i)\b(basic|bearer)\s+[A-Za-z0-9._~+/=\-]{6,}"), r"\1 " + REDACTED),
+    (
+        re.compile(r"(?i)\b(authorization|x-api-key)([\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"),
+        r"\1\2" + REDACTED,
+    ),
+    (re.compile(r"(://)[^/\s@:]+:[^/\s@]*@"), r"\1" + REDACTED + "@"),  # user:pass@host
+    (
+        re.compile(r"(?i)(password|token)=(?!None\b)('[^']*'|\"[^\"]*\"|[^\s,)]+)"),
+        r"\1=" + REDACTED,
+    ),
+]
+
+
+# what any of _SECRET_TEXT needs: a string without one of these is left alone at once
+_MAY_HOLD_SECRET = re.compile(
+    r"basic|bearer|authori[sz]ation|api-key|password=|token=|://[^/\s]*@", re.IGNORECASE
+)
+
+
+def scrub(value: Any, depth: int = 0) -> Any:
+    """`value` with secrets replaced: under secret keys, and inside strings."""
+    kind = type(value)
+    if kind is str:
+        return _scrub_text(value) if _MAY_HOLD_SECRET.search(value) else value
+    if depth > 12:
+        return value
+    if kind is dict or isinstance(value, dict):
+        return {
+            k: REDACTED if _is_secret_key(k) and _is_secret_value(v) else scrub(v, depth + 1)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return type(value)(scrub(v, depth + 1) for v in value)
+    if isinstance(value, str):  # a str subclass
+        return _scrub_text(str(value))
+    return value
+
+
+def _scrub_text(text: str) -> str:
+    for pattern, replacement in _SECRET_TEXT:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_secret_key(key: Any) -> bool:
+    return isinstance(key, str) and _SECRET_KEY.search(key) is not None
+
+
+def _is_secret_value(value: Any) -> bool:
+    return value is not None and not isinstance(value, (bool, int, float))
+
+
+def redact(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """The last line of defence, once per event (see the module docstring)."""
+    return scrub(event_dict)
+
+
+def redact_exception(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """The same for a traceback, once each handler has rendered it."""
+    if "exception" in event_dict:
+        event_dict["exception"] = scrub(event_dict["exception"])
+    return event_dict
 
 
 def _dumps(obj, **kw) -> str:
@@ -25,11 +113,53 @@ _SHARED = [
     structlog.processors.TimeStamper(fmt="iso", utc=True),
 ]
 
+# tracebacks as data, never with locals (`show_locals` would print every frame's variables)
+_DICT_TRACEBACKS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False, use_rich=False)
+)
 
-def configure(log_dir: Path | None, console: bool = True, level: int = logging.INFO) -> None:
-    """Route every log event to a JSONL file in `log_dir` (if given) and to stderr."""
+
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A RotatingFileHandler whose files are created 0600 (rotation renames them, so the
+    rotated ones stay 0600 too), and which rotates once the file has reached `maxBytes`:
+    the standard one formats every record twice (once to measure it) and stats the file."""
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        return self.maxBytes > 0 and self.stream is not None and self.stream.tell() >= self.maxBytes
+
+    def _open(self):
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.fchmod(fd, 0o600)  # a file made before this rule, or under a loose umask
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
+def _private_dir(log_dir: Path) -> None:
+    log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(log_dir, 0o700)
+    for old in log_dir.glob(LOG_FILE + "*"):  # files written by an older version
+        if old.is_file():
+            os.chmod(old, 0o600)
+
+
+_FOREIGN = [*_SHARED, redact]  # stdlib records (waitress, pykka, httpx) are scrubbed per handler
+
+
+def configure(
+    log_dir: Path | None,
+    console: bool = True,
+    level: int = logging.INFO,
+    max_bytes: int = MAX_BYTES,
+    backups: int = BACKUPS,
+) -> None:
+    """Route every log event to a JSONL file in `log_dir` (if given) and to stderr.
+
+    Args:
+        log_dir: the folder for `daemon.log` (made 0700); it rotates at `max_bytes`,
+            keeping `backups` older files.
+        console: also write readable lines (plain tracebacks, no colours) to stderr.
+    """
     structlog.configure(
-        processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[*_SHARED, redact, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
@@ -40,14 +170,17 @@ def configure(log_dir: Path | None, console: bool = True, level: int = logging.I
             root.removeHandler(handler)
             handler.close()
     if log_dir is not None:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_dir / "daemon.log", encoding="utf-8")
+        _private_dir(log_dir)
+        file_handler = PrivateRotatingFileHandler(
+            log_dir / LOG_FILE, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+        )
         file_handler.setFormatter(
             structlog.stdlib.ProcessorFormatter(
-                foreign_pre_chain=_SHARED,
+                foreign_pre_chain=_FOREIGN,
                 processors=[
                     structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.dict_tracebacks,
+                    _DICT_TRACEBACKS,
+                    redact_exception,
                     structlog.processors.JSONRenderer(serializer=_dumps),
                 ],
             )
@@ -58,13 +191,20 @@ def configure(log_dir: Path | None, console: bool = True, level: int = logging.I
         console_handler = logging.StreamHandler()
         console_handler.setFormatter(
             structlog.stdlib.ProcessorFormatter(
-                foreign_pre_chain=_SHARED,
+                foreign_pre_chain=_FOREIGN,
                 processors=[
                     structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.dev.ConsoleRenderer(colors=False),
+                    structlog.processors.format_exc_info,  # plain text, no locals, no rich
+                    redact_exception,
+                    structlog.dev.ConsoleRenderer(
+                        colors=False, exception_formatter=structlog.dev.plain_traceback
+                    ),
                 ],
             )
         )
         console_handler._mlxollama = True
         root.addHandler(console_handler)
     root.setLevel(level)
+    # Pykka logs every exception an ask returns to its caller, with its traceback, at INFO;
+    # the caller handles (and logs) it, so only Pykka's warnings and errors are kept.
+    logging.getLogger("pykka").setLevel(max(level, logging.WARNING))

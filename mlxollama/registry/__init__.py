@@ -28,7 +28,7 @@ Progress = Callable[[dict[str, Any]], None]
 HF_HOSTS = ("hf.co", "huggingface.co")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Credentials:
     """How to authenticate to a registry: HTTP Basic (`username`/`password`, sent only when
     the registry asks, and used to fetch a Bearer token when it asks for one), or a Bearer
@@ -58,6 +58,18 @@ class Credentials:
         if self.host is None:
             return None if host.lower() in HF_HOSTS else self
         return self if host.lower() == self.host.lower() else None
+
+    def __repr__(self) -> str:
+        # never the secrets: a repr ends up in tracebacks, debuggers and log lines
+        def shown(secret: str | None) -> str:
+            return "None" if secret is None else "'***'"
+
+        return (
+            f"Credentials(username={self.username!r}, password={shown(self.password)}, "
+            f"token={shown(self.token)}, host={self.host!r})"
+        )
+
+    __str__ = __repr__
 
 
 def is_hf(name: ModelName) -> bool:

@@ -91,6 +91,29 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return (url.scheme, url.host, url.port)
 
 
+_USERINFO = re.compile(r"(://)[^/\s@]+@")
+
+
+def _secrets_of(credentials: Credentials | None, token: str | None) -> list[str]:
+    """The strings no message may carry: the password, the tokens, the Basic header value."""
+    found = [token] if token else []
+    if credentials is not None:
+        found += [credentials.password, credentials.token]
+        if credentials.username:
+            pair = f"{credentials.username}:{credentials.password or ''}"
+            found.append(base64.b64encode(pair.encode()).decode())
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def redact(text: str, credentials: Credentials | None = None, token: str | None = None) -> str:
+    """`text` (an error message, a registry's answer) without secrets: a URL's userinfo and
+    every credential we hold. Registry messages end up in HTTP answers and logs."""
+    text = _USERINFO.sub(r"\1***@", text)
+    for secret in _secrets_of(credentials, token):
+        text = text.replace(secret, "***")
+    return text
+
+
 class Client:
     """One repository on one registry, with auth (Basic, Bearer tokens from the registry's
     challenge, or a given token), timeouts and bounded retries."""
@@ -149,8 +172,9 @@ class Client:
                 response = self._send(method, url, headers or {}, kwargs, replayable)
             except httpx.TransportError as e:
                 if attempt == attempts:
+                    reason = self.redact(str(e) or type(e).__name__)
                     raise RegistryUnreachable(
-                        f"could not reach the registry {self.host}: {e or type(e).__name__}"
+                        f"could not reach the registry {self.host}: {reason}"
                     ) from None
             else:
                 if response.status_code < 500 and response.status_code != 429:
@@ -222,7 +246,8 @@ class Client:
         try:
             r = self.http.get(realm, params=fields, auth=auth)
         except httpx.TransportError as e:
-            raise RegistryUnreachable(f"could not reach the token service {realm}: {e}") from None
+            where = self.redact(f"{realm}: {e}")
+            raise RegistryUnreachable(f"could not reach the token service {where}") from None
         if r.status_code != 200:
             return False
         try:
@@ -235,9 +260,13 @@ class Client:
         self.token = token
         return True
 
+    def redact(self, text: str) -> str:
+        """`text` without this client's secrets (see `redact`)."""
+        return redact(text, self.credentials, self.token)
+
     def fail(self, response: httpx.Response, what: str) -> RegistryError:
         response.read()
-        text = response.text.strip().replace("\n", " ")[:300]
+        text = self.redact(response.text.strip().replace("\n", " "))[:300]
         return RegistryError(f"{self.host}: {what} failed ({response.status_code}): {text}")
 
     # -- the protocol ----------------------------------------------------------------------------
@@ -538,7 +567,8 @@ def _download(store, client: Client, d: Descriptor, partial: Path, report, stop)
                             report(have)
                             last = now
         except (httpx.TransportError, RegistryUnreachable) as e:  # dropped mid-blob: resume
-            log.warning("pull.interrupted", digest=d.digest, have=have, error=str(e))
+            error = client.redact(str(e))
+            log.warning("pull.interrupted", digest=d.digest, have=have, error=error)
             have = partial.stat().st_size if partial.exists() else 0
             hasher = _rehash(partial)
         if have < d.size and attempt >= ATTEMPTS:
