@@ -4,7 +4,8 @@ It alone loads, evicts and expires models. Each loaded model has an entry with a
 count (requests admitted and not yet finished), a keep-alive duration, an expiry deadline
 and a last-use time. Loading one more model first evicts idle models (least recently used
 first) while `max_loaded_models` or the memory budget says so; when nothing is idle the load
-waits. Loads that wait beyond `max_queue` are refused at once (`Busy`, HTTP 503).
+waits. Loads that wait beyond `max_queue` are refused at once: `acquire` answers a `Busy`
+(HTTP 503) as its value, so that the refusal costs one log line and no traceback.
 """
 
 from __future__ import annotations
@@ -90,10 +91,68 @@ def estimate_size(info: dict[str, Any], stored_size: int, num_parallel: int, num
     return stored_size + kv
 
 
+class Occupancy:
+    """The governor's counts, shared with the HTTP threads so that a request the governor
+    would refuse is refused in its own thread, with no session thread started and no message
+    to wait for: in a burst every thread hand-off waits its turn for the GIL, and a 503 must
+    stay fast.
+
+    An HTTP thread `reserve`s before it asks `acquire`; the governor settles the reservation
+    when it handles that ask and publishes its counts in the same step (under one lock), so
+    counts plus reservations never miss nor double-count a request. The governor still
+    decides for every request that passes.
+    """
+
+    def __init__(self, config: Config):
+        self.limit = in_flight_limit(config)
+        self.per_model = config.num_parallel + config.max_queue  # a model's batch + queue
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._refs: dict[str, int] = {}  # loaded (or loading) model -> requests admitted
+        self._asking: dict[str, int] = {}  # model -> reserved, not yet handled by acquire
+
+    def reserve(self, name: str, empty: bool = False) -> bool:
+        """Count a request to model `name` that is about to ask `acquire`; False (nothing
+        counted) when the governor would refuse it: the daemon or the model is full."""
+        with self._lock:
+            if self._in_flight + sum(self._asking.values()) >= self.limit:
+                return False
+            asking = self._asking.get(name, 0)
+            if not empty and self._refs.get(name, 0) + asking >= self.per_model:
+                return False
+            self._asking[name] = asking + 1
+            return True
+
+    def settle(self, name: str) -> None:
+        """Forget a reservation whose `acquire` was never sent."""
+        self.publish(None, name)
+
+    def publish(self, governor: GovernorActor | None, settled: str | None = None) -> None:
+        """The governor's new counts (and the reservation its ask just settled)."""
+        with self._lock:
+            if settled is not None:
+                left = self._asking.get(settled, 0) - 1
+                if left > 0:
+                    self._asking[settled] = left
+                else:
+                    self._asking.pop(settled, None)
+            if governor is not None:
+                self._refs = {name: e.refs for name, e in governor.loaded.items()}
+                self._in_flight = sum(self._refs.values()) + len(governor.waiting_loads)
+
+
 class GovernorActor(pykka.ThreadingActor):
-    def __init__(self, config: Config, store: Store, load, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        load,
+        clock: Callable[[], float] = time.time,
+        occupancy: Occupancy | None = None,
+    ):
         super().__init__()
         self.config, self.store, self.load, self.clock = config, store, load, clock
+        self.occupancy = occupancy or Occupancy(config)
         self.budget = config.max_memory or int(device_memory() * 0.9)
         # Requests admitted and not finished, all models together; the HTTP server sizes its
         # thread pool from the same numbers, so a 503 can always be answered.
@@ -106,12 +165,20 @@ class GovernorActor(pykka.ThreadingActor):
 
     # -- the API (asks) ----------------------------------------------------------------------
 
-    def acquire(self, adm: Admission, facts: dict[str, Any]) -> None:
+    def acquire(self, adm: Admission, facts: dict[str, Any]) -> Busy | None:
         """Route an admitted request to its model, loading it if needed.
 
-        Raises:
-            Busy: too many loads are waiting.
+        Returns:
+            None, or a `Busy` (too many requests or loads are waiting) for the caller to
+            raise. A refusal is an expected answer, not a failure of this ask: raised here,
+            Pykka would log it with its traceback, which made a 503 the slowest answer.
         """
+        try:
+            return self._acquire(adm, facts)
+        finally:
+            self.occupancy.publish(self, settled=adm.name)
+
+    def _acquire(self, adm: Admission, facts: dict[str, Any]) -> Busy | None:
         entry = self.loaded.get(adm.name)
         if entry is not None and entry.digest != facts["digest"] and entry.refs == 0:
             self._unload(entry, "changed")  # the tag now points at another model
@@ -120,18 +187,24 @@ class GovernorActor(pykka.ThreadingActor):
         in_flight = sum(e.refs for e in self.loaded.values()) + len(self.waiting_loads)
         if in_flight >= self.limit:  # every one of them holds an HTTP thread
             log.warning("queue.reject", model=adm.name, request_id=request.request_id)
-            raise Busy(BUSY)
+            return Busy(BUSY)
+        if entry is not None and not request.empty and entry.refs >= self.occupancy.per_model:
+            # the model's batch and queue are full: refuse here, at once, rather than behind
+            # the model actor's current step (its own check stays, for releases in flight)
+            log.warning("queue.reject", model=adm.name, request_id=request.request_id)
+            return Busy(BUSY)
         if entry is None and request.empty and request.keep_alive == 0:
             ModelActor.answer_loaded(adm, "unload")  # nothing loaded, nothing to unload
-            return
+            return None
         if entry is None:
             if len(self.waiting_loads) >= self.config.max_queue:
                 log.warning("queue.reject", model=adm.name, request_id=request.request_id)
-                raise Busy(BUSY)
+                return Busy(BUSY)
             self.waiting_loads.append((adm, facts))
             self._start_waiting_loads()
-            return
+            return None
         self._route(entry, adm)
+        return None
 
     def ps(self) -> list[dict[str, Any]]:
         now = self.clock()
@@ -160,11 +233,21 @@ class GovernorActor(pykka.ThreadingActor):
         for adm, _ in self.waiting_loads:
             tell(adm.session, (FAIL, RuntimeError("the server is shutting down")))
         self.waiting_loads.clear()
+        self._publish()
         return [ref for ref in self.retiring if ref.is_alive()]
 
     # -- messages from model actors and timers (tells) --------------------------------------
 
     def on_receive(self, message: tuple) -> Any:
+        try:
+            return self._on_message(message)
+        finally:
+            self._publish()
+
+    def _publish(self) -> None:
+        self.occupancy.publish(self)
+
+    def _on_message(self, message: tuple) -> Any:
         kind, name = message[0], message[1]
         entry = self.loaded.get(name)
         if kind == "cancel":  # (cancel, model name, admission id)

@@ -29,7 +29,7 @@ from mlxollama import api
 from mlxollama.actors.session import CANCEL, DONE, Admission, DirectReply, SessionActor, tell
 from mlxollama.api import Chunk, InferenceRequest
 from mlxollama.config import Config
-from mlxollama.errors import MlxOllamaError
+from mlxollama.errors import Busy, MlxOllamaError
 from mlxollama.store.buildspec import BuildSpec
 from mlxollama.store.info import text_layers
 from mlxollama.store.names import parse_name
@@ -128,17 +128,21 @@ class Runtime:
         self._ids = itertools.count(1)
         self._sessions: weakref.WeakSet = weakref.WeakSet()  # live SessionActors, DirectReplys
         self.governor = None
+        self.occupancy = None
         self.store_actor = None
 
     def start(self) -> Runtime:
-        from mlxollama.actors.governor import GovernorActor
+        from mlxollama.actors.governor import GovernorActor, Occupancy
         from mlxollama.actors.store_actor import StoreActor
 
         # Each token crosses three threads (model, session, HTTP). With Python's default 5 ms
         # switch interval the model thread can wait that long for the GIL behind the others,
         # once per step; 0.2 ms keeps steps moving (docs/benchmarks.md).
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
-        self.governor = GovernorActor.start(self.config, self._store, self._load)
+        self.occupancy = Occupancy(self.config)
+        self.governor = GovernorActor.start(
+            self.config, self._store, self._load, occupancy=self.occupancy
+        )
         self._governor = self.governor.proxy()  # built once: a proxy costs ~0.2 ms to make
         self.store_actor = StoreActor.start(self._store)
         self._store_proxy = self.store_actor.proxy()
@@ -176,8 +180,10 @@ class Runtime:
             InvalidName, ModelNotFound: the model.
             InvalidOption: options.
             UnsupportedModel: a capability the model lacks (e.g. chat on an embedding model).
-            Busy: too many model loads are waiting (HTTP 503). A full queue on a loaded model
-                arrives as Busy on the session's queue, before any chunk.
+            Busy: the daemon, the model's queue or the queue of loads is full (HTTP 503),
+                refused here from the governor's published counts or by the governor itself
+                (a model actor whose queue is full after all answers it on the session's
+                queue, before any chunk).
         Load failures (corrupted blob, timeout) arrive the same way.
         """
         from mlxollama.actors.governor import estimate_size
@@ -211,18 +217,40 @@ class Runtime:
         def cancel_model(aid: int) -> None:
             tell(governor, ("cancel", name, aid))
 
-        if request.kind == "embed":  # one answer, nothing to detokenize: no session thread
-            session_ref = DirectReply(admission_id, out, cancel_model)
-        else:
-            session_ref = SessionActor.start(admission_id, request.request_id, out, cancel_model)
+        self._reserve(name, request)
+        try:
+            if request.kind == "embed":  # one answer, nothing to detokenize: no session thread
+                session_ref = DirectReply(admission_id, out, cancel_model)
+            else:
+                session_ref = SessionActor.start(
+                    admission_id, request.request_id, out, cancel_model
+                )
+        except BaseException:
+            self.occupancy.settle(name)  # the governor will never see this one
+            raise
         self._sessions.add(session_ref)
         adm = Admission(id=admission_id, request=request, name=name, session=session_ref, out=out)
         try:
-            self._governor.acquire(adm, facts).get(timeout=30)
+            refused = self._governor.acquire(adm, facts).get(timeout=30)  # it settles
         except BaseException:
             session_ref.stop()
             raise
+        if refused is not None:  # Busy comes back as a value: Pykka logs raised ones
+            session_ref.stop(block=False)  # nothing was sent to it: no need to wait
+            raise refused
         return Session(name, request.request_id, out, lambda: tell(session_ref, (CANCEL,)))
+
+    def _reserve(self, name: str, request: InferenceRequest) -> None:
+        """Refuse in this thread what the governor would refuse (see `Occupancy`).
+
+        Raises:
+            Busy: the daemon or the model's batch and queue are full.
+        """
+        from mlxollama.actors.governor import BUSY
+
+        if not self.occupancy.reserve(name, request.empty):
+            log.warning("queue.reject", model=name, request_id=request.request_id)
+            raise Busy(BUSY)
 
     def ps(self) -> list[RunningModel]:
         return [

@@ -2,10 +2,11 @@
 
 This is Ollama's `handleScheduleError`: domain errors from `mlxollama.errors` (and the
 `ValueError`s that request parsing raises) map to 400, 404 and 503, and a registry's failures
-(pull, push) to 401, 404 and 502; anything else is a 500
-whose message is the exception's text, logged with its traceback. Falcon's own errors (no
-route, wrong method, body too large, the 400s raised while reading a request) get the same
-body shape. Under `/v1` the body is OpenAI's error object instead, with the same status, so
+(pull, push) to 401, 404 and 502; anything else is a 500 whose message is the exception's
+text. Only those unexpected 500s are logged with a traceback (rendered without locals); a
+refusal (4xx, a full queue's 503) logs no line of its own (`log_failure`). Falcon's own
+errors (no route, wrong method, body too large, the 400s raised while reading a request) get
+the same body shape. Under `/v1` the body is OpenAI's error object instead, with the same status, so
 that OpenAI SDKs raise their typed errors (`BadRequestError`, `NotFoundError`, ...).
 """
 
@@ -19,6 +20,7 @@ from mlxollama.errors import (
     BlobNotFound,
     Busy,
     DigestMismatch,
+    MlxOllamaError,
     ModelNotFound,
     RegistryError,
     RemoteNotFound,
@@ -96,11 +98,28 @@ def body_for(req: falcon.Request, status: int, message: str) -> bytes:
     return error_body(message)
 
 
+def expected(exc: BaseException) -> bool:
+    """A refusal or a failure we name (a full queue, a bad request, a registry's answer), as
+    opposed to a bug: only the unexpected ones deserve a traceback."""
+    return isinstance(exc, (falcon.HTTPError, MlxOllamaError, ValueError))
+
+
+def log_failure(exc: BaseException, status: int, message: str) -> None:
+    """Log a failed request: nothing more for a 4xx or a 503 (the `request.end` line has the
+    status and message, and the actor that refused logged `queue.reject`), one line for a
+    named failure (502, a damaged blob), a traceback (without locals) only for a bug."""
+    if status < 500 or isinstance(exc, Busy):
+        return
+    if expected(exc):
+        log.warning("request.failed", status=status, error=message)
+    else:
+        log.error("request.failed", status=status, error=message, exc_info=exc)
+
+
 def handle_exception(req: falcon.Request, resp: falcon.Response, exc: Exception, params) -> None:
     """Falcon error handler for every exception, HTTPError included."""
     status, message = status_of(exc)
-    if status >= 500:
-        log.error("request.failed", error=message, exc_info=exc)
+    log_failure(exc, status, message)
     if isinstance(exc, falcon.HTTPError) and exc.headers:
         resp.set_headers(exc.headers)
     req.context.error = message
