@@ -24,7 +24,7 @@ import structlog
 from mlxollama import api
 from mlxollama.actors.runtime import RunningModel, Session
 from mlxollama.errors import BlobNotFound, InvalidName, ModelNotFound
-from mlxollama.http.errors import bad_request, error_body, status_of
+from mlxollama.http.errors import bad_request, error_body, log_failure, status_of
 from mlxollama.store import info
 from mlxollama.store.names import parse_name
 
@@ -156,8 +156,7 @@ class ClosingStream:
 def error_line(exc: BaseException) -> tuple[bytes, str]:
     """The final NDJSON line for an error after streaming began, and its message."""
     status, message = status_of(exc)
-    if status >= 500:
-        log.error("request.failed", error=message, exc_info=exc)
+    log_failure(exc, status, message)
     return error_body(message) + b"\n", message
 
 

@@ -28,7 +28,7 @@ import structlog
 from mlxollama import api
 from mlxollama.errors import InvalidName, ModelNotFound
 from mlxollama.http import embed
-from mlxollama.http.errors import bad_request, openai_error, status_of
+from mlxollama.http.errors import bad_request, log_failure, openai_error, status_of
 from mlxollama.http.native import (
     Inference,
     field,
@@ -280,8 +280,7 @@ class _Output:
         """An error after the stream began: one `data: {"error": ...}` event, and the end
         (the OpenAI SDK raises `APIError` on it)."""
         status, message = status_of(exc)
-        if status >= 500:
-            log.error("request.failed", error=message, exc_info=exc)
+        log_failure(exc, status, message)
         return event(openai_error(status, message)), message
 
 
