@@ -171,6 +171,61 @@ def test_an_idle_keep_alive_connection_outlives_the_header_deadline(serve):
     conn.close()
 
 
+def test_a_long_first_request_keeps_its_connection(serve, monkeypatch):
+    """The moment after waitress finishes a connection's first request (and before the header
+    clock restarts) is not read as "no headers since the accept"."""
+    from waitress.channel import HTTPChannel
+
+    finish = HTTPChannel.service
+
+    def slow_to_finish(self):  # widen the gap from a few microseconds to 2.5 s
+        finish(self)
+        time.sleep(2.5)
+
+    monkeypatch.setattr(HTTPChannel, "service", slow_to_finish)
+    d = serve(header_timeout=1.0)
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)
+    conn.request("GET", "/api/version")
+    assert conn.getresponse().read()
+    sock = conn.sock
+    time.sleep(3.0)  # before the fix: closed as a header timeout during the gap
+    conn.request("GET", "/api/version")
+    assert conn.getresponse().status == 200 and conn.sock is sock
+    conn.close()
+
+
+def test_shedding_spares_an_upload_in_progress(serve):
+    """At the connection limit only connections with nothing running are shed: a blob upload
+    whose body is arriving is not idle, however long ago it was accepted."""
+    import hashlib
+
+    d = serve(header_timeout=60.0, connection_limit=20)
+    data = bytes(range(256)) * 2048  # 512 KiB, sent 32 KiB at a time over ~1.6 s
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    upload = socket.create_connection(("127.0.0.1", d.port), timeout=20)
+    upload.sendall(
+        f"POST /api/blobs/{digest} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n".encode()
+    )
+    time.sleep(0.3)  # the oldest connection now, by far
+    slow = Trickle(d.port, 30, SLOW_HEADERS, every=0.5)
+    try:
+        for at in range(0, len(data), 32 * 1024):
+            upload.sendall(data[at : at + 32 * 1024])  # before the fix: reset mid-body
+            time.sleep(0.1)
+        status, _, _ = answer_any(upload)
+        assert status == 201
+    finally:
+        slow.close()
+        upload.close()
+
+
+def answer_any(sock: socket.socket) -> tuple[int, str, bytes]:
+    resp = http.client.HTTPResponse(sock)
+    resp.begin()
+    return resp.status, resp.getheader("Content-Type"), resp.read()
+
+
 def test_a_slow_body_is_cut_off(serve):
     d = serve(body_grace=2.0, min_body_rate=1000)
     head = b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n\r\n"

@@ -162,13 +162,16 @@ class Channel(HTTPChannel):
     """One connection: its header clock, its body rate, and no parsing after an error.
 
     The header clock runs from the accept until the first request is served, then from the
-    first byte after each request served (blank lines between requests do not restart it)."""
+    first byte after each request served (blank lines between requests do not restart it).
+    A connection being served (from the moment a worker takes it until its clocks are reset),
+    reading a body, or holding output not yet sent is never timed out or shed."""
 
     error_task_class = JsonErrorTask
 
     def __init__(self, server: Server, sock, addr, adj, map=None):
         self.accepted_at = self.idle_since = time.monotonic()
         self.served = False
+        self.in_service = False  # a worker thread is serving its requests
         self.first_byte_at: float | None = None  # since the last request served
         self.client = client_of(addr)
         self.counted = False
@@ -192,23 +195,43 @@ class Channel(HTTPChannel):
         super().send_continue()
 
     def service(self) -> None:
-        super().service()
-        self.served = True
-        self.idle_since = time.monotonic()
-        # a request already begun (pipelined) gets its full time from now
-        self.first_byte_at = self.idle_since if self.request is not None else None
+        # Set before and cleared after the clocks are reset: between waitress popping the last
+        # request and the lines below, the maintenance pass would otherwise see a connection
+        # with no request that has owed headers since its accept, and close it (and drop the
+        # tail of a long answer still in its buffers).
+        self.in_service = True
+        try:
+            super().service()
+        finally:
+            self.served = True
+            self.idle_since = time.monotonic()
+            # a request already begun (pipelined) gets its full time from now
+            self.first_byte_at = self.idle_since if self.request is not None else None
+            self.in_service = False
+
+    def busy(self) -> bool:
+        """Whether the connection is doing something a deadline or shedding must not cut:
+        serving, reading a body, or sending an answer."""
+        req = self.request
+        return bool(
+            self.requests
+            or self.in_service
+            or self.will_close
+            or self.total_outbufs_len
+            or (req is not None and req.headers_finished and not req.completed)
+        )
 
     def waiting_since(self) -> float | None:
         """When this connection started owing us request headers; None if it does not (a
         request is running, its headers are in, or it is idle between requests)."""
         req = self.request
-        if self.requests or (req is not None and req.headers_finished):
+        if self.requests or self.in_service or (req is not None and req.headers_finished):
             return None
         return self.first_byte_at if self.served else self.accepted_at
 
     def overdue(self, now: float) -> str | None:
         """Why this connection should be closed now, if it should."""
-        if self.requests or self.will_close:
+        if self.requests or self.in_service or self.will_close or self.total_outbufs_len:
             return None
         limits = self.server.limits
         since = self.waiting_since()
@@ -224,8 +247,8 @@ class Channel(HTTPChannel):
         return None
 
     def idle_for(self, now: float) -> float | None:
-        """How long this connection has had no request running (None: one is)."""
-        if self.requests or self.will_close:
+        """How long this connection has had no request running (None: it is busy)."""
+        if self.busy():
             return None
         since = self.waiting_since()
         return now - (since if since is not None else self.idle_since)
