@@ -42,9 +42,12 @@ _SECRET_TEXT = [
         re.compile(r"(?i)\b(authorization|x-api-key)([\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"),
         r"\1\2" + REDACTED,
     ),
-    (re.compile(r"(://)[^/\s@:]+:[^/\s@]*@"), r"\1" + REDACTED + "@"),  # user:pass@host
+    # user:pass@host, the password up to the last "@" (a password may hold one)
+    (re.compile(r"(://)[^/\s@:]+:[^/\s]*@"), r"\1" + REDACTED + "@"),
     (
-        re.compile(r"(?i)(password|token)=(?!None\b)('[^']*'|\"[^\"]*\"|[^\s,)]+)"),
+        re.compile(
+            r"(?i)(password|token|secret|api[_\-]?key)=(?!None\b)('[^']*'|\"[^\"]*\"|[^\s,)&]+)"
+        ),
         r"\1=" + REDACTED,
     ),
 ]
@@ -52,7 +55,8 @@ _SECRET_TEXT = [
 
 # what any of _SECRET_TEXT needs: a string without one of these is left alone at once
 _MAY_HOLD_SECRET = re.compile(
-    r"basic|bearer|authori[sz]ation|api-key|password=|token=|://[^/\s]*@", re.IGNORECASE
+    r"basic|bearer|authori[sz]ation|api[_\-]?key|password=|token=|secret=|://[^/\s]*@",
+    re.IGNORECASE,
 )
 
 
@@ -68,8 +72,12 @@ def scrub(value: Any, depth: int = 0) -> Any:
             k: REDACTED if _is_secret_key(k) and _is_secret_value(v) else scrub(v, depth + 1)
             for k, v in value.items()
         }
-    if isinstance(value, (list, tuple)):
-        return type(value)(scrub(v, depth + 1) for v in value)
+    if kind is list or kind is tuple:
+        return kind(scrub(v, depth + 1) for v in value)
+    if isinstance(value, tuple) and hasattr(value, "_make"):  # a namedtuple
+        return value._make(scrub(v, depth + 1) for v in value)
+    if isinstance(value, (list, tuple)):  # another subclass: its items, as a list
+        return [scrub(v, depth + 1) for v in value]
     if isinstance(value, str):  # a str subclass
         return _scrub_text(str(value))
     return value

@@ -192,6 +192,22 @@ def test_no_locals_and_secret_keys_are_redacted(tmp_path, capfd):
     assert event["nested"]["Authorization"] == "[redacted]"
 
 
+def test_scrub_keeps_shapes_and_finds_secrets_in_text():
+    from collections import namedtuple
+
+    Pair = namedtuple("Pair", "user password")
+    out = log.scrub({"pair": Pair("ann", "https://ann:hunter2@host"), "n": (1, 2)})
+    assert out["pair"] == Pair("ann", "https://[redacted]@host")  # before: TypeError
+    assert out["n"] == (1, 2)
+    for text, leaked in (
+        ("GET https://ann:p@ss@registry.example/v2/", "ss@"),  # "@" in the password
+        ("retry with api_key=sk-hunter2&x=1", "hunter2"),
+        ("apikey=hunter2 failed", "hunter2"),
+        ("client_secret=hunter2", "hunter2"),
+    ):
+        assert leaked not in log.scrub(text), text
+
+
 def test_the_log_rotates_and_rotated_files_stay_private(tmp_path):
     log.configure(tmp_path / "logs", console=False, max_bytes=2000, backups=2)
     logger = structlog.get_logger("mlxollama.test")
