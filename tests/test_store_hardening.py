@@ -339,3 +339,31 @@ def test_a_redirect_to_plain_http_is_refused_without_insecure():
         assert server.first == []  # nothing was sent
     finally:
         server.close()
+
+
+# -- review of the fixes: claims and journals seen from another process --------------------
+
+
+def test_a_claimed_upload_survives_another_processs_gc(tmp_path):
+    daemon, other = Store(tmp_path / "s"), Store(tmp_path / "s")  # other: `mlxctl gc`
+    digest = daemon.blobs.put_bytes(b"an uploaded GGUF being read by a create")
+    _age(daemon.blobs.path(digest), 2 * HOUR)
+    since = daemon.claim_uploads([digest])
+    other.gc()  # before the fix: the claim lived only in the daemon's memory
+    assert daemon.blobs.exists(digest)
+    assert daemon.release_uploads([digest], since, drop=True) == 1  # the create's own drop
+    assert not daemon.blobs.exists(digest)
+
+
+def test_a_dead_builds_journal_spares_blobs_written_after_it(tmp_path):
+    store = Store(tmp_path / "s")
+    written, again = (store.blobs.put_bytes(b"tensor %d" % i) for i in range(2))
+    journal = tmp_path / "s" / "cache" / "builds" / "build-dead"
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.write_text(f"{written}\n\n{again}\n\n")  # a killed create wrote both
+    for path in (store.blobs.path(written), store.blobs.path(again), journal):
+        _age(path, HOUR)
+    os.utime(store.blobs.path(again))  # uploaded again since, for the next create
+    assert store.recover() == (1, len(b"tensor 0"))
+    assert not store.blobs.exists(written) and store.blobs.exists(again)
+    assert not journal.exists()

@@ -8,7 +8,7 @@ re-hashed by `verify` or by a load whose stat does not match the last verificati
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import functools
 import hashlib
 import os
@@ -35,6 +35,30 @@ def without_paths(error: OSError, root: Path) -> OSError:
 
 TEMP_PREFIX = ".tmp-"
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; temp files are then never taken for dead
+    fcntl = None
+
+
+def lock(fd: int) -> None:
+    """Hold an exclusive flock on `fd` until it is closed (where the OS has flock and the
+    file system honours it; elsewhere a cleaner just never takes the file for dead)."""
+    if fcntl is not None:
+        with contextlib.suppress(OSError):  # ENOLCK on some network file systems
+            fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def try_lock(fd: int) -> bool:
+    """Whether `fd` could be locked at once: True means no live writer holds the file."""
+    if fcntl is None:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # BlockingIOError: held; anything else: cannot tell, so assume held
+        return False
+    return True
+
 
 def locked_temp(folder: Path, prefix: str = TEMP_PREFIX) -> tuple[int, str]:
     """A new temp file in `folder`, open and locked (flock) for as long as its writer lives,
@@ -42,7 +66,7 @@ def locked_temp(folder: Path, prefix: str = TEMP_PREFIX) -> tuple[int, str]:
     The caller renames it while the file is still open, then closes it."""
     while True:
         fd, tmp = tempfile.mkstemp(prefix=prefix, dir=folder)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        lock(fd)
         try:
             if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
                 return fd, tmp
@@ -64,9 +88,7 @@ def remove_dead_temp(folder: Path) -> int:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
             continue  # gone already (renamed into place), or not a plain file
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not try_lock(fd):
             os.close(fd)
             continue  # a live writer
         try:

@@ -29,7 +29,7 @@ from mlxollama.store.buildspec import MODEL_FILES, QUANTIZATION_ALIASES, BuildSp
 from mlxollama.store.info import text_layers
 from mlxollama.store.manifests import Descriptor, Manifest
 from mlxollama.store.names import parse_name
-from mlxollama.store.store import Store, StoredModel
+from mlxollama.store.store import BuildJournal, Store, StoredModel
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -84,7 +84,7 @@ class _Parts:
 
 
 class _Builder:
-    def __init__(self, store: Store, progress: Progress | None, journal: Callable[[str], None]):
+    def __init__(self, store: Store, progress: Progress | None, journal: BuildJournal):
         self.store = store
         self.progress = progress or (lambda event: None)
         self.added: set[str] = set()
@@ -101,8 +101,9 @@ class _Builder:
             return digest
         if announce:
             self.say(f"creating new layer {digest}")
-        self.journal(digest)
+        self.journal.adding(digest)
         self.store.blobs.put_bytes(data, sync=False)
+        self.journal.added()
         self.added.add(digest)
         return digest
 

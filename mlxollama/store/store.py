@@ -17,7 +17,6 @@ at all.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import threading
@@ -32,11 +31,32 @@ import orjson
 from filelock import FileLock, Timeout
 
 from mlxollama.errors import BlobNotFound, DigestMismatch, ModelNotFound
-from mlxollama.store.blobs import BlobStore, hides_paths, locked_temp, remove_dead_temp
+from mlxollama.store.blobs import (
+    BlobStore,
+    hides_paths,
+    locked_temp,
+    remove_dead_temp,
+    try_lock,
+)
 from mlxollama.store.manifests import Manifest
 from mlxollama.store.names import ModelName, parse_name
 
 PARTIAL_KEEP = 7 * 24 * 3600.0  # seconds an untouched partial download is kept for a resume
+
+
+class BuildJournal:
+    """The blobs one build adds, in a file its writer holds locked: each digest is written
+    before its blob, and the file is touched after it, so its mtime is never older than a
+    blob the build wrote."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def adding(self, digest: str) -> None:
+        os.write(self.fd, f"{digest}\n".encode())
+
+    def added(self) -> None:
+        os.write(self.fd, b"\n")
 
 
 @dataclass(frozen=True)
@@ -274,19 +294,15 @@ class Store:
             self.lock().release()
 
     @contextlib.contextmanager
-    def build_journal(self) -> Iterator[Callable[[str], None]]:
-        """A record of the blobs a build adds, written before each blob (callers hold the
-        lock). The build removes its blobs itself when it fails; when it is killed, the
-        record stays, unlocked, and `recover` removes what it names."""
+    def build_journal(self) -> Iterator[BuildJournal]:
+        """A record of the blobs a build adds (callers hold the lock). The build removes its
+        blobs itself when it fails; when it is killed, the record stays, unlocked, and
+        `recover` removes what it names."""
         folder = self.root / "cache" / "builds"
         folder.mkdir(parents=True, exist_ok=True)
         fd, path = locked_temp(folder, prefix="build-")
         try:
-
-            def note(digest: str) -> None:
-                os.write(fd, f"{digest}\n".encode())
-
-            yield note
+            yield BuildJournal(fd)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
@@ -303,12 +319,18 @@ class Store:
             except OSError:
                 continue
             try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
+                if not try_lock(fd):
                     continue  # a build in another thread of this process
-                digests = {d for d in journal.read_text().split() if len(d) == 71}
-                removed, size = self._remove_unreferenced(digests)
+                # a blob written again after the build died (an upload for the next create)
+                # is newer than the journal's last line, and stays
+                ended = os.fstat(fd).st_mtime
+                named = {d for d in journal.read_text().split() if len(d) == 71}
+                dead = set()
+                for digest in named:
+                    with contextlib.suppress(FileNotFoundError):
+                        if self.blobs.path(digest).stat().st_mtime <= ended:
+                            dead.add(digest)
+                removed, size = self._remove_unreferenced(dead)
                 count, freed = count + removed, freed + size
                 journal.unlink(missing_ok=True)
             finally:
@@ -319,10 +341,18 @@ class Store:
 
     def claim_uploads(self, digests: Iterable[str]) -> float:
         """Mark uploaded blobs as read by a create, so gc spares them; returns the time of
-        the claim, for `release_uploads`."""
+        the claim, for `release_uploads`. The claim is held in memory for this process's gc
+        and written as a fresh mtime for another's (`mlxctl gc` spares blobs younger than its
+        grace)."""
+        digests = set(digests)
         with self._claims_lock:
-            self._claims.update(set(digests))
-        return time.time()
+            self._claims.update(digests)
+        since = time.time()
+        for digest in digests:
+            with contextlib.suppress(FileNotFoundError):
+                self.blobs.touch(digest)
+                since = max(since, self.blobs.path(digest).stat().st_mtime)
+        return since
 
     def release_uploads(self, digests: Iterable[str], since: float, drop: bool) -> int:
         """End a claim. With `drop` (the create succeeded), remove the uploads that are now
