@@ -129,6 +129,18 @@ def test_a_network_bind_does_not_restrict_the_host(daemon):
     assert status == 200
 
 
+def test_a_trusted_network_bind_without_a_key_refuses_rebindable_hosts(daemon):
+    """Without a key a rebound page could read GET answers (no Origin on same-origin GETs):
+    only names public DNS cannot hand an attacker pass."""
+    d = daemon(host="0.0.0.0:0", trust_network="1")
+    for host in ("192.168.1.20:11435", "[fe80::1]", "gpu-box", "gpu-box.lan", "mac.local:80"):
+        assert request(d, "GET", "/api/tags", headers={"Host": host})[0] == 200, host
+    for host in ("evil.example", "gpu-box.example.com:11435", "localhost.evil.example"):
+        status, _, body = request(d, "GET", "/api/tags", headers={"Host": host})
+        assert status == 403, host  # before the fix: 200, the model list to any page
+        assert "MLXOLLAMA_API_KEY" in orjson.loads(body)["error"]
+
+
 # -- Origin (CORS, CSRF) --------------------------------------------------------------------
 
 

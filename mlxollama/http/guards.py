@@ -8,7 +8,10 @@ stricter ones):
    whose `Host` is a loopback name (`localhost`, `*.localhost`, `127.x.x.x`, `[::1]`, the
    bound address), on any port, or that carry no Host (HTTP/1.0). A page on
    `evil.example` whose DNS was repointed at 127.0.0.1 still sends `Host: evil.example`.
-   Bound to another address the Host is not restricted (the API key protects it).
+   Bound to another address with an API key, the Host is not restricted (the key protects
+   it); without one (`MLXOLLAMA_TRUST_NETWORK`), a Host must be one that public DNS cannot
+   answer for an attacker: an IP address, a single-label name (`gpu-box`) or a name under
+   a private suffix (`.local`, `.lan`, `.internal`, `.home.arpa`, ...), besides the above.
 2. **Origin** (CORS, CSRF): a request with an `Origin` is from a browser page. An allowed
    origin (`DEFAULT_ORIGINS` plus `MLXOLLAMA_ORIGINS`) gets `Access-Control-Allow-Origin`
    and its preflight is answered; any other origin is refused with 403, whatever the
@@ -65,6 +68,10 @@ ALLOW_HEADER_PREFIX = "x-stainless-"
 ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
 MAX_AGE = "43200"  # 12 h, gin-contrib/cors's default (browsers cap it lower)
 
+# names no public DNS answers for, so no attacker's page can be rebound to them (RFC 6762,
+# RFC 8375, ICANN's .internal, and what home routers hand out)
+PRIVATE_SUFFIXES = ("local", "lan", "internal", "home.arpa", "home", "localdomain", "intranet")
+
 HEALTH_PATHS = frozenset({"/"})  # answered without a key: it says only "Ollama is running"
 SHOWN = 100  # characters of a refused Host or Origin repeated in the error
 
@@ -105,6 +112,17 @@ def host_name(header: str) -> str | None:
     return name.rstrip(".").lower()
 
 
+def is_private_name(name: str) -> bool:
+    """True for a name public DNS cannot resolve for someone else: an IP literal, a
+    single-label name or one under `PRIVATE_SUFFIXES`."""
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    return "." not in name or name.endswith(tuple("." + s for s in PRIVATE_SUFFIXES))
+
+
 def origin_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
     """A test for origins: each pattern matches whole origins, case-insensitively, with `*`
     standing for any run of characters (a lone `*` allows every origin)."""
@@ -129,7 +147,8 @@ class Guards:
 
     def __init__(self, config: Config):
         bound = bind_host(config)
-        self.check_host = is_loopback(bound)
+        self.loopback = is_loopback(bound)
+        self.check_host = self.loopback or not config.api_key  # see the module docstring
         self.hosts = {bound.strip("[]").lower()}
         self.allowed_origin = origin_matcher(DEFAULT_ORIGINS + config.origins)
         self.key = config.api_key.encode() if config.api_key else None
@@ -159,13 +178,8 @@ class Guards:
         host = header("Host")
         if self.check_host and host is not None:
             name = host_name(host)
-            if name is None or not (is_loopback(name) or name in self.hosts):
-                return falcon.HTTPForbidden(
-                    title="403 Forbidden",
-                    description=f"host {_shown(host)!r} is not allowed: a daemon bound to a "
-                    "loopback address answers only localhost, 127.0.0.1 and [::1] "
-                    "(a guard against DNS rebinding)",
-                )
+            if name is None or not self._allowed_host(name):
+                return falcon.HTTPForbidden(title="403 Forbidden", description=self._why(host))
         origin = header("Origin")
         if origin is not None:
             if not self.allowed_origin(origin):
@@ -190,6 +204,23 @@ class Guards:
                 },
             )
         return None
+
+    def _allowed_host(self, name: str) -> bool:
+        if is_loopback(name) or name in self.hosts:
+            return True
+        return not self.loopback and is_private_name(name)
+
+    def _why(self, host: str) -> str:
+        if self.loopback:
+            return (
+                f"host {_shown(host)!r} is not allowed: a daemon bound to a loopback address "
+                "answers only localhost, 127.0.0.1 and [::1] (a guard against DNS rebinding)"
+            )
+        return (
+            f"host {_shown(host)!r} is not allowed: without MLXOLLAMA_API_KEY the daemon "
+            "answers only IP addresses and local names (gpu-box, *.local, *.lan), a guard "
+            "against DNS rebinding; set an API key to serve other names"
+        )
 
 
 def _is_preflight(method: str, header: Callable[[str], str | None]) -> bool:
@@ -230,12 +261,18 @@ def check_exposure(config: Config) -> None:
     )
 
 
+def _host_rule(loopback: bool, keyed: bool) -> str:
+    if loopback:
+        return "loopback names"
+    return "none (api key)" if keyed else "IP addresses and local names"
+
+
 def exposure(config: Config) -> dict[str, object]:
     """What the daemon exposes, for its start-up line (never the key itself)."""
     host = bind_host(config)
     return {
         "reach": "this machine only" if is_loopback(host) else "the network",
         "auth": "api key required" if config.api_key else "none",
-        "host_check": is_loopback(host),
+        "host_check": _host_rule(is_loopback(host), bool(config.api_key)),
         "origins": ["defaults", *config.origins],
     }
