@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import ollama
@@ -488,3 +489,32 @@ def test_uploads_without_the_key_or_from_a_foreign_origin_are_refused_before_the
         f"Authorization: Bearer {KEY}\r\nContent-Length: {huge}\r\n\r\n",
     )
     assert answer.startswith(b"HTTP/1.1 403") and b"origin" in answer, answer[:300]
+
+
+def test_the_cli_probe_sends_no_key_to_whatever_holds_the_port(daemon, monkeypatch):
+    """`mlxctl` asks the port what it is before it talks: a program that is not the daemon
+    never sees MLXOLLAMA_API_KEY, and a keyed daemon is still found."""
+    from mlxollama.cli import connect
+
+    seen: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer_once() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            seen.append(conn.recv(65536))
+            conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=answer_once, daemon=True)
+    thread.start()
+    monkeypatch.setenv("MLXOLLAMA_API_KEY", KEY)
+    found = connect.occupant(f"127.0.0.1:{listener.getsockname()[1]}")
+    thread.join(10)
+    listener.close()
+    assert found.daemon is None and "not mlxollama" in found.what
+    assert seen and KEY.encode() not in seen[0]  # before the fix: "Bearer <key>" in it
+    d = daemon(api_key=KEY)
+    monkeypatch.setenv("MLXOLLAMA_HOST", f"127.0.0.1:{d.port}")
+    client = connect.connect()
+    assert connect.is_daemon(client) and client.list()["models"]
+    client.close()

@@ -35,18 +35,18 @@ class Occupant:
 
 
 def occupant(host: str | None = None) -> Occupant:
-    """Ask `host` (default `MLXOLLAMA_HOST`) what it is, within PROBE_TIMEOUT seconds."""
-    probe = Client(host, timeout=PROBE_TIMEOUT)
+    """Ask `host` (default `MLXOLLAMA_HOST`) what it is, within PROBE_TIMEOUT seconds.
+
+    The probe carries no credentials: the API key goes only to a program that said it is
+    an mlxollama daemon (a keyed one answers the probe 401 with its `Server` name)."""
     try:
-        r = probe._http.get("/api/version")  # the client's headers (an API key) go along
+        r = httpx.get(base_url(host) + "/api/version", timeout=PROBE_TIMEOUT)
     except httpx.ConnectError:
         return Occupant("nothing")
     except httpx.TimeoutException:
         return Occupant("a program that does not answer HTTP (not mlxollama)")
     except httpx.HTTPError:
         return Occupant("a program that does not speak HTTP (not mlxollama)")
-    finally:
-        probe.close()
     body = _json(r) if r.status_code == 200 else None
     if isinstance(body, dict) and isinstance(body.get("version"), str):
         if isinstance(body.get("mlxollama"), dict):
