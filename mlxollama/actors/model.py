@@ -246,6 +246,7 @@ class ModelActor(pykka.ThreadingActor):
         tell(adm.session, (BEGIN, lm.tokenizer, sampling, len(budget.prompt_tokens), adm.load_ns))
         if budget.max_tokens <= 0:
             tell(adm.session, (LOADED, "length", adm.load_ns))  # no room left: an empty answer
+            self.guards.pop(adm.id, None)
             self._to_governor("release")
             return
         try:

@@ -231,7 +231,13 @@ class Runtime:
         self._sessions.add(session_ref)
         adm = Admission(id=admission_id, request=request, name=name, session=session_ref, out=out)
         try:
-            refused = self._governor.acquire(adm, facts).get(timeout=30)  # it settles
+            asked = self._governor.acquire(adm, facts)
+        except BaseException:  # the governor is gone: it will never settle this one
+            self.occupancy.settle(name)
+            session_ref.stop()
+            raise
+        try:
+            refused = asked.get(timeout=30)  # it settles
         except BaseException:
             session_ref.stop()
             raise
