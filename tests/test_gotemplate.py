@@ -1,4 +1,4 @@
-"""Go text/template rendering and Ollama's chat-to-prompt rules (engine/gotemplate.py)."""
+"""Go text/template rendering and Ollama's chat-to-prompt rules (the gotemplate package)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import datetime
 
 import pytest
 
-from mlxollama.engine.gotemplate import (
+from mlxollama.errors import InvalidModelfile
+from mlxollama.gotemplate import (
     TemplateError,
     go_float,
     go_quote,
     parse,
     render_messages,
 )
-from mlxollama.errors import InvalidModelfile
 
 # SmolLM2-Instruct's chat format in Go syntax: ChatML, with the model's default system
 # prompt when the chat brings none.

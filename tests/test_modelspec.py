@@ -7,8 +7,8 @@ import os
 import pytest
 from structlog.testing import capture_logs
 
-from mlxollama.engine.gotemplate import render_messages
 from mlxollama.errors import InvalidModelfile
+from mlxollama.gotemplate import render_messages
 from mlxollama.store.modelspec import FIELDS, PROMPT_TEMPLATES, parse_modelspec
 
 FULL = """\

@@ -56,7 +56,7 @@ def _render(lm: Any, messages: list[Message], system: str | None, template: str 
     if go is None and getattr(lm.tokenizer, "chat_template", None):
         text = lm.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         return lm.tokenizer.encode(text, add_special_tokens=False)
-    from mlxollama.engine import gotemplate
+    from mlxollama import gotemplate
 
     text = gotemplate.render_messages(go or PLAIN_TEMPLATE, msgs)
     return lm.tokenizer.encode(text)

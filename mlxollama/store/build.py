@@ -270,7 +270,7 @@ def _build(store: Store, b: _Builder, target, spec: BuildSpec, quantize: str | N
     system = spec.system if spec.system is not None else inherited["system"]
     messages = spec.messages if spec.messages is not None else inherited["messages"]
     if template is not None:
-        from mlxollama.engine.gotemplate import parse
+        from mlxollama.gotemplate import parse
 
         parse(template)  # a bad template fails the create, as in Ollama
         extra_layers.append(b.layer(mt.TEMPLATE_MEDIA_TYPE, template.encode()))

@@ -29,8 +29,8 @@ from typing import Any
 import structlog
 
 from mlxollama.api import DEPRECATED_OPTIONS, OPTION_TYPES, coerce_option
-from mlxollama.engine.gotemplate import go_float, go_quote, parse
 from mlxollama.errors import InvalidModelfile, InvalidOption
+from mlxollama.gotemplate import go_float, go_quote, parse
 from mlxollama.store.buildspec import BuildSpec
 
 log = structlog.get_logger()

@@ -36,8 +36,8 @@ import structlog
 import yaml
 
 from mlxollama.api import DEPRECATED_OPTIONS, OPTION_TYPES, coerce_option
-from mlxollama.engine.gotemplate import parse
 from mlxollama.errors import InvalidModelfile, InvalidOption
+from mlxollama.gotemplate import parse
 from mlxollama.store.buildspec import QUANTIZATION_ALIASES, BuildSpec
 from mlxollama.store.modelfile import MESSAGE_ROLES, load_recipe
 
