@@ -162,8 +162,8 @@ def main() -> None:
     from mlxollama.http.app import create_app
     from mlxollama.http.server import make_server, shutdown
     from mlxollama.log import configure
+    from mlxollama.recipes.buildspec import BuildSpec
     from mlxollama.store.build import create
-    from mlxollama.store.buildspec import BuildSpec
     from mlxollama.store.store import Store
 
     configure(None, console=False)  # the figures only

@@ -172,8 +172,8 @@ def main() -> None:
     import mlx_lm
 
     from mlxollama.engine.loader import load
+    from mlxollama.recipes.buildspec import BuildSpec
     from mlxollama.store.build import create
-    from mlxollama.store.buildspec import BuildSpec
     from mlxollama.store.store import Store
 
     work = Path(tempfile.mkdtemp(prefix="mlxollama-bench-"))

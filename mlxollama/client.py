@@ -39,7 +39,7 @@ from mlxollama.errors import (
     RemoteNotFound,
     Unauthorized,
 )
-from mlxollama.store.buildspec import MODEL_FILES, BuildSpec
+from mlxollama.recipes.buildspec import MODEL_FILES, BuildSpec
 
 DEFAULT_HOST = "127.0.0.1:11435"
 DEFAULT_PORT = 11435

@@ -24,9 +24,9 @@ import orjson
 from mlxollama import api
 from mlxollama.config import Config
 from mlxollama.errors import MlxOllamaError
+from mlxollama.recipes.buildspec import BuildSpec
 from mlxollama.store import info
 from mlxollama.store.build import create as build_create
-from mlxollama.store.buildspec import BuildSpec
 from mlxollama.store.names import parse_name
 from mlxollama.store.store import Problem, Store
 

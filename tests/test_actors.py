@@ -325,8 +325,8 @@ def test_a_tiny_context_answers_instead_of_killing_the_model(runtime_factory):
 
 
 def test_ps_reports_the_context_a_modelfile_sets(runtime_factory, tiny_root):
+    from mlxollama.recipes.buildspec import BuildSpec
     from mlxollama.store.build import create
-    from mlxollama.store.buildspec import BuildSpec
 
     create(Store(tiny_root), "tiny-ctx", BuildSpec(source="tiny-a", parameters={"num_ctx": 512}))
     rt = runtime_factory()

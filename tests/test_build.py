@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 
 from mlxollama.errors import DigestMismatch, InvalidName, ModelNotFound, UnsupportedModel
+from mlxollama.recipes.buildspec import BuildSpec
+from mlxollama.recipes.modelfile import parse_modelfile
+from mlxollama.recipes.modelspec import parse_modelspec
 from mlxollama.store import manifests as mt
 from mlxollama.store.build import create
-from mlxollama.store.buildspec import BuildSpec
-from mlxollama.store.modelfile import parse_modelfile
-from mlxollama.store.modelspec import parse_modelspec
 from mlxollama.store.store import Store
 from tests.conftest import tiny_llama_folder
 

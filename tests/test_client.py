@@ -16,7 +16,7 @@ import pytest
 from mlxollama import client as client_module
 from mlxollama.client import Client, DaemonUnreachable, ResponseError, base_url
 from mlxollama.errors import Busy, ModelNotFound
-from mlxollama.store.buildspec import BuildSpec
+from mlxollama.recipes.buildspec import BuildSpec
 
 
 class StandIn:

@@ -1,4 +1,4 @@
-"""Modelfile parsing and writing (store/modelfile.py)."""
+"""Modelfile parsing and writing (recipes/modelfile.py), and recipes/load.py."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from mlxollama.errors import InvalidModelfile
-from mlxollama.store.modelfile import (
+from mlxollama.recipes.load import load_recipe
+from mlxollama.recipes.modelfile import (
     INVALID_COMMAND,
     format_parameters,
-    load_recipe,
     parse_modelfile,
     quote,
     to_modelfile,

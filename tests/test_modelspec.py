@@ -1,4 +1,4 @@
-"""ModelSpec YAML recipes (store/modelspec.py)."""
+"""ModelSpec YAML recipes (recipes/modelspec.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from structlog.testing import capture_logs
 
 from mlxollama.errors import InvalidModelfile
 from mlxollama.gotemplate import render_messages
-from mlxollama.store.modelspec import FIELDS, PROMPT_TEMPLATES, parse_modelspec
+from mlxollama.recipes.modelspec import FIELDS, PROMPT_TEMPLATES, parse_modelspec
 
 FULL = """\
 name: smollm2-chat

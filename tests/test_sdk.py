@@ -88,7 +88,7 @@ def test_go_template_renders_the_same_prompt_as_the_jinja_one(store_root, tmp_pa
     from mlxollama.api import Message
     from mlxollama.engine.loader import load
     from mlxollama.engine.prompt import chat_tokens
-    from mlxollama.store.modelfile import parse_modelfile
+    from mlxollama.recipes.modelfile import parse_modelfile
 
     chatml = (
         'FROM smollm2\nTEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n'
@@ -107,7 +107,7 @@ def test_go_template_renders_the_same_prompt_as_the_jinja_one(store_root, tmp_pa
 
 @pytest.mark.model
 def test_modelfile_messages_and_parameters_apply(store_root, tmp_path):
-    from mlxollama.store.modelfile import parse_modelfile
+    from mlxollama.recipes.modelfile import parse_modelfile
 
     client = Embedded()
     spec = parse_modelfile(

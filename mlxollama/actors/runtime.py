@@ -30,7 +30,7 @@ from mlxollama.actors.session import CANCEL, DONE, Admission, DirectReply, Sessi
 from mlxollama.api import Chunk, InferenceRequest
 from mlxollama.config import Config
 from mlxollama.errors import Busy, MlxOllamaError
-from mlxollama.store.buildspec import BuildSpec
+from mlxollama.recipes.buildspec import BuildSpec
 from mlxollama.store.info import text_layers
 from mlxollama.store.names import parse_name
 from mlxollama.store.store import Store, StoredModel

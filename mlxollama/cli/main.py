@@ -149,7 +149,7 @@ def serve_entry() -> None:
 @embedded_option
 def create(model: str, path: str, quantize: str | None, embedded: bool) -> None:
     """Create a model from a Modelfile or ModelSpec (local files are sent to the daemon)."""
-    from mlxollama.store.modelfile import load_recipe
+    from mlxollama.recipes.load import load_recipe
 
     spec = load_recipe(Path(path))
     if quantize:

@@ -27,8 +27,8 @@ from mlxollama import api
 from mlxollama.errors import DigestMismatch, InvalidName, ModelNotFound
 from mlxollama.http.errors import bad_request
 from mlxollama.http.native import field, json_type, progress_answer, read_json
+from mlxollama.recipes.buildspec import BuildSpec
 from mlxollama.store.blobs import CHUNK
-from mlxollama.store.buildspec import BuildSpec
 from mlxollama.store.names import parse_digest, parse_name
 
 

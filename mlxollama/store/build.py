@@ -24,8 +24,8 @@ import orjson
 
 from mlxollama import __version__
 from mlxollama.errors import UnsupportedModel
+from mlxollama.recipes.buildspec import MODEL_FILES, QUANTIZATION_ALIASES, BuildSpec
 from mlxollama.store import manifests as mt
-from mlxollama.store.buildspec import MODEL_FILES, QUANTIZATION_ALIASES, BuildSpec
 from mlxollama.store.info import text_layers
 from mlxollama.store.manifests import Descriptor, Manifest
 from mlxollama.store.names import parse_name

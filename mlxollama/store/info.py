@@ -84,7 +84,7 @@ def model_template(store: Store, model: StoredModel) -> str:
 
 def show(store: Store, model: StoredModel, verbose: bool = False) -> dict[str, Any]:
     """The `/api/show` body."""
-    from mlxollama.store.modelfile import format_parameters, to_modelfile
+    from mlxollama.recipes.modelfile import format_parameters, to_modelfile
 
     info = store.config(model)
     layers = text_layers(store, model)

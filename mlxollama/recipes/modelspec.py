@@ -38,10 +38,7 @@ import yaml
 from mlxollama.api import DEPRECATED_OPTIONS, OPTION_TYPES, coerce_option
 from mlxollama.errors import InvalidModelfile, InvalidOption
 from mlxollama.gotemplate import parse
-from mlxollama.store.buildspec import QUANTIZATION_ALIASES, BuildSpec
-from mlxollama.store.modelfile import MESSAGE_ROLES, load_recipe
-
-__all__ = ["PROMPT_TEMPLATES", "load_recipe", "parse_modelspec"]
+from mlxollama.recipes.buildspec import MESSAGE_ROLES, QUANTIZATION_ALIASES, BuildSpec
 
 log = structlog.get_logger()
 

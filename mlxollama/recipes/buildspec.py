@@ -1,5 +1,5 @@
 """The one build recipe that Modelfiles, ModelSpec YAML files and `/api/create` bodies all
-become before `store.build.create` runs it."""
+become before `models.create` runs it, and the vocabulary the recipe syntaxes share."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ MODEL_FILES = (
     "chat_template.json",
     "generation_config.json",
 )
+
+MESSAGE_ROLES = ("system", "user", "assistant")  # MESSAGE lines, ModelSpec `messages`
 
 QUANTIZATIONS = ("int4", "int8", "fp16", "bf16")
 

@@ -31,7 +31,7 @@ import structlog
 from mlxollama.api import DEPRECATED_OPTIONS, OPTION_TYPES, coerce_option
 from mlxollama.errors import InvalidModelfile, InvalidOption
 from mlxollama.gotemplate import go_float, go_quote, parse
-from mlxollama.store.buildspec import BuildSpec
+from mlxollama.recipes.buildspec import MESSAGE_ROLES, BuildSpec
 
 log = structlog.get_logger()
 
@@ -53,7 +53,6 @@ INVALID_COMMAND = (
     + ", ".join(f'"{c}"' for c in COMMANDS[:-1])
     + f', or "{COMMANDS[-1]}"'
 )
-MESSAGE_ROLES = ("system", "user", "assistant")
 
 _NOT_SUPPORTED = {
     "adapter": (
@@ -310,34 +309,3 @@ def format_parameters(parameters: Mapping[str, Any]) -> str:
         shown = go_quote(item) if isinstance(item, str) else _param_text(item)
         out.append(f"{key:<30} {shown}")
     return "\n".join(out)
-
-
-def load_recipe(path: Path) -> BuildSpec:
-    """Read a build recipe: a ModelSpec for `.yaml`/`.yml` files, a Modelfile otherwise.
-
-    A folder stands for the `Modelfile` inside it.
-
-    Raises:
-        InvalidModelfile: the file is missing, unreadable or invalid.
-    """
-    path = Path(path).expanduser()
-    if path.is_dir() and (path / "Modelfile").is_file():
-        path = path / "Modelfile"
-    if not path.is_file():
-        what = "is a folder without a Modelfile" if path.is_dir() else "does not exist"
-        raise InvalidModelfile(
-            f"{path} {what}: write a Modelfile (its first line is `FROM <model or path>`) "
-            "or a ModelSpec .yaml file, and pass its path with -f"
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise InvalidModelfile(f"{path} is not UTF-8 text") from None
-    except OSError as e:
-        raise InvalidModelfile(f"cannot read {path}: {e.strerror}") from None
-    base_dir = path.absolute().parent
-    if path.suffix.lower() in (".yaml", ".yml"):
-        from mlxollama.store.modelspec import parse_modelspec
-
-        return parse_modelspec(text, base_dir)
-    return parse_modelfile(text, base_dir)
