@@ -158,12 +158,12 @@ def main() -> None:
 
     from mlxollama.actors.runtime import Runtime
     from mlxollama.config import Config
-    from mlxollama.engine.loader import load
     from mlxollama.http.app import create_app
     from mlxollama.http.server import make_server, shutdown
     from mlxollama.log import configure
+    from mlxollama.models.create import create
+    from mlxollama.models.load import load
     from mlxollama.recipes.buildspec import BuildSpec
-    from mlxollama.store.build import create
     from mlxollama.store.store import Store
 
     configure(None, console=False)  # the figures only

@@ -171,9 +171,9 @@ def main() -> None:
     import mlx.core as mx
     import mlx_lm
 
-    from mlxollama.engine.loader import load
+    from mlxollama.models.create import create
+    from mlxollama.models.load import load
     from mlxollama.recipes.buildspec import BuildSpec
-    from mlxollama.store.build import create
     from mlxollama.store.store import Store
 
     work = Path(tempfile.mkdtemp(prefix="mlxollama-bench-"))

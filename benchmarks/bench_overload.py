@@ -43,8 +43,8 @@ def smollm2_gguf() -> Path:
 
 
 def build_store(root: Path, gguf: Path) -> None:
+    from mlxollama.models.create import create
     from mlxollama.recipes.modelfile import parse_modelfile
-    from mlxollama.store.build import create
     from mlxollama.store.store import Store
 
     create(Store(root), "smollm2", parse_modelfile(MODELFILE.format(gguf=gguf), gguf.parent))

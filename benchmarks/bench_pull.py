@@ -203,9 +203,9 @@ def main() -> None:
         raise SystemExit("no registry: apt-get install docker-registry, or pass --registry")
 
     from mlxollama.log import configure
+    from mlxollama.models.create import create
     from mlxollama.recipes.modelfile import parse_modelfile
     from mlxollama.registry import pull, push
-    from mlxollama.store.build import create
     from mlxollama.store.store import Store
 
     configure(None, console=False)

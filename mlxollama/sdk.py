@@ -24,9 +24,10 @@ import orjson
 from mlxollama import api
 from mlxollama.config import Config
 from mlxollama.errors import MlxOllamaError
+from mlxollama.models.create import create as build_create
+from mlxollama.models.show import show
 from mlxollama.recipes.buildspec import BuildSpec
 from mlxollama.store import info
-from mlxollama.store.build import create as build_create
 from mlxollama.store.names import parse_name
 from mlxollama.store.store import Problem, Store
 
@@ -49,7 +50,7 @@ class Embedded:
         return {"models": [info.tag_entry(self.store, m) for m in self.store.list()]}
 
     def show(self, model: str, verbose: bool = False) -> dict[str, Any]:
-        return info.show(self.store, self.store.get(model), verbose=verbose)
+        return show(self.store, self.store.get(model), verbose=verbose)
 
     def create(
         self,
@@ -169,7 +170,7 @@ class Embedded:
         Raises:
             UnsupportedModel: the model cannot do `kind` (chat on an embedding model, ...).
         """
-        from mlxollama.engine import loader
+        from mlxollama.models.load import load
 
         stored = self.store.get(model)
         name = stored.name.display()
@@ -179,7 +180,7 @@ class Embedded:
         if lm is not None and lm.digest == stored.digest:
             return lm, 0
         self._loaded.clear()  # one model at a time in-process: free the old one first
-        lm = loader.load(self.store, name)
+        lm = load(self.store, name)
         self._loaded[name] = lm
         return lm, int(lm.load_duration * 1e9)
 

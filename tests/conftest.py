@@ -51,8 +51,8 @@ def smollm2_gguf() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_store(tmp_path_factory, smollm2_gguf) -> Path:
     """A store with `smollm2` imported from the GGUF (read-only: copy it to change it)."""
+    from mlxollama.models.create import create
     from mlxollama.recipes.modelfile import parse_modelfile
-    from mlxollama.store.build import create
     from mlxollama.store.store import Store
 
     root = tmp_path_factory.mktemp("smollm2-store")
@@ -70,8 +70,8 @@ def minilm_folder() -> Path:
 @pytest.fixture(scope="session")
 def minilm_store(tmp_path_factory, smollm2_store, minilm_folder) -> Path:
     """The SmolLM2 store plus `all-minilm` (an embedding model) created from its folder."""
+    from mlxollama.models.create import create
     from mlxollama.recipes.buildspec import BuildSpec
-    from mlxollama.store.build import create
     from mlxollama.store.store import Store
 
     root = tmp_path_factory.mktemp("minilm") / "store"
@@ -128,8 +128,8 @@ def tiny_llama_folder(path, tokenizer_store, quantize: bool = False, seed: int =
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory, smollm2_store) -> Path:
     """A store with two tiny random llamas, `tiny-a` and `tiny-b` (fast to load and run)."""
+    from mlxollama.models.create import create
     from mlxollama.recipes.buildspec import BuildSpec
-    from mlxollama.store.build import create
     from mlxollama.store.store import Store
 
     root = tmp_path_factory.mktemp("tiny-store")
@@ -143,7 +143,7 @@ def tiny_store(tmp_path_factory, smollm2_store) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_loaded(smollm2_store):
     """SmolLM2 loaded once per session (for tests that only generate)."""
-    from mlxollama.engine.loader import load
+    from mlxollama.models.load import load
     from mlxollama.store.store import Store
 
     return load(Store(smollm2_store), "smollm2")

@@ -210,7 +210,7 @@ def test_corrupted_model_fails_the_request_and_is_forgotten(runtime_factory, tin
 
 
 def test_load_timeout(runtime_factory):
-    from mlxollama.engine.loader import load
+    from mlxollama.models.load import load
 
     def slow(store, name):
         time.sleep(1.5)
@@ -223,7 +223,7 @@ def test_load_timeout(runtime_factory):
 
 def failing_decode(should_fail):
     """A loader whose model raises "boom" on a decode step whenever `should_fail()` says so."""
-    from mlxollama.engine.loader import load
+    from mlxollama.models.load import load
 
     def flaky(store, name):
         lm = load(store, name)
@@ -325,8 +325,8 @@ def test_a_tiny_context_answers_instead_of_killing_the_model(runtime_factory):
 
 
 def test_ps_reports_the_context_a_modelfile_sets(runtime_factory, tiny_root):
+    from mlxollama.models.create import create
     from mlxollama.recipes.buildspec import BuildSpec
-    from mlxollama.store.build import create
 
     create(Store(tiny_root), "tiny-ctx", BuildSpec(source="tiny-a", parameters={"num_ctx": 512}))
     rt = runtime_factory()

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 
 from mlxollama.errors import DigestMismatch, InvalidName, ModelNotFound, UnsupportedModel
+from mlxollama.models.create import create
 from mlxollama.recipes.buildspec import BuildSpec
 from mlxollama.recipes.modelfile import parse_modelfile
 from mlxollama.recipes.modelspec import parse_modelspec
 from mlxollama.store import manifests as mt
-from mlxollama.store.build import create
 from mlxollama.store.store import Store
 from tests.conftest import tiny_llama_folder
 
@@ -32,7 +32,7 @@ def test_same_modelfile_twice_writes_no_new_blob(store_root, smollm2_gguf, tmp_p
 
 @pytest.mark.model
 def test_quantized_variant_shares_unchanged_blobs_and_survives_rm(store_root):
-    from mlxollama.engine.loader import load
+    from mlxollama.models.load import load
     from mlxollama.sdk import Embedded
 
     store = Store(store_root)
@@ -81,7 +81,7 @@ def test_derived_model_shares_all_weights_and_merges_layers(store_root, tmp_path
     )
     new = blob_files(store) - before
     assert len(new) == 5  # system, params, messages, license, config: no weights
-    from mlxollama.store.info import show
+    from mlxollama.models.show import show
 
     body = show(store, pirate)
     assert body["system"] == "You answer like a pirate."
@@ -112,7 +112,7 @@ def test_provenance_records_source_digest_and_tools(smollm2_store, smollm2_gguf)
 
 @pytest.mark.model
 def test_corrupted_blob_is_reported_by_verify_and_refused_at_load(store_root):
-    from mlxollama.engine.loader import load
+    from mlxollama.models.load import load
 
     store = Store(store_root)
     model = store.get("smollm2")
@@ -259,7 +259,7 @@ license: Apache-2.0
     stored = store.get("smol-spec:1.0")
     info = store.config(stored)
     assert info["file_type"] == "int8"
-    from mlxollama.store.info import show
+    from mlxollama.models.show import show
 
     body = show(store, stored)
     assert body["system"] == "Be brief." and "num_predict" in body["parameters"]
@@ -279,7 +279,7 @@ license: Apache-2.0
 def test_quantize_at_build(tmp_path, smollm2_store, quantize, file_type, dtype):
     import mlx.core as mx
 
-    from mlxollama.engine.loader import load
+    from mlxollama.models.load import load
 
     folder = tiny_llama_folder(tmp_path / "tiny", Store(smollm2_store))
     store = Store(tmp_path / "s")

@@ -23,9 +23,9 @@ from mlxollama.client import Client
 from mlxollama.engine.embed import InputTooLong
 from mlxollama.errors import UnsupportedModel
 from mlxollama.http.server import shutdown
+from mlxollama.models.create import create
 from mlxollama.recipes.buildspec import BuildSpec
 from mlxollama.sdk import Embedded
-from mlxollama.store.build import create
 from mlxollama.store.store import Store
 from tests.daemons import actor_classes, start_daemon
 

@@ -18,11 +18,11 @@ from mlxollama.errors import (
     Unauthorized,
     UnsupportedModel,
 )
+from mlxollama.models.create import create
 from mlxollama.recipes.buildspec import BuildSpec
 from mlxollama.registry import Credentials
 from mlxollama.sdk import Embedded
 from mlxollama.store import manifests as mt
-from mlxollama.store.build import create
 from mlxollama.store.store import Store
 from tests.conftest import tiny_llama_folder
 from tests.hub_standin import HubStandin

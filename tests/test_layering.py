@@ -9,8 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_embedded_sdk_imports_no_daemon_code():
     code = (
-        "import sys, mlxollama.sdk, mlxollama.engine.loader, mlxollama.engine.generate, "
-        "mlxollama.store.build\n"
+        "import sys, mlxollama.sdk, mlxollama.models.load, mlxollama.engine.generate, "
+        "mlxollama.models.create\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('falcon', 'waitress', 'pykka') "
         "or m.startswith(('mlxollama.actors', 'mlxollama.http', 'mlxollama.cli'))]\n"
         "print(','.join(bad))"

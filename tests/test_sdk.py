@@ -86,8 +86,8 @@ def test_go_template_renders_the_same_prompt_as_the_jinja_one(store_root, tmp_pa
     """A Modelfile TEMPLATE in Go syntax, equivalent to SmolLM2's Jinja template, gives the
     same tokens and the same answer."""
     from mlxollama.api import Message
-    from mlxollama.engine.loader import load
     from mlxollama.engine.prompt import chat_tokens
+    from mlxollama.models.load import load
     from mlxollama.recipes.modelfile import parse_modelfile
 
     chatml = (

@@ -101,7 +101,7 @@ class Solo:
 class ModelActor(pykka.ThreadingActor):
     """Args:
     name: the model's display name.
-    load: `load(store, name) -> LoadedModel` (engine.loader.load, or a fake in tests).
+    load: `load(store, name) -> LoadedModel` (models.load.load, or a fake in tests).
     store: the store to load from.
     governor: the GovernorActor's ref (told `loaded`, `load_failed`, `release`, `died`).
     num_parallel: sequences generated at once.

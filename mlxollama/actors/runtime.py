@@ -103,7 +103,7 @@ class Runtime:
     Args:
         config: settings (store root, limits).
         store: the store (default: the one at `config.models`).
-        load_model: `load(store, name) -> LoadedModel` (default `engine.loader.load`); tests
+        load_model: `load(store, name) -> LoadedModel` (default `models.load.load`); tests
             inject fakes.
         pull, push: `registry.pull` and `registry.push` (the defaults); tests inject fakes
             with the same signatures.
@@ -115,7 +115,7 @@ class Runtime:
         self.config = config
         self._store = store or Store(config.models)
         if load_model is None:
-            from mlxollama.engine.loader import load as load_model
+            from mlxollama.models.load import load as load_model
         self._load = load_model
         from mlxollama import registry
 

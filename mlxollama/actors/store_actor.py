@@ -14,8 +14,8 @@ from typing import Any
 import pykka
 import structlog
 
+from mlxollama.models.create import create
 from mlxollama.recipes.buildspec import BuildSpec
-from mlxollama.store.build import create
 from mlxollama.store.store import Store, StoredModel
 
 log = structlog.get_logger("mlxollama.store")

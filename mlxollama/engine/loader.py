@@ -1,9 +1,8 @@
-"""Load a stored model into mlx-lm: weights from tensor blobs, tokenizer from file blobs.
+"""Turn an mlx-lm config and weights into an MLX model, and re-encode one (`convert`).
 
-A stored model keeps the mlx-lm `config.json` in its config blob and one safetensors blob per
-parameter, already named as mlx-lm's modules expect, so loading is: build the module from the
-config, quantize the layers the config says, and load the tensors. The tokenizer files are
-linked into a temporary folder for transformers, which reads them once.
+Loading is: build the module from the config, quantize the layers the config says, and load
+the tensors. This module knows no store: `models.load` reads a stored model and hands its
+config, tensor files and tokenizer folder here.
 """
 
 from __future__ import annotations
@@ -11,8 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
-import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +20,7 @@ import mlx.nn as nn
 from mlx_lm import tokenizer_utils
 from mlx_lm.utils import _get_classes, dequantize_model, infer_quant_config, quantize_model
 
-from mlxollama.errors import BlobNotFound, DigestMismatch, UnsupportedModel
-from mlxollama.store import manifests as mt
-from mlxollama.store.info import text_layers
-from mlxollama.store.store import Store, StoredModel
+from mlxollama.errors import UnsupportedModel
 
 
 def instantiate(config: dict[str, Any], weights: dict[str, mx.array]) -> nn.Module:
@@ -127,86 +122,28 @@ class LoadedModel:
         return self.details.get("capabilities", ["completion"])
 
 
-def load(store: Store, name: str, *, float32_on_cpu: bool = True) -> LoadedModel:
-    """Load a model from the store.
-
-    Every blob is checked against its digest first (re-hashed unless its size and mtime
-    match the last successful check), so a corrupted store is refused, not half-loaded.
+def model_from_weights(
+    config: dict[str, Any], weight_files: Iterable[Path], *, float32_on_cpu: bool = True
+) -> nn.Module:
+    """Build the model `config` describes from safetensors files and evaluate its weights.
 
     Args:
-        store: the store to read.
-        name: the model name.
+        config: the mlx-lm `config.json`.
+        weight_files: safetensors files that together hold every parameter.
         float32_on_cpu: on MLX's CPU backend, dequantize to float32, the only dtype with a
             fast (BLAS) path there. Default: ``True``.
-
-    Raises:
-        ModelNotFound: no such model.
-        DigestMismatch / BlobNotFound: a blob is corrupted or missing; the message names the
-            model and the digest.
     """
-    tic = time.perf_counter()
-    stored = store.get(name)
-    display = stored.name.display()
-    try:
-        store.check_blobs(stored)
-    except (DigestMismatch, BlobNotFound) as e:
-        raise type(e)(
-            f"model '{display}' cannot be loaded: {e}. Run `mlxctl verify {display}`, then "
-            "create or pull the model again"
-        ) from None
-    info = store.config(stored)
-    model_config = info["model_config"]
     weights: dict[str, mx.array] = {}
-    for layer in stored.manifest.layers_of(mt.TENSOR_MEDIA_TYPE):
-        weights.update(mx.load(str(store.blobs.path(layer.digest)), format="safetensors"))
-    model = instantiate(model_config, weights)
+    for path in weight_files:
+        weights.update(mx.load(str(path), format="safetensors"))
+    model = instantiate(config, weights)
     if float32_on_cpu and mx.default_device() == mx.cpu and _fits_as_float32(model):
-        model, _ = convert(model, model_config, "fp32")
+        model, _ = convert(model, config, "fp32")
     mx.eval(model.parameters())
-    pooling = None
-    if "embedding" in info.get("capabilities", ()):
-        tokenizer = _load_encoder_tokenizer(store, stored)
-        pooling = info.get("pooling") or "mean"
-    else:
-        tokenizer = _load_tokenizer(store, stored, model_config)
-    layers = text_layers(store, stored)
-    del layers["license"]
-    return LoadedModel(
-        name=display,
-        digest=stored.digest,
-        model=model,
-        tokenizer=tokenizer,
-        model_config=model_config,
-        details=info,
-        context_length=int(info.get("context_length") or 4096),
-        load_duration=time.perf_counter() - tic,
-        size=stored.size,
-        pooling=pooling,
-        **layers,
-    )
+    return model
 
 
-def _tokenizer_json(stored: StoredModel) -> mt.Descriptor:
-    for f in stored.manifest.layers_of(mt.FILE_MEDIA_TYPE):
-        if f.name == "tokenizer.json":
-            return f
-    raise UnsupportedModel(f"model '{stored.name.display()}' has no tokenizer.json")
-
-
-def _load_encoder_tokenizer(store: Store, stored: StoredModel):
-    from mlxollama.engine.embed import load_tokenizer
-
-    return load_tokenizer(str(store.blobs.path(_tokenizer_json(stored).digest)))
-
-
-def _load_tokenizer(store: Store, stored: StoredModel, model_config: dict[str, Any]):
-    files = stored.manifest.layers_of(mt.FILE_MEDIA_TYPE)
-    _tokenizer_json(stored)
-    with tempfile.TemporaryDirectory(prefix="mlxollama-tok-") as tmp:
-        for f in files:
-            target = Path(tmp) / f.name
-            if not target.resolve().is_relative_to(Path(tmp).resolve()):
-                raise UnsupportedModel(f"model file name {f.name!r} points outside the model")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(store.blobs.path(f.digest), target)
-        return tokenizer_utils.load(Path(tmp), eos_token_ids=model_config.get("eos_token_id"))
+def text_tokenizer(folder: Path, config: dict[str, Any]):
+    """The mlx-lm tokenizer (a TokenizerWrapper) of the tokenizer files in `folder`, which
+    transformers reads once; `config` gives the end-of-sequence ids."""
+    return tokenizer_utils.load(folder, eos_token_ids=config.get("eos_token_id"))

@@ -25,6 +25,7 @@ from mlxollama import api
 from mlxollama.actors.runtime import RunningModel, Session
 from mlxollama.errors import BlobNotFound, InvalidName, ModelNotFound
 from mlxollama.http.errors import bad_request, error_body, log_failure, status_of
+from mlxollama.models.show import show
 from mlxollama.store import info
 from mlxollama.store.names import parse_name
 
@@ -526,7 +527,7 @@ class Show:
         name = model_field(body)
         verbose = field(body, "verbose", bool, False)
         store = self.runtime.store
-        resp.media = info.show(store, store.get(name), verbose=verbose)
+        resp.media = show(store, store.get(name), verbose=verbose)
 
 
 # Go's maximum duration (max int64 nanoseconds, about 292 years): Ollama's "forever".

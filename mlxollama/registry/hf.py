@@ -34,10 +34,10 @@ from mlxollama.errors import (
     Unauthorized,
     UnsupportedModel,
 )
+from mlxollama.models.create import create
 from mlxollama.recipes.buildspec import BuildSpec
 from mlxollama.registry import Credentials, Progress
 from mlxollama.store.blobs import CHUNK
-from mlxollama.store.build import create
 from mlxollama.store.names import DEFAULT_TAG, ModelName
 from mlxollama.store.store import Store, StoredModel
 

@@ -14,9 +14,9 @@ import structlog
 
 from mlxollama import api
 from mlxollama.errors import UnsupportedModel
+from mlxollama.models.create import create
 from mlxollama.recipes.buildspec import BuildSpec
 from mlxollama.registry import Progress
-from mlxollama.store.build import create
 from mlxollama.store.names import ModelName
 from mlxollama.store.store import Store, StoredModel
 

@@ -1,5 +1,6 @@
 """What `list`/`show` report about a stored model, in Ollama's shapes (`/api/tags`,
-`/api/show`), shared by the embedded SDK, the CLI and the HTTP layer."""
+`/api/show`), shared by the embedded SDK, the CLI and the HTTP layer. The `/api/show` body
+itself is `models.show` (it writes a Modelfile, which the store knows nothing of)."""
 
 from __future__ import annotations
 
@@ -80,40 +81,3 @@ def model_template(store: Store, model: StoredModel) -> str:
             if isinstance(template, str):
                 return template
     return ""
-
-
-def show(store: Store, model: StoredModel, verbose: bool = False) -> dict[str, Any]:
-    """The `/api/show` body."""
-    from mlxollama.recipes.modelfile import format_parameters, to_modelfile
-
-    info = store.config(model)
-    layers = text_layers(store, model)
-    params, messages, licenses = layers["parameters"], layers["messages"], layers["license"]
-    name = model.name.display()
-    body: dict[str, Any] = {
-        "license": "\n".join(licenses),
-        "modelfile": to_modelfile(
-            name=name,
-            from_ref=name,
-            template=layers["template"],
-            system=layers["system"],
-            parameters=params,
-            messages=messages,
-            license=licenses,
-        ),
-        "parameters": format_parameters(params),
-        "template": model_template(store, model),
-        "system": layers["system"] or "",
-        "details": details(info),
-        "messages": messages,
-        "model_info": info.get("model_info") or {},
-        "capabilities": info.get("capabilities", ["completion"]),
-        "modified_at": rfc3339(model.modified_at),
-        "provenance": info.get("provenance", {}),
-    }
-    if verbose:
-        body["tensors"] = [
-            {"name": d.name, "digest": d.digest, "size": d.size}
-            for d in model.manifest.layers_of(mt.TENSOR_MEDIA_TYPE)
-        ]
-    return body

@@ -183,7 +183,7 @@ class _Builder:
             parent=parent,
         )
         if need_weights:
-            from mlxollama.engine.loader import load
+            from mlxollama.models.load import load
 
             parts.model = load(self.store, name, float32_on_cpu=False).model
         else:
