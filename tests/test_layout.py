@@ -1,4 +1,4 @@
-"""`pack`: OCI image layouts (a folder or a tar) out of the store and back, read by skopeo."""
+"""`pack` (registry/pack.py, registry/layout.py): OCI image layouts out of the store and back."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from mlxollama.errors import DigestMismatch, InvalidName, ModelNotFound, UnsupportedModel
-from mlxollama.registry.layout import export_layout, import_layout
+from mlxollama.registry.pack import export_layout, import_layout
 from mlxollama.sdk import Embedded
 from mlxollama.store import manifests as mt
 from mlxollama.store.store import Store

@@ -221,18 +221,18 @@ def pack(first: str, second: str | None, import_: bool) -> None:
     carried without a registry. skopeo, oras and crane read and write the layout too. Works
     on the local store, in this process.
     """
-    from mlxollama.registry import layout
+    from mlxollama.registry.pack import export_layout, import_layout
 
     store = _quiet(local()).store
     if import_:
         with ProgressView() as progress:
-            stored = layout.import_layout(store, Path(first), name=second, progress=progress)
+            stored = import_layout(store, Path(first), name=second, progress=progress)
         click.echo(f"imported '{stored.name.display()}' from {first}")
         return
     if second is None:
         raise click.UsageError("give the folder (or .tar file) to write: mlxctl pack NAME DEST")
     with ProgressView() as progress:
-        layout.export_layout(store, first, Path(second), progress=progress)
+        export_layout(store, first, Path(second), progress=progress)
     click.echo(f"packed '{first}' into {second}")
 
 

@@ -21,7 +21,7 @@ import structlog
 from mlxollama import __version__
 from mlxollama.api import Chunk, Embeddings
 from mlxollama.config import Config
-from mlxollama.http import blobs, embed, errors, guards, native, openai, transfer
+from mlxollama.http import blobs, create, embed, errors, guards, native, openai, transfer
 
 log = structlog.get_logger("mlxollama.http")
 
@@ -184,7 +184,7 @@ def create_app(runtime, config: Config) -> DaemonApp:
     app.add_route("/api/ps", native.Ps(runtime))
     app.add_route("/api/copy", native.Copy(runtime))
     app.add_route("/api/delete", native.Delete(runtime))
-    app.add_route("/api/create", blobs.Create(runtime))
+    app.add_route("/api/create", create.Create(runtime))
     app.add_route("/api/blobs/{digest}", blobs.Blob(runtime))
     app.add_route("/api/pull", transfer.Pull(runtime))
     app.add_route("/api/push", transfer.Push(runtime))
