@@ -386,9 +386,9 @@ class Client:
             ) from None
 
     def _create_body(self, model: str, spec: BuildSpec, progress: Progress) -> dict[str, Any]:
-        if spec.adapters or spec.tokenizer:
+        if spec.tokenizer:
             raise MlxOllamaError(
-                "the daemon cannot build from adapters or a separate tokenizer folder yet: "
+                "the daemon cannot build from a separate tokenizer folder yet: "
                 "create this model in-process (mlxctl create --embedded)"
             )
         body: dict[str, Any] = {"model": model}

@@ -347,7 +347,7 @@ def test_metadata(tmp_path):
         "tokenizer.ggml.merges",
         "tokenizer.ggml.token_type",
     } & set(meta)
-    assert model.chat_template == TEMPLATE
+    assert json.loads(model.tokenizer_files["tokenizer_config.json"])["chat_template"] == TEMPLATE
     assert "tokenizer.json" in model.tokenizer_files
     assert model.config["rms_norm_eps"] == 1e-05
 
@@ -426,7 +426,10 @@ def test_smollm2(tmp_path):
     assert config["quantization"]["model.embed_tokens"] == {"group_size": 32, "bits": 8}
     assert model.file_type == "Q4_1"
     assert model.metadata["llama.context_length"] == 8192
-    assert "<|im_start|>" in model.chat_template
+    assert (
+        "<|im_start|>"
+        in json.loads(model.tokenizer_files["tokenizer_config.json"])["chat_template"]
+    )
 
     # Greedy answer to a chat prompt, tokenized by hand from the GGUF vocabulary: with Q/K
     # left permuted the model still runs but loses the thread.

@@ -60,7 +60,7 @@ def test_full_modelfile(tmp_path):
         {"role": "assistant", "content": "Arr, buried deep."},
     ]
     assert spec.recipe == FULL
-    assert spec.adapters == [] and spec.quantize is None
+    assert spec.quantize is None
 
 
 @pytest.mark.parametrize(

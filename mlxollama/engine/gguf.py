@@ -79,7 +79,6 @@ class GGUFModel:
         metadata: The GGUF key/values as JSON-ready Python, minus the big tokenizer arrays
             (Ollama's `model_info`), plus `general.parameter_count` when the file lacks it.
         file_type: The tensor type holding most elements, e.g. "Q4_1".
-        chat_template: The Jinja chat template, if the file has one.
         tokenizer_files: File name -> bytes for a Hugging Face tokenizer folder.
     """
 
@@ -87,7 +86,6 @@ class GGUFModel:
     weights: dict[str, mx.array]
     metadata: dict
     file_type: str
-    chat_template: str | None
     tokenizer_files: dict[str, bytes]
 
 
@@ -184,7 +182,6 @@ def read_gguf(path: str | Path) -> GGUFModel:
         weights=weights,
         metadata=metadata,
         file_type=elements.most_common(1)[0][0],
-        chat_template=raw.get("tokenizer.chat_template"),
         tokenizer_files=tokenizer_files(raw),
     )
 

@@ -228,7 +228,7 @@ def create(
             stored = _build(store, builder, target, spec, quantize)
         except BaseException:
             with contextlib.suppress(Exception):
-                store._remove_unreferenced(builder.added)
+                store.remove_unreferenced(builder.added)
             raise
     builder.say("success")
     return stored

@@ -23,8 +23,6 @@ MODEL_FILES = (
 
 MESSAGE_ROLES = ("system", "user", "assistant")  # MESSAGE lines, ModelSpec `messages`
 
-QUANTIZATIONS = ("int4", "int8", "fp16", "bf16")
-
 # Ollama's quantize names, mapped onto ours (MLX affine quantization, group size 64).
 QUANTIZATION_ALIASES = {
     "q4": "int4",
@@ -61,7 +59,6 @@ class BuildSpec:
     system: str | None = None
     messages: list[dict[str, str]] | None = None
     license: list[str] = field(default_factory=list)
-    adapters: list[str] = field(default_factory=list)
     quantize: str | None = None
     tokenizer: str | None = None  # a folder with tokenizer files, overriding the source's
     revision: str | None = None  # a pinned upstream revision, recorded in provenance

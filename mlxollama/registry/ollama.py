@@ -83,5 +83,5 @@ def convert(store: Store, name: ModelName, remote, origin: dict, progress: Progr
         )
         stored = create(store, name.display(), spec, progress)
     with store.lock():  # the GGUF and Ollama's config are not part of the MLX model
-        store._remove_unreferenced({remote.config.digest, gguf.digest})
+        store.remove_unreferenced({remote.config.digest, gguf.digest})
     return stored

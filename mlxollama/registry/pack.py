@@ -108,7 +108,7 @@ def import_layout(
                 stored = store.put_manifest(target, manifest)
             except BaseException:
                 with contextlib.suppress(Exception):
-                    store._remove_unreferenced(added)
+                    store.remove_unreferenced(added)
                 raise
     say({"status": "success"})
     return stored

@@ -224,14 +224,6 @@ class BlobStore:
                 w.write(chunk)
         return w.digest
 
-    @hides_paths
-    def put_file(self, src: Path, expected: str | None = None) -> str:
-        """Copy a file in. When `expected` names a blob we already have, nothing is read."""
-        if expected is not None and self.exists(expected):
-            return parse_digest(expected)
-        with open(src, "rb") as f:
-            return self.put_stream(iter(lambda: f.read(CHUNK), b""), expected)
-
     def adopt(self, src: Path, digest: str, sync: bool = True) -> str:
         """Move a file whose sha256 the caller has just checked (a finished download, on the
         same filesystem) into the store under `digest`. With `sync=False` the caller calls

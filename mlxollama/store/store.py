@@ -208,7 +208,7 @@ class Store:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         if old is not None:  # the tag moved: what only the old manifest used is garbage now
-            self._remove_unreferenced(set(old.digests()) - set(manifest.digests()))
+            self.remove_unreferenced(set(old.digests()) - set(manifest.digests()))
         return self._read(name)
 
     @hides_paths
@@ -231,10 +231,17 @@ class Store:
                     parent.rmdir()
                 except OSError:
                     break
-            self._remove_unreferenced(set(model.manifest.digests()))
+            self.remove_unreferenced(set(model.manifest.digests()))
             return model
 
-    def _remove_unreferenced(self, candidates: set[str]) -> tuple[int, int]:
+    def remove_unreferenced(self, candidates: set[str]) -> tuple[int, int]:
+        """Remove the blobs among `candidates` that no manifest references: what a failed
+        create, pull or import added, or what a removed or moved tag used. The caller holds
+        the store lock (`lock()`), so no manifest can start referring to one meanwhile.
+
+        Returns:
+            (blobs removed, bytes freed)
+        """
         unreferenced = candidates - self.referenced()
         freed = 0
         for digest in unreferenced:
@@ -268,7 +275,7 @@ class Store:
                         old.add(digest)
                 except FileNotFoundError:
                     continue
-            more, more_freed = self._remove_unreferenced(old)
+            more, more_freed = self.remove_unreferenced(old)
             return count + more, freed + more_freed
 
     # -- what killed writers leave ----------------------------------------------------------
@@ -330,7 +337,7 @@ class Store:
                     with contextlib.suppress(FileNotFoundError):
                         if self.blobs.path(digest).stat().st_mtime <= ended:
                             dead.add(digest)
-                removed, size = self._remove_unreferenced(dead)
+                removed, size = self.remove_unreferenced(dead)
                 count, freed = count + removed, freed + size
                 journal.unlink(missing_ok=True)
             finally:
@@ -372,7 +379,7 @@ class Store:
                         idle.add(digest)
                 except FileNotFoundError:
                     continue
-            return self._remove_unreferenced(idle)[0]
+            return self.remove_unreferenced(idle)[0]
 
     def _claimed(self) -> set[str]:
         with self._claims_lock:
