@@ -24,9 +24,10 @@ from typing import Any
 import falcon
 
 from mlxollama import api
+from mlxollama.api import field, json_type
 from mlxollama.errors import DigestMismatch, InvalidName, ModelNotFound
 from mlxollama.http.errors import bad_request
-from mlxollama.http.native import field, json_type, progress_answer, read_json
+from mlxollama.http.native import progress_answer, read_json
 from mlxollama.store.blobs import CHUNK
 from mlxollama.store.buildspec import BuildSpec
 from mlxollama.store.names import parse_digest, parse_name

@@ -1,46 +1,15 @@
-"""What `list`/`show` report about a stored model, in Ollama's shapes (`/api/tags`,
-`/api/show`), shared by the embedded SDK, the CLI and the HTTP layer."""
+"""What a stored model's text layers say: TEMPLATE, SYSTEM, PARAMETERs, MESSAGEs, LICENSE,
+and the chat template the model applies. `mlxollama.catalog` builds Ollama's `/api/tags` and
+`/api/show` bodies from them."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import orjson
 
 from mlxollama.store import manifests as mt
 from mlxollama.store.store import Store, StoredModel
-
-
-def rfc3339(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def details(info: dict[str, Any]) -> dict[str, Any]:
-    family = info.get("model_family") or ""
-    return {
-        "parent_model": info.get("parent_model", ""),
-        "format": info.get("model_format", "mlx"),
-        "family": family,
-        "families": info.get("model_families") or ([family] if family else None),
-        "parameter_size": info.get("model_type", ""),
-        "quantization_level": info.get("file_type", ""),
-    }
-
-
-def tag_entry(store: Store, model: StoredModel) -> dict[str, Any]:
-    """One `/api/tags` entry."""
-    info = store.config(model)
-    name = model.name.display()
-    return {
-        "name": name,
-        "model": name,
-        "modified_at": rfc3339(model.modified_at),
-        "size": model.size,
-        "digest": model.digest,
-        "details": details(info),
-        "capabilities": info.get("capabilities", ["completion"]),
-    }
 
 
 def texts(store: Store, model: StoredModel, media_type: str) -> list[str]:
@@ -80,40 +49,3 @@ def model_template(store: Store, model: StoredModel) -> str:
             if isinstance(template, str):
                 return template
     return ""
-
-
-def show(store: Store, model: StoredModel, verbose: bool = False) -> dict[str, Any]:
-    """The `/api/show` body."""
-    from mlxollama.store.modelfile import format_parameters, to_modelfile
-
-    info = store.config(model)
-    layers = text_layers(store, model)
-    params, messages, licenses = layers["parameters"], layers["messages"], layers["license"]
-    name = model.name.display()
-    body: dict[str, Any] = {
-        "license": "\n".join(licenses),
-        "modelfile": to_modelfile(
-            name=name,
-            from_ref=name,
-            template=layers["template"],
-            system=layers["system"],
-            parameters=params,
-            messages=messages,
-            license=licenses,
-        ),
-        "parameters": format_parameters(params),
-        "template": model_template(store, model),
-        "system": layers["system"] or "",
-        "details": details(info),
-        "messages": messages,
-        "model_info": info.get("model_info") or {},
-        "capabilities": info.get("capabilities", ["completion"]),
-        "modified_at": rfc3339(model.modified_at),
-        "provenance": info.get("provenance", {}),
-    }
-    if verbose:
-        body["tensors"] = [
-            {"name": d.name, "digest": d.digest, "size": d.size}
-            for d in model.manifest.layers_of(mt.TENSOR_MEDIA_TYPE)
-        ]
-    return body
