@@ -7,9 +7,12 @@ streams. It imports nothing heavier than the standard library, so every layer ca
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar, Literal
 
 from mlxollama.errors import InvalidOption, UnsupportedModel
 
@@ -260,7 +263,7 @@ class Chunk:
     load_duration: int = 0
     prompt_eval_duration: int = 0
     eval_duration: int = 0
-    context: list[int] = field(default_factory=list)
+    context: list[int] = dataclasses.field(default_factory=list)
 
     def metrics(self) -> dict[str, int]:
         d = asdict(self)
@@ -275,42 +278,6 @@ METRIC_FIELDS = (
     "eval_count",
     "eval_duration",
 )
-
-
-def now_rfc3339() -> str:
-    import datetime as dt
-
-    return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def generate_response(model: str, chunk: Chunk) -> dict[str, Any]:
-    """One `/api/generate` object (a stream line, or the whole answer when not streaming)."""
-    body: dict[str, Any] = {
-        "model": model,
-        "created_at": now_rfc3339(),
-        "response": chunk.text,
-        "done": chunk.done,
-    }
-    if chunk.done:
-        body["done_reason"] = chunk.done_reason
-        if chunk.context:
-            body["context"] = chunk.context
-        body.update(chunk.metrics())
-    return body
-
-
-def chat_response(model: str, chunk: Chunk) -> dict[str, Any]:
-    """One `/api/chat` object."""
-    body: dict[str, Any] = {
-        "model": model,
-        "created_at": now_rfc3339(),
-        "message": {"role": "assistant", "content": chunk.text},
-        "done": chunk.done,
-    }
-    if chunk.done:
-        body["done_reason"] = chunk.done_reason
-        body.update(chunk.metrics())
-    return body
 
 
 FOREVER = float("inf")
@@ -399,14 +366,14 @@ class InferenceRequest:
     model: str
     kind: Literal["generate", "chat", "embed"]
     prompt: str = ""
-    messages: list[Message] = field(default_factory=list)
+    messages: list[Message] = dataclasses.field(default_factory=list)
     system: str | None = None
     template: str | None = None
     raw: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
     keep_alive: float | None = None
     request_id: str = ""
-    inputs: list[str] = field(default_factory=list)
+    inputs: list[str] = dataclasses.field(default_factory=list)
     truncate: bool = True
     dimensions: int | None = None
     normalize: bool = True
@@ -425,3 +392,410 @@ class InferenceRequest:
         if needed not in capabilities:
             what = "embeddings" if self.kind == "embed" else self.kind
             raise UnsupportedModel(f'"{name}" does not support {what}')
+
+
+# -- the wire: Ollama's request and response bodies as types -------------------------------
+#
+# Each type is one JSON object of Ollama's API (`api/types.go`), fields in Ollama's order.
+# `to_json()` is the one way to write it (the HTTP layer, the SDK and the client all answer
+# with it) and `from_json()` the one way to read it back. Request types read a body as the
+# daemon does: each field's JSON type is checked (InvalidOption, a 400), nothing more (an
+# absent field stays None: `stream` then means true, `truncate` true); what a value means is
+# checked where the request becomes an `InferenceRequest`.
+
+OnProgress = Callable[[dict[str, Any]], None]
+"""Where create, pull and push report their progress objects (`Progress.to_json()`)."""
+
+_KINDS = {
+    str: "a string",
+    bool: "a boolean",
+    list: "an array",
+    dict: "an object",
+    int: "an integer",
+}
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a value's type, for error messages."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), "null")
+
+
+def field(body: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
+    """`body[key]`, checked against `kind`; `default` when absent or null.
+
+    Raises:
+        InvalidOption: the value has another JSON type (the message names the field).
+    """
+    value = body.get(key)
+    if value is None:
+        return default
+    if kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise InvalidOption(
+            f'invalid request: "{key}" must be {_KINDS[kind]}, not {json_type(value)}'
+        )
+    return value
+
+
+def model_of(body: dict[str, Any]) -> str:
+    """`model`, or the legacy `name` ("" when both are missing)."""
+    return field(body, "model", str, "") or field(body, "name", str, "")
+
+
+def refuse_format(value: Any) -> None:
+    """Raises InvalidOption for a `format` (structured output is not implemented yet): the
+    daemon and the embedded SDK refuse it alike."""
+    if value not in (None, ""):
+        raise InvalidOption(
+            'format (structured output) is not supported yet: send the request without "format"'
+        )
+
+
+def rfc3339(ts: float) -> str:
+    """Epoch seconds as Ollama writes times (`2024-05-01T12:00:00.123456Z`)."""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def now_rfc3339() -> str:
+    return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+class Wire:
+    """A JSON body: `to_json()` writes the fields in order (those in `_omit` left out while
+    None; those in `_nested` through their own type), `from_json()` reads one back (keys that
+    are not fields are ignored)."""
+
+    _omit: ClassVar[frozenset[str]] = frozenset()
+    _nested: ClassVar[dict[str, type[Wire]]] = {}
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if value is None and f.name in self._omit:
+                continue
+            if f.name in self._nested and value is not None:
+                value = [v.to_json() for v in value] if isinstance(value, list) else value.to_json()
+            body[f.name] = value
+        return body
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Any:
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        values = {k: v for k, v in body.items() if k in names}
+        for name, kind in cls._nested.items():
+            value = values.get(name)
+            if isinstance(value, list):
+                values[name] = [kind.from_json(v) for v in value]
+            elif isinstance(value, dict):
+                values[name] = kind.from_json(value)
+        return cls(**values)
+
+
+_OPTIONAL = frozenset({"system", "template", "raw", "format", "options", "keep_alive", "stream"})
+
+
+@dataclass
+class GenerateRequest(Wire):
+    """`POST /api/generate` (the fields both clients send; the daemon refuses the others)."""
+
+    model: str
+    prompt: str = ""
+    system: str | None = None
+    template: str | None = None
+    raw: bool | None = None
+    format: str | dict | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: float | str | None = None
+    stream: bool | None = None
+    _omit = _OPTIONAL
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> GenerateRequest:
+        return cls(
+            stream=field(body, "stream", bool),
+            prompt=field(body, "prompt", str, ""),
+            system=field(body, "system", str, "") or None,
+            template=field(body, "template", str, "") or None,
+            raw=field(body, "raw", bool),
+            model=model_of(body),
+            format=body.get("format"),
+            options=body.get("options"),
+            keep_alive=body.get("keep_alive"),
+        )
+
+
+@dataclass
+class ChatRequest(Wire):
+    """`POST /api/chat`; `messages` as sent (`Message.from_dict` validates each)."""
+
+    model: str
+    messages: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    format: str | dict | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: float | str | None = None
+    stream: bool | None = None
+    _omit = _OPTIONAL
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> ChatRequest:
+        return cls(
+            stream=field(body, "stream", bool),
+            messages=field(body, "messages", list, []),
+            model=model_of(body),
+            format=body.get("format"),
+            options=body.get("options"),
+            keep_alive=body.get("keep_alive"),
+        )
+
+
+@dataclass
+class EmbedRequest(Wire):
+    """`POST /api/embed`: `input` is a string or a list of strings (a bare "" just loads)."""
+
+    model: str
+    input: str | list[str] | None = None
+    truncate: bool | None = None
+    dimensions: int | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: float | str | None = None
+    _omit = frozenset({"input", "truncate", "dimensions", "options", "keep_alive"})
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> EmbedRequest:
+        """Also reads the fields `/api/embeddings` and `/v1/embeddings` share with it."""
+        return cls(
+            input=body.get("input"),
+            dimensions=field(body, "dimensions", int),
+            model=model_of(body),
+            truncate=field(body, "truncate", bool),
+            options=body.get("options"),
+            keep_alive=body.get("keep_alive"),
+        )
+
+
+@dataclass
+class ShowRequest(Wire):
+    """`POST /api/show`."""
+
+    model: str
+    verbose: bool | None = None
+    _omit = frozenset({"verbose"})
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> ShowRequest:
+        return cls(model=model_of(body), verbose=field(body, "verbose", bool))
+
+
+@dataclass
+class GenerateResponse(Wire):
+    """One `/api/generate` object: a stream line, or the whole answer. Only the last one
+    (`done`) carries `done_reason`, `context` (when there is one) and the metrics."""
+
+    model: str
+    created_at: str
+    response: str
+    done: bool
+    done_reason: str | None = None
+    context: list[int] | None = None
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_count: int | None = None
+    eval_duration: int | None = None
+    _omit = frozenset({"done_reason", "context", *METRIC_FIELDS})
+
+    @classmethod
+    def from_chunk(cls, model: str, chunk: Chunk) -> GenerateResponse:
+        if not chunk.done:
+            return cls(model, now_rfc3339(), chunk.text, False)
+        return cls(
+            model,
+            now_rfc3339(),
+            chunk.text,
+            True,
+            done_reason=chunk.done_reason,
+            context=chunk.context or None,
+            **chunk.metrics(),
+        )
+
+
+@dataclass
+class ChatResponse(Wire):
+    """One `/api/chat` object; `message` is the assistant's (a piece of it while streaming)."""
+
+    model: str
+    created_at: str
+    message: Message
+    done: bool
+    done_reason: str | None = None
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_count: int | None = None
+    eval_duration: int | None = None
+    _omit = frozenset({"done_reason", *METRIC_FIELDS})
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "message": self.message.to_dict()}
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> ChatResponse:
+        answer = super().from_json(body)
+        answer.message = Message.from_dict(answer.message)
+        return answer
+
+    @classmethod
+    def from_chunk(cls, model: str, chunk: Chunk) -> ChatResponse:
+        message = Message("assistant", chunk.text)
+        if not chunk.done:
+            return cls(model, now_rfc3339(), message, False)
+        return cls(
+            model, now_rfc3339(), message, True, done_reason=chunk.done_reason, **chunk.metrics()
+        )
+
+
+@dataclass
+class EmbedResponse(Wire):
+    """The `/api/embed` answer; `embeddings` is a float32 array (the daemon writes it with
+    orjson as is) or lists of floats (the SDK)."""
+
+    model: str
+    embeddings: Any
+    total_duration: int = 0
+    load_duration: int = 0
+    prompt_eval_count: int = 0
+
+
+@dataclass
+class EmbeddingResponse(Wire):
+    """The legacy `/api/embeddings` answer: one vector, not normalized."""
+
+    embedding: Any
+
+
+@dataclass
+class ModelDetails(Wire):
+    """A model's `details` in tags, show and ps."""
+
+    parent_model: str = ""
+    format: str = "mlx"
+    family: str = ""
+    families: list[str] | None = None
+    parameter_size: str = ""
+    quantization_level: str = ""
+
+    @classmethod
+    def from_config(cls, info: dict[str, Any]) -> ModelDetails:
+        """From a stored model's config blob."""
+        family = info.get("model_family") or ""
+        return cls(
+            parent_model=info.get("parent_model", ""),
+            format=info.get("model_format", "mlx"),
+            family=family,
+            families=info.get("model_families") or ([family] if family else None),
+            parameter_size=info.get("model_type", ""),
+            quantization_level=info.get("file_type", ""),
+        )
+
+
+@dataclass
+class ListModel(Wire):
+    """One `/api/tags` entry."""
+
+    name: str
+    model: str
+    modified_at: str
+    size: int
+    digest: str
+    details: ModelDetails
+    capabilities: list[str]
+    _nested: ClassVar[dict[str, type[Wire]]] = {"details": ModelDetails}
+
+
+@dataclass
+class ListResponse(Wire):
+    """`GET /api/tags`."""
+
+    models: list[ListModel]
+    _nested: ClassVar[dict[str, type[Wire]]] = {"models": ListModel}
+
+
+@dataclass
+class ShowResponse(Wire):
+    """`POST /api/show`; `tensors` only when `verbose` was asked for."""
+
+    license: str
+    modelfile: str
+    parameters: str
+    template: str
+    system: str
+    details: ModelDetails
+    messages: list[dict[str, Any]]
+    model_info: dict[str, Any]
+    capabilities: list[str]
+    modified_at: str
+    provenance: dict[str, Any]
+    tensors: list[dict[str, Any]] | None = None
+    _omit = frozenset({"tensors"})
+    _nested: ClassVar[dict[str, type[Wire]]] = {"details": ModelDetails}
+
+
+# Go's maximum duration (max int64 nanoseconds, about 292 years): Ollama's "forever".
+GO_FOREVER = dt.timedelta(microseconds=(2**63 - 1) // 1000)
+
+
+def expires_at(epoch: float) -> str:
+    """A keep-alive deadline as `/api/ps` writes it (forever: now + Go's longest duration)."""
+    if math.isinf(epoch):
+        when = dt.datetime.now(dt.UTC) + GO_FOREVER
+    else:
+        when = dt.datetime.fromtimestamp(epoch, dt.UTC)
+    return when.isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class ProcessModel(Wire):
+    """One `/api/ps` entry. Unified memory: on Metal (and CUDA) all of it is "on the GPU"
+    (`size_vram` = `size`); on the CPU backend none."""
+
+    name: str
+    model: str
+    size: int
+    digest: str
+    details: ModelDetails
+    expires_at: str
+    size_vram: int
+    context_length: int
+    _nested: ClassVar[dict[str, type[Wire]]] = {"details": ModelDetails}
+
+
+@dataclass
+class ProcessResponse(Wire):
+    """`GET /api/ps`."""
+
+    models: list[ProcessModel]
+    _nested: ClassVar[dict[str, type[Wire]]] = {"models": ProcessModel}
+
+
+@dataclass(frozen=True)
+class Progress(Wire):
+    """One progress object of create, pull or push (`{"status": "success"}` last)."""
+
+    status: str
+    digest: str | None = None
+    total: int | None = None
+    completed: int | None = None
+    _omit = frozenset({"digest", "total", "completed"})
+
+
+SUCCESS = Progress("success")

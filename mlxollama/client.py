@@ -1,7 +1,8 @@
 """The HTTP client: `sdk.Embedded`'s calls, answered by a running daemon.
 
 `Client` speaks Ollama's native API (`/api/*`) with httpx and returns the same plain dicts as
-`Embedded`, so code (the CLI among it) can take either. It adds what only a daemon has:
+`Embedded` (`api`'s types, as JSON): both implement `interface.ModelClient`, so code (the CLI
+among it) can take either. Its settings (address, API key) come from `Config.from_env()`. It adds what only a daemon has:
 `ps`, `version`, `heartbeat`, `load` and `unload`. `verify` and `gc` stay embedded-only
 (the daemon has no API for them).
 
@@ -21,9 +22,8 @@ answer at all raises `DaemonUnreachable`.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import httpx
 import orjson
 
 from mlxollama import api
+from mlxollama.config import Config, parse_host
 from mlxollama.errors import (
     Busy,
     MlxOllamaError,
@@ -41,8 +42,6 @@ from mlxollama.errors import (
 )
 from mlxollama.recipes.buildspec import MODEL_FILES, BuildSpec
 
-DEFAULT_HOST = "127.0.0.1:11435"
-DEFAULT_PORT = 11435
 CHUNK_SIZE = 1 << 20  # bytes per read when hashing and uploading blobs
 
 # The files of a safetensors folder that `create` sends: weights, every JSON file (config,
@@ -51,7 +50,6 @@ CHUNK_SIZE = 1 << 20  # bytes per read when hashing and uploading blobs
 # a sub-folder such as 1_Pooling/)
 FOLDER_PATTERNS = ("*.safetensors", "*.json", "*_Pooling/config.json", *MODEL_FILES)
 
-Progress = Callable[[dict[str, Any]], None]
 _JSON = {"Content-Type": "application/json"}
 
 
@@ -93,33 +91,13 @@ class DaemonUnreachable(MlxOllamaError, ConnectionError):
 
 
 def base_url(host: str | None = None) -> str:
-    """The daemon's URL from `host` or `MLXOLLAMA_HOST`, as Ollama reads OLLAMA_HOST.
-
-    `host:port`, `:port`, `host`, `[::1]:port` and `http(s)://host[:port][/path]` are
-    accepted; the host defaults to 127.0.0.1 and the port to 11435 (80 or 443 when a scheme
-    is given without one).
+    """The daemon's URL from `host` or `MLXOLLAMA_HOST` (`config.parse_host`: Ollama's
+    forms; the host defaults to 127.0.0.1 and the port to 11435, or 80/443 with a scheme).
 
     Raises:
-        ValueError: a port that is not a number from 0 to 65535.
+        ValueError: an address `config.parse_host` cannot read.
     """
-    value = (host if host is not None else os.environ.get("MLXOLLAMA_HOST", "")).strip()
-    scheme, sep, rest = value.partition("://")
-    if not sep:
-        scheme, rest, port = "http", value, DEFAULT_PORT
-    else:
-        scheme = scheme.lower()
-        port = 443 if scheme == "https" else 80
-    hostport, _, path = rest.partition("/")
-    m = re.fullmatch(r"(\[[^\]]*\]|[^:]*)(?::(\d*))?", hostport)
-    if not m or (m.group(2) is not None and not m.group(2)):
-        raise ValueError(f"MLXOLLAMA_HOST: cannot read {value!r}: use host:port")
-    name = m.group(1) or "127.0.0.1"
-    if m.group(2):
-        port = int(m.group(2))
-        if port > 65535:
-            raise ValueError(f"MLXOLLAMA_HOST: port {port} is out of range")
-    url = f"{scheme}://{name}:{port}"
-    return f"{url}/{path.strip('/')}" if path.strip("/") else url
+    return parse_host(host if host is not None else Config.from_env().host).url
 
 
 class Client:
@@ -131,13 +109,15 @@ class Client:
         timeout: seconds to wait for an answer (httpx's timeout). Default: no limit once
             connected (model loads and long answers take time); 10 s to connect.
 
-    Sends ``MLXOLLAMA_API_KEY`` as a Bearer token when it is set.
+    Sends ``MLXOLLAMA_API_KEY`` (the daemon's key, if it has one) as a Bearer token when it
+    is set. The settings come from `Config.from_env()`.
     """
 
     def __init__(self, host: str | None = None, timeout: float | None = None):
-        self.host = base_url(host)
+        config = Config.from_env()
+        self.host = parse_host(host if host is not None else config.host).url
         limit = httpx.Timeout(timeout) if timeout is not None else httpx.Timeout(None, connect=10)
-        key = os.environ.get("MLXOLLAMA_API_KEY", "").strip()  # the daemon's, if it has one
+        key = config.api_key
         headers = {"Authorization": f"Bearer {key}"} if key else None
         self._http = httpx.Client(base_url=self.host, timeout=limit, headers=headers)
 
@@ -180,7 +160,7 @@ class Client:
         return self._call("GET", "/api/tags")
 
     def show(self, model: str, verbose: bool = False) -> dict[str, Any]:
-        body = {"model": model, "verbose": True} if verbose else {"model": model}
+        body = api.ShowRequest(model, verbose=verbose or None).to_json()
         return self._call("POST", "/api/show", body, model=model)
 
     def create(
@@ -195,7 +175,7 @@ class Client:
         messages: list[dict[str, str]] | None = None,
         license: str | list[str] | None = None,
         quantize: str | None = None,
-        progress: Progress | None = None,
+        progress: api.OnProgress | None = None,
     ) -> dict[str, Any]:
         """Build a model on the daemon from a BuildSpec, or from Ollama's `create` fields.
 
@@ -229,7 +209,7 @@ class Client:
         model: str,
         insecure: bool = False,
         stream: bool = False,
-        progress: Progress | None = None,
+        progress: api.OnProgress | None = None,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Ollama's `pull`: fetch `model` from its registry into the daemon's store.
 
@@ -245,7 +225,7 @@ class Client:
         model: str,
         insecure: bool = False,
         stream: bool = False,
-        progress: Progress | None = None,
+        progress: api.OnProgress | None = None,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Ollama's `push`: send the daemon's `model` to the registry its name points at
         (`host[:port]/namespace/model:tag`); arguments and answers as for `pull`."""
@@ -254,11 +234,11 @@ class Client:
     def copy(self, source: str, destination: str) -> dict[str, Any]:
         body = {"source": source, "destination": destination}
         self._call("POST", "/api/copy", body, model=source)
-        return {"status": "success"}
+        return api.SUCCESS.to_json()
 
     def delete(self, model: str) -> dict[str, Any]:
         self._call("DELETE", "/api/delete", {"model": model}, model=model)
-        return {"status": "success"}
+        return api.SUCCESS.to_json()
 
     # -- inference ---------------------------------------------------------------------------
 
@@ -276,16 +256,16 @@ class Client:
         stream: bool = False,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Ollama's `generate`: a completion of `prompt` (an empty prompt just loads)."""
-        body = _drop_none(
-            model=model,
-            prompt=prompt,
+        body = api.GenerateRequest(
+            model,
+            prompt,
             system=system,
             template=template,
             raw=raw or None,
-            options=options,
             format=format,
+            options=options,
             keep_alive=keep_alive,
-        )
+        ).to_json()
         return self._infer("/api/generate", body, stream, empty=not prompt)
 
     def chat(
@@ -299,13 +279,9 @@ class Client:
         stream: bool = False,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Ollama's `chat`: the assistant's next message (no messages just loads)."""
-        body = _drop_none(
-            model=model,
-            messages=messages or [],
-            options=options,
-            format=format,
-            keep_alive=keep_alive,
-        )
+        body = api.ChatRequest(
+            model, messages or [], format=format, options=options, keep_alive=keep_alive
+        ).to_json()
         return self._infer("/api/chat", body, stream, empty=not messages)
 
     def embed(
@@ -319,20 +295,20 @@ class Client:
         keep_alive: float | str | None = None,
     ) -> dict[str, Any]:
         """Ollama's `embed`: one L2-normalized vector per input (no input just loads)."""
-        body = _drop_none(
-            model=model,
-            input=input,
+        body = api.EmbedRequest(
+            model,
+            input,
             truncate=None if truncate else False,
             dimensions=dimensions,
             options=options,
             keep_alive=keep_alive,
-        )
+        ).to_json()
         return self._call("POST", "/api/embed", body, model=model)
 
     # -- plumbing ----------------------------------------------------------------------------
 
     def _transfer(
-        self, path: str, model: str, insecure: bool, stream: bool, progress: Progress | None
+        self, path: str, model: str, insecure: bool, stream: bool, progress: api.OnProgress | None
     ):
         body = {"model": model, "insecure": insecure}
         if stream:
@@ -385,7 +361,7 @@ class Client:
                 f"could not reach the mlxctl daemon at {self.host}: {e}"
             ) from None
 
-    def _create_body(self, model: str, spec: BuildSpec, progress: Progress) -> dict[str, Any]:
+    def _create_body(self, model: str, spec: BuildSpec, progress: api.OnProgress) -> dict[str, Any]:
         if spec.tokenizer:
             raise MlxOllamaError(
                 "the daemon cannot build from a separate tokenizer folder yet: "
@@ -394,7 +370,7 @@ class Client:
         body: dict[str, Any] = {"model": model}
         source = Path(spec.source).expanduser()
         if source.exists():
-            progress({"status": "gathering model components"})
+            progress(api.Progress("gathering model components").to_json())
             body["files"] = self._upload_files(source, progress)
         elif _looks_like_path(spec.source):
             raise FileNotFoundError(f"FROM {spec.source}: no such file or folder")
@@ -409,7 +385,7 @@ class Client:
             body["license"] = spec.license
         return body
 
-    def _upload_files(self, source: Path, progress: Progress) -> dict[str, str]:
+    def _upload_files(self, source: Path, progress: api.OnProgress) -> dict[str, str]:
         files = {}
         for path, name in _model_files(source):
             digest = file_digest(path)
@@ -421,9 +397,11 @@ class Client:
             files[name] = digest
         return files
 
-    def _upload(self, path: Path, digest: str, progress: Progress) -> None:
+    def _upload(self, path: Path, digest: str, progress: api.OnProgress) -> None:
         size = path.stat().st_size
-        status = f"copying file {digest}"
+
+        def say(done: int) -> None:
+            progress(api.Progress(f"copying file {digest}", digest, size, done).to_json())
 
         def chunks() -> Iterator[bytes]:
             done = 0
@@ -431,10 +409,10 @@ class Client:
                 while block := f.read(CHUNK_SIZE):
                     yield block
                     done += len(block)
-                    progress({"status": status, "digest": digest, "total": size, "completed": done})
+                    say(done)
 
         if size == 0:
-            progress({"status": status, "digest": digest, "total": 0, "completed": 0})
+            say(0)
         headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
         request = self._http.build_request(
             "POST", f"/api/blobs/{digest}", content=chunks(), headers=headers
@@ -514,10 +492,6 @@ def _looks_like_path(ref: str) -> bool:
     return ref.startswith(("/", "./", "../", "~", ".\\")) or ref.lower().endswith(
         (".gguf", ".safetensors", ".bin")
     )
-
-
-def _drop_none(**fields: Any) -> dict[str, Any]:
-    return {k: v for k, v in fields.items() if v is not None}
 
 
 def _json(body: dict | None) -> bytes | None:

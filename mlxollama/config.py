@@ -7,6 +7,7 @@ lists every entry of SETTINGS (a test checks it), and `mlxctl --help` prints the
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,8 +19,15 @@ class Setting:
     help: str
 
 
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11435
+
 SETTINGS = (
-    Setting("MLXOLLAMA_HOST", "127.0.0.1:11435", "Address the daemon binds and clients call."),
+    Setting(
+        "MLXOLLAMA_HOST",
+        f"{DEFAULT_HOST}:{DEFAULT_PORT}",
+        "Address the daemon binds and clients call.",
+    ),
     Setting("MLXOLLAMA_MODELS", "~/.mlxollama", "Store root: blobs, manifests, logs."),
     Setting(
         "MLXOLLAMA_KEEP_ALIVE",
@@ -118,7 +126,6 @@ class Config:
     max_memory: int | None  # bytes; None: auto
     max_body: int
     context_length: int
-    blas: str
     registry_username: str | None = None
     registry_password: str | None = field(default=None, repr=False)
     registry_token: str | None = field(default=None, repr=False)
@@ -144,7 +151,6 @@ class Config:
             max_memory=None if memory == "auto" else _bytes("MAX_MEMORY", memory),
             max_body=_bytes("MAX_BODY", get["MAX_BODY"]),
             context_length=_positive("CONTEXT_LENGTH", get["CONTEXT_LENGTH"]),
-            blas=get["BLAS"],
             registry_username=get["REGISTRY_USERNAME"] or None,
             registry_password=get["REGISTRY_PASSWORD"] or None,
             registry_token=get["REGISTRY_TOKEN"] or None,
@@ -154,16 +160,6 @@ class Config:
             api_key=get["API_KEY"].strip() or None,
             trust_network=_flag("TRUST_NETWORK", get["TRUST_NETWORK"]),
         )
-
-    def registry_env(self) -> dict[str, str]:
-        """The registry credentials as `registry.Credentials.from_env` reads them."""
-        values = {
-            "MLXOLLAMA_REGISTRY_USERNAME": self.registry_username,
-            "MLXOLLAMA_REGISTRY_PASSWORD": self.registry_password,
-            "MLXOLLAMA_REGISTRY_TOKEN": self.registry_token,
-            "MLXOLLAMA_REGISTRY_HOST": self.registry_host,
-        }
-        return {k: v for k, v in values.items() if v}
 
 
 def _positive(name: str, value: str) -> int:
@@ -226,12 +222,78 @@ _UNITS = {
 
 
 def _bytes(name: str, value: str) -> int:
-    import re
-
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
     if not m or m.group(2).upper() not in _UNITS:
         raise ValueError(f"MLXOLLAMA_{name} must be a size such as 24GB or 512MiB, got {value!r}")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+@dataclass(frozen=True)
+class Address:
+    """`MLXOLLAMA_HOST` read: `host` is "" when the value names none (`:11435`), and an IPv6
+    address is kept without its brackets."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str = ""
+
+    @property
+    def url(self) -> str:
+        """Where a client calls: an empty host is this machine (127.0.0.1)."""
+        host = self.host or DEFAULT_HOST
+        url = f"{self.scheme}://{f'[{host}]' if ':' in host else host}:{self.port}"
+        return f"{url}/{self.path}" if self.path else url
+
+    @property
+    def bind(self) -> tuple[str, int]:
+        """Where the daemon listens: an empty host is every interface, as in Go's
+        `net.Listen(":port")`."""
+        return self.host or "0.0.0.0", self.port
+
+
+def parse_host(value: str | None) -> Address:
+    """`MLXOLLAMA_HOST` read the way Ollama reads OLLAMA_HOST, for the client and the daemon.
+
+    Accepts `host`, `host:port`, `:port`, `[ipv6]:port`, a bare IPv6 address, and a scheme
+    (`http://host:port`; with a scheme and no port, 80 for http and 443 for https). Spaces
+    and quotes around the value are dropped; a path after the address is kept for clients
+    (a daemon behind a proxy) and ignored by the daemon. Empty: `127.0.0.1:11435`.
+
+    Raises:
+        ValueError: an unknown scheme, an empty port (`host:`), or a port that is not a
+            number from 0 to 65535.
+    """
+    text = (value or "").strip().strip("\"'") or f"{DEFAULT_HOST}:{DEFAULT_PORT}"
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        scheme = scheme.lower()
+        port = {"http": 80, "https": 443}.get(scheme, 0)
+        if not port:
+            raise ValueError(f"MLXOLLAMA_HOST: unsupported scheme {scheme!r} in {value!r}")
+    else:
+        scheme, rest, port = "http", text, DEFAULT_PORT
+    hostport, _, path = rest.partition("/")
+    port_text: str | None = None
+    if hostport.startswith("["):  # [ipv6] or [ipv6]:port
+        host, bracket, after = hostport[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise ValueError(f"MLXOLLAMA_HOST: cannot read {value!r}: use host:port")
+        port_text = after[1:] if after else None
+    elif hostport.count(":") > 1:  # a bare IPv6 address
+        host = hostport
+    else:
+        host, colon, after = hostport.partition(":")
+        port_text = after if colon else None
+    if port_text is not None:
+        if not port_text:
+            raise ValueError(f"MLXOLLAMA_HOST: cannot read {value!r}: use host:port")
+        if not re.fullmatch(r"[0-9]+", port_text):
+            raise ValueError(f"MLXOLLAMA_HOST: invalid port {port_text!r} in {value!r}")
+        port = int(port_text)
+        if port > 65535:
+            raise ValueError(f"MLXOLLAMA_HOST: port {port} is out of range")
+    return Address(scheme, host, port, path.strip("/"))
 
 
 def settings_table() -> str:

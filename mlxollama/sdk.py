@@ -2,7 +2,8 @@
 
 `Embedded` runs the store and MLX inside the calling process: no daemon, no HTTP, and none of
 Falcon, waitress or the actors is imported (tests/test_layering.py checks it), so an app can
-embed inference without the server. Answers have Ollama's shapes (plain dicts).
+embed inference without the server. Answers have Ollama's shapes (`api`'s types, as plain
+dicts), and the calls are `client.Client`'s: both implement `interface.ModelClient`.
 
     from mlxollama.sdk import Embedded
     client = Embedded()
@@ -24,10 +25,9 @@ import orjson
 from mlxollama import api
 from mlxollama.config import Config
 from mlxollama.errors import MlxOllamaError
+from mlxollama.models import catalog
 from mlxollama.models.create import create as build_create
-from mlxollama.models.show import show
 from mlxollama.recipes.buildspec import BuildSpec
-from mlxollama.store import info
 from mlxollama.store.names import parse_name
 from mlxollama.store.store import Problem, Store
 
@@ -47,10 +47,11 @@ class Embedded:
     # -- the store -------------------------------------------------------------------------
 
     def list(self) -> dict[str, Any]:
-        return {"models": [info.tag_entry(self.store, m) for m in self.store.list()]}
+        entries = [catalog.list_entry(self.store, m) for m in self.store.list()]
+        return api.ListResponse(entries).to_json()
 
     def show(self, model: str, verbose: bool = False) -> dict[str, Any]:
-        return show(self.store, self.store.get(model), verbose=verbose)
+        return catalog.show(self.store, self.store.get(model), verbose=verbose).to_json()
 
     def create(
         self,
@@ -64,7 +65,7 @@ class Embedded:
         messages: list[dict[str, str]] | None = None,
         license: str | list[str] | None = None,
         quantize: str | None = None,
-        progress: Callable[[dict[str, Any]], None] | None = None,
+        progress: api.OnProgress | None = None,
     ) -> dict[str, Any]:
         """Build a model from a BuildSpec, or from Ollama's `create` fields.
 
@@ -84,29 +85,29 @@ class Embedded:
             )
         build_create(self.store, model, spec, progress)
         self._loaded.pop(model, None)
-        return {"status": "success"}
+        return api.SUCCESS.to_json()
 
     def copy(self, source: str, destination: str) -> dict[str, Any]:
         self.store.copy(source, destination)
-        return {"status": "success"}
+        return api.SUCCESS.to_json()
 
     def delete(self, model: str) -> dict[str, Any]:
         removed = self.store.remove(model)
         self._loaded.pop(removed.name.display(), None)
-        return {"status": "success"}
+        return api.SUCCESS.to_json()
 
     def pull(
         self,
         model: str,
         insecure: bool = False,
         stream: bool = False,
-        progress: Callable[[dict[str, Any]], None] | None = None,
+        progress: api.OnProgress | None = None,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Ollama's `pull`, in this process: fetch `model` from its registry (an OCI
         registry, an Ollama-style one, or `hf.co/ORG/REPO[:REVISION]`) into the store.
 
         `insecure` allows plain HTTP to the registry; the credentials are
-        `MLXOLLAMA_REGISTRY_USERNAME` / `_PASSWORD` / `_TOKEN`. The transfer runs on a
+        `MLXOLLAMA_REGISTRY_USERNAME` / `_PASSWORD` / `_TOKEN` (this object's `config`). The transfer runs on a
         thread of its own. With `stream`, an iterator of Ollama's progress objects, whose
         errors it raises (closing it early leaves the pull running to its end); otherwise
         waits, hands each object to `progress` on the calling thread, and returns the last,
@@ -122,10 +123,14 @@ class Embedded:
 
         parse_name(model)
 
-        def run(say: Callable[[dict[str, Any]], None]) -> None:
-            creds = registry.Credentials.from_env()
+        def run(say: api.OnProgress) -> None:
             stored = registry.pull(
-                self.store, model, insecure=insecure, credentials=creds, progress=say
+                self.store,
+                model,
+                insecure=insecure,
+                credentials=registry.Credentials.from_config(self.config),
+                progress=say,
+                hf_endpoint=self.config.hf_endpoint,
             )
             self._loaded.pop(stored.name.display(), None)
 
@@ -136,7 +141,7 @@ class Embedded:
         model: str,
         insecure: bool = False,
         stream: bool = False,
-        progress: Callable[[dict[str, Any]], None] | None = None,
+        progress: api.OnProgress | None = None,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Ollama's `push`, in this process: send the stored `model` to the registry its
         name points at (`host[:port]/namespace/model:tag`); arguments and answers as for
@@ -150,8 +155,8 @@ class Embedded:
 
         self.store.get(model)
 
-        def run(say: Callable[[dict[str, Any]], None]) -> None:
-            creds = registry.Credentials.from_env()
+        def run(say: api.OnProgress) -> None:
+            creds = registry.Credentials.from_config(self.config)
             registry.push(self.store, model, insecure=insecure, credentials=creds, progress=say)
 
         return _transfer(_Background(run, f"push {model}"), stream, progress)
@@ -206,11 +211,19 @@ class Embedded:
         template: str | None = None,
         raw: bool = False,
         options: dict[str, Any] | None = None,
+        format: str | dict | None = None,
+        keep_alive: float | str | None = None,
         stream: bool = False,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
-        """Ollama's `generate`: a completion of `prompt` (an empty prompt just loads)."""
+        """Ollama's `generate`: a completion of `prompt` (an empty prompt just loads).
+
+        `format` is refused as the daemon refuses it (structured output is not implemented
+        yet). `keep_alive` is checked as the daemon checks it and otherwise has no effect
+        here: the process keeps one model loaded until another one is asked for.
+        """
         from mlxollama.engine.prompt import generate_tokens
 
+        _refuse_unsupported(format, keep_alive)
         api.parse_options(options)  # bad options fail before the model loads
         lm, load_ns = self._load(model, "generate")
         if not prompt:
@@ -218,7 +231,7 @@ class Embedded:
         else:
             tokens = generate_tokens(lm, prompt, system=system, template=template, raw=raw)
             chunks = self._run(lm, tokens, options, load_ns)
-        parts = (api.generate_response(lm.name, c) for c in chunks)
+        parts = (api.GenerateResponse.from_chunk(lm.name, c).to_json() for c in chunks)
         return parts if stream else _join(parts, "response")
 
     def chat(
@@ -227,19 +240,23 @@ class Embedded:
         messages: list[dict[str, Any]] | None = None,
         *,
         options: dict[str, Any] | None = None,
+        format: str | dict | None = None,
+        keep_alive: float | str | None = None,
         stream: bool = False,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
-        """Ollama's `chat`: the assistant's next message (no messages just loads)."""
+        """Ollama's `chat`: the assistant's next message (no messages just loads);
+        `format` and `keep_alive` as for `generate`."""
         from mlxollama.engine.prompt import chat_tokens
 
         msgs = [api.Message.from_dict(m) for m in messages or []]
+        _refuse_unsupported(format, keep_alive)
         api.parse_options(options)
         lm, load_ns = self._load(model, "chat")
         if not msgs:
             chunks = iter([api.Chunk(done=True, done_reason="load", load_duration=load_ns)])
         else:
             chunks = self._run(lm, chat_tokens(lm, msgs), options, load_ns)
-        parts = (api.chat_response(lm.name, c) for c in chunks)
+        parts = (api.ChatResponse.from_chunk(lm.name, c).to_json() for c in chunks)
         return parts if stream else _join(parts, "message")
 
     def embed(
@@ -250,13 +267,15 @@ class Embedded:
         truncate: bool = True,
         dimensions: int | None = None,
         options: dict[str, Any] | None = None,
+        keep_alive: float | str | None = None,
     ) -> dict[str, Any]:
         """Ollama's `embed`: one L2-normalized vector per input, computed as one batch (no
-        input just loads the model)."""
+        input just loads the model); `keep_alive` as for `generate`."""
         from mlxollama.engine.embed import embed_texts
 
         # a bare "" is no input (Ollama's load request); [""] embeds the empty string
         inputs = ([input] if input else []) if isinstance(input, str) else list(input)
+        api.parse_keep_alive(keep_alive)
         opts = api.parse_options(options)
         tic = time.perf_counter_ns()
         lm, load_ns = self._load(model, "embed")
@@ -265,13 +284,19 @@ class Embedded:
             array, count = embed_texts(lm, inputs, opts, truncate, dimensions)
             # through orjson: float32 values as their shortest decimals, as the daemon sends
             vectors = orjson.loads(orjson.dumps(array, option=orjson.OPT_SERIALIZE_NUMPY))
-        return {
-            "model": lm.name,
-            "embeddings": vectors,
-            "total_duration": time.perf_counter_ns() - tic,
-            "load_duration": load_ns,
-            "prompt_eval_count": count,
-        }
+        return api.EmbedResponse(
+            model=lm.name,
+            embeddings=vectors,
+            total_duration=time.perf_counter_ns() - tic,
+            load_duration=load_ns,
+            prompt_eval_count=count,
+        ).to_json()
+
+
+def _refuse_unsupported(format: str | dict | None, keep_alive: float | str | None) -> None:
+    """What the daemon refuses before a model loads: a `format`, a malformed `keep_alive`."""
+    api.refuse_format(format)
+    api.parse_keep_alive(keep_alive)
 
 
 class _Stopped(MlxOllamaError):
@@ -289,7 +314,7 @@ class _Background:
 
     _END = object()
 
-    def __init__(self, run: Callable[[Callable[[dict[str, Any]], None]], None], what: str):
+    def __init__(self, run: Callable[[api.OnProgress], None], what: str):
         self._queue: queue.Queue = queue.Queue()
         self._cancelled = threading.Event()
         self._what = what
@@ -331,7 +356,7 @@ class _Background:
 def _transfer(job: _Background, stream: bool, progress) -> dict[str, Any] | Iterator[dict]:
     if stream:
         return iter(job)
-    last: dict[str, Any] = {"status": "success"}
+    last: dict[str, Any] = api.SUCCESS.to_json()
     try:
         for last in job:
             if progress is not None:

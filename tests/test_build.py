@@ -81,9 +81,9 @@ def test_derived_model_shares_all_weights_and_merges_layers(store_root, tmp_path
     )
     new = blob_files(store) - before
     assert len(new) == 5  # system, params, messages, license, config: no weights
-    from mlxollama.models.show import show
+    from mlxollama.models.catalog import show
 
-    body = show(store, pirate)
+    body = show(store, pirate).to_json()
     assert body["system"] == "You answer like a pirate."
     assert "temperature" in body["parameters"] and "stop" in body["parameters"]  # merged
     assert body["messages"] == [
@@ -259,9 +259,9 @@ license: Apache-2.0
     stored = store.get("smol-spec:1.0")
     info = store.config(stored)
     assert info["file_type"] == "int8"
-    from mlxollama.models.show import show
+    from mlxollama.models.catalog import show
 
-    body = show(store, stored)
+    body = show(store, stored).to_json()
     assert body["system"] == "Be brief." and "num_predict" in body["parameters"]
     assert "spec" in info["provenance"]["recipe"]
 

@@ -105,7 +105,7 @@ def test_chat_commands_in_process(store_root):
     assert re.search(r"User defined parameters:\n  temperature\s+0\.0\n", text)
     assert "No system message was specified for this model." in text
     assert "Cleared session context" in text
-    assert "Error: format is not supported in-process" in text
+    assert "Error: format (structured output) is not supported yet" in text
     assert "never read" not in text
     modelfile = mlxctl("show", "me/paris", "--modelfile").output
     assert "PARAMETER temperature 0" in modelfile

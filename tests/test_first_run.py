@@ -298,13 +298,11 @@ def test_serve_stops_on_sigterm_with_143(tmp_path, store_root):
     assert "server.stopped" in err
 
 
-@pytest.mark.parametrize(
-    "value",
-    ["", "127.0.0.1:11435", ":8080", "localhost", "http://0.0.0.0", "https://example.com",
-     "[::1]:9000", "0.0.0.0:0", "http://:81", '"127.0.0.1:5"', "host:1234/path"],
-)  # fmt: skip
-def test_serve_checks_the_address_the_server_will_bind(value):
-    from mlxollama.cli.connect import listen_address
-    from mlxollama.http.server import parse_host
+def test_serve_checks_the_address_the_server_will_bind():
+    """One parser of MLXOLLAMA_HOST for `mlxctl serve`'s check, the server and the client
+    (its table of forms: tests/test_http.py::test_parse_host)."""
+    from mlxollama import client, config
+    from mlxollama.cli import connect
+    from mlxollama.http import server
 
-    assert listen_address(value) == parse_host(value)
+    assert connect.parse_host is server.parse_host is client.parse_host is config.parse_host

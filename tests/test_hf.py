@@ -10,6 +10,7 @@ import time
 import pytest
 
 from mlxollama import registry
+from mlxollama.config import Config
 from mlxollama.errors import (
     DigestMismatch,
     ModelNotFound,
@@ -75,7 +76,8 @@ def store(tmp_path) -> Store:
 
 def pull(store, name, **kw):
     events = []
-    model = registry.pull(store, name, progress=events.append, **kw)
+    endpoint = Config.from_env().hf_endpoint  # MLXOLLAMA_HF_ENDPOINT, as the callers read it
+    model = registry.pull(store, name, progress=events.append, hf_endpoint=endpoint, **kw)
     return model, events
 
 

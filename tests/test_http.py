@@ -26,11 +26,11 @@ import structlog
 from mlxollama import __version__
 from mlxollama.actors.runtime import DONE, RunningModel, Session
 from mlxollama.api import Chunk
-from mlxollama.config import Config
+from mlxollama.config import Config, parse_host
 from mlxollama.errors import Busy, UnsupportedModel
 from mlxollama.http.app import create_app
 from mlxollama.http.errors import BUSY_MESSAGE
-from mlxollama.http.server import make_server, parse_host, shutdown
+from mlxollama.http.server import make_server, shutdown
 from mlxollama.store import manifests as mt
 from mlxollama.store.manifests import Descriptor, Manifest
 from mlxollama.store.names import parse_name
@@ -835,13 +835,22 @@ def test_disconnect_is_logged(server):
         ("[::1]:9000", ("::1", 9000)),
         ("::1", ("::1", 11435)),
         (' "127.0.0.1:1234" ', ("127.0.0.1", 1234)),
+        ("127.0.0.1:11435", ("127.0.0.1", 11435)),
+        (":8080", ("0.0.0.0", 8080)),
+        ("localhost", ("localhost", 11435)),
+        ("http://0.0.0.0", ("0.0.0.0", 80)),
+        ("https://example.com", ("example.com", 443)),
+        ("0.0.0.0:0", ("0.0.0.0", 0)),
+        ("http://:81", ("0.0.0.0", 81)),
+        ("host:1234/path", ("host", 1234)),
     ],
 )
 def test_parse_host(value, expected):
-    assert parse_host(value) == expected
+    """Where the daemon binds (`mlxctl serve` checks the same address before it loads)."""
+    assert parse_host(value).bind == expected
 
 
-@pytest.mark.parametrize("value", ["host:port", "host:70000", "ftp://host", "[::1"])
+@pytest.mark.parametrize("value", ["host:port", "host:70000", "ftp://host", "[::1", "host:"])
 def test_parse_host_rejects(value):
     with pytest.raises(ValueError, match="MLXOLLAMA_HOST"):
         parse_host(value)
@@ -850,7 +859,7 @@ def test_parse_host_rejects(value):
 SERVE_SCRIPT = """
 import sys
 from types import SimpleNamespace
-from mlxollama.config import Config
+from mlxollama.config import Config, parse_host
 from mlxollama.http.server import serve
 
 class Runtime:

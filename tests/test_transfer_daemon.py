@@ -103,7 +103,7 @@ class FakeRegistry:
         if target.model == "far":
             raise RegistryUnreachable(f"could not reach the registry {target.host}: refused")
 
-    def pull(self, store, name, *, insecure=False, credentials=None, progress):
+    def pull(self, store, name, *, insecure=False, credentials=None, progress, hf_endpoint=None):
         self.pulls.append(SimpleNamespace(name=name, insecure=insecure, credentials=credentials))
         target = parse_name(name)
         progress({"status": "pulling manifest"})

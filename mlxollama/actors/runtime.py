@@ -13,6 +13,7 @@ progress the way `create` streams the StoreActor's.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import queue
 import sys
@@ -119,9 +120,9 @@ class Runtime:
         self._load = load_model
         from mlxollama import registry
 
-        self._pull = pull or registry.pull
+        self._pull = pull or functools.partial(registry.pull, hf_endpoint=config.hf_endpoint)
         self._push = push or registry.push
-        self._credentials = registry.Credentials.from_env(config.registry_env())
+        self._credentials = registry.Credentials.from_config(config)
         self._transfers: dict[tuple, tuple[Any, Any]] = {}  # key -> (Transfer, ref)
         self._transfers_lock = threading.Lock()
         self._stopping = False
@@ -419,6 +420,4 @@ def _done(future) -> bool:
 
 
 def _details(info: dict[str, Any]) -> dict[str, Any]:
-    from mlxollama.store.info import details
-
-    return details(info)
+    return api.ModelDetails.from_config(info).to_json()

@@ -16,12 +16,12 @@ import errno
 import socket
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import click
 import httpx
 
 from mlxollama.client import Client, base_url
+from mlxollama.config import parse_host
 
 PROBE_TIMEOUT = 2.0  # seconds: a program that accepts and never answers is not a daemon
 
@@ -120,22 +120,11 @@ def is_daemon(client) -> bool:
 # -- mlxctl serve ----------------------------------------------------------------------------
 
 
-def listen_address(value: str) -> tuple[str, int]:
-    """`MLXOLLAMA_HOST` as the daemon binds it: read as the client reads it, except that an
-    empty host (`:11435`) means every interface, as in Go's `net.Listen(":port")` (the same
-    result as `http.server.parse_host`, without importing the server stack)."""
-    text = value.strip().strip("\"'")
-    url = urlsplit(base_url(text))  # always with its port
-    after_scheme = text.partition("://")[2] if "://" in text else text
-    every = after_scheme.startswith(":") or (bool(after_scheme) and not url.hostname)
-    return ("0.0.0.0" if every else url.hostname or "127.0.0.1"), url.port or 0
-
-
 def check_address(value: str) -> str:
     """Fail with one line when the daemon cannot listen at `value` (MLXOLLAMA_HOST), naming
     what holds the port and what to do; `host:port` when it is free. Run before anything
     loads, so the answer comes in a second rather than after the runtime started."""
-    host, port = listen_address(value)
+    host, port = parse_host(value).bind
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if port == 0:
         return where

@@ -27,6 +27,7 @@ from mlxollama.cli.interrupt import exit_status, signals_seen, sigterm_raises
 from mlxollama.cli.progress import ProgressView
 from mlxollama.config import settings_table
 from mlxollama.errors import MlxOllamaError, ModelNotFound
+from mlxollama.interface import ModelClient
 
 
 class _Group(click.Group):
@@ -158,15 +159,14 @@ def create(model: str, path: str, quantize: str | None, embedded: bool) -> None:
         connect(embedded).create(model, spec=spec, progress=progress)
 
 
-def _quiet(client):
+def _quiet(client: ModelClient) -> ModelClient:
     """In-process, the registry's info events would land in the middle of the progress bars:
-    only warnings reach stderr (the daemon logs everything to its file)."""
-    if not is_daemon(client):
-        import logging
+    only warnings reach stderr (a daemon logs everything to its own file)."""
+    import logging
 
-        from mlxollama import log
+    from mlxollama import log
 
-        log.configure(None, console=True, level=logging.WARNING)
+    log.configure(None, console=True, level=logging.WARNING)
     return client
 
 
@@ -317,7 +317,7 @@ def rm(models: tuple[str, ...]) -> None:
     """Remove models (stopping them first) and the blobs no other model uses."""
     client = connect()
     for model in models:
-        if is_daemon(client):
+        if is_daemon(client):  # a daemon keeps the model loaded; Embedded.delete drops it
             with contextlib.suppress(ModelNotFound):
                 client.unload(model)
         client.delete(model)
@@ -421,9 +421,8 @@ def run(model: str, prompt: tuple[str, ...], params, embedded: bool, **settings)
                 f"{model} is an embedding model: give it text, e.g. mlxctl run {model} "
                 '"some text", or pipe it on stdin'
             )
-        keep_alive = settings.get("keep_alive") if is_daemon(client) else None
-        extra = {"keep_alive": keep_alive} if keep_alive is not None else {}
-        result = client.embed(model, text, options=options or None, **extra)
+        keep_alive = settings.get("keep_alive")
+        result = client.embed(model, text, options=options or None, keep_alive=keep_alive)
         click.echo(orjson.dumps(result["embeddings"][0]).decode())
         return
     conversation = repl.Conversation(client, model, options=options, **settings)

@@ -18,9 +18,9 @@ import click
 
 from mlxollama.api import OPTION_TYPES, coerce_option
 from mlxollama.cli import format as fmt
-from mlxollama.cli.connect import is_daemon
 from mlxollama.cli.interrupt import Terminated
 from mlxollama.errors import MlxOllamaError, ModelNotFound
+from mlxollama.interface import ModelClient
 
 HELP = """Available Commands:
   /set            Set session variables
@@ -76,18 +76,20 @@ class Conversation:
     """A chat with one model, and the session settings the slash commands change.
 
     Args:
-        client: `client.Client` (the daemon) or `sdk.Embedded` (in-process).
+        client: an `interface.ModelClient`: `client.Client` (the daemon) or
+            `sdk.Embedded` (in-process).
         model: the model's name.
         system: a system message for every request. Default: None (the model's own).
         options: request options (`/set parameter`). Default: none.
-        format: "json" or a JSON schema (daemon only). Default: None.
-        keep_alive: how long the daemon keeps the model loaded. Default: the daemon's.
+        format: "json" or a JSON schema (refused until structured output lands). Default: None.
+        keep_alive: how long the daemon keeps the model loaded (in-process: checked, no
+            effect). Default: the daemon's.
         verbose: print Ollama's timing block after each answer. Default: False.
     """
 
     def __init__(
         self,
-        client,
+        client: ModelClient,
         model: str,
         *,
         system: str | None = None,
@@ -111,7 +113,7 @@ class Conversation:
 
     def preload(self) -> None:
         """Load the model now (an empty chat), so the first answer does not wait for it."""
-        self.client.chat(self.model, [], **self._daemon_fields())
+        self.client.chat(self.model, [], **self._fields())
 
     def ask(self, text: str) -> str:
         """Stream the answer to `text` to stdout; the exchange joins the history.
@@ -130,7 +132,7 @@ class Conversation:
         final: dict[str, Any] = {}
         try:
             stream = self.client.chat(
-                self.model, messages, options=self.options, stream=True, **self._daemon_fields()
+                self.model, messages, options=self.options, stream=True, **self._fields()
             )
             for final in stream:
                 piece = final["message"]["content"]
@@ -146,15 +148,10 @@ class Conversation:
             click.echo(fmt.stats(final), err=True)
         return "".join(parts)
 
-    def _daemon_fields(self) -> dict[str, Any]:
-        if not is_daemon(self.client):
-            if self.format:
-                raise MlxOllamaError(
-                    "format is not supported in-process: /set noformat, or start a daemon"
-                )
-            return {}
-        fields = {"format": self.format, "keep_alive": self.keep_alive}
-        return {k: v for k, v in fields.items() if v is not None}
+    def _fields(self) -> dict[str, Any]:
+        """What each request carries besides the messages (both clients take them; the
+        daemon and the embedded SDK refuse a `format` alike, for now)."""
+        return {"format": self.format, "keep_alive": self.keep_alive}
 
 
 def repl(conversation: Conversation) -> None:
@@ -296,7 +293,7 @@ def _load(conv: Conversation, line: str) -> None:
         return
     click.echo(f"Loading model '{words[1]}'")
     try:
-        conv.client.chat(words[1], [], **conv._daemon_fields())
+        conv.client.chat(words[1], [], **conv._fields())
     except ModelNotFound:
         click.echo(f"Couldn't find model '{words[1]}'")
         return

@@ -13,11 +13,11 @@ import numpy as np
 import orjson
 
 from mlxollama import api
+from mlxollama.api import field
 from mlxollama.http.errors import bad_request
 from mlxollama.http.native import (
     client_gone,
     disconnect_check,
-    field,
     first_chunk,
     loggable_model,
     model_field,
@@ -53,18 +53,18 @@ def embed_request(
             the model loads).
     """
     api.check_embed_inputs(inputs)
-    dimensions = field(body, "dimensions", int)
-    if dimensions is not None and dimensions <= 0:
+    wire = api.EmbedRequest.from_json(body)
+    if wire.dimensions is not None and wire.dimensions <= 0:
         raise bad_request("dimensions must be a positive integer")
     return api.InferenceRequest(
         model=model_field(body),
         kind="embed",
         inputs=inputs,
-        truncate=field(body, "truncate", bool, True),
-        dimensions=dimensions,
+        truncate=wire.truncate is not False,
+        dimensions=wire.dimensions,
         normalize=normalize,
-        options=request_options(body.get("options")),
-        keep_alive=api.parse_keep_alive(body.get("keep_alive")),
+        options=request_options(wire.options),
+        keep_alive=api.parse_keep_alive(wire.keep_alive),
         request_id=request_id,
     )
 
@@ -122,13 +122,13 @@ class Embed(EmbedResource):
         request = embed_request(body, req.context.request_id, inputs)
 
         def render(result: api.Embeddings) -> dict[str, Any]:
-            return {
-                "model": request.model,
-                "embeddings": result.vectors,
-                "total_duration": result.total_duration,
-                "load_duration": result.load_duration,
-                "prompt_eval_count": result.prompt_eval_count,
-            }
+            return api.EmbedResponse(
+                model=request.model,
+                embeddings=result.vectors,
+                total_duration=result.total_duration,
+                load_duration=result.load_duration,
+                prompt_eval_count=result.prompt_eval_count,
+            ).to_json()
 
         self.answer(req, resp, request, render)
 
@@ -146,6 +146,6 @@ class LegacyEmbeddings(EmbedResource):
 
         def render(result: api.Embeddings) -> dict[str, Any]:
             vector = result.vectors[0] if len(result.vectors) else []
-            return {"embedding": vector}
+            return api.EmbeddingResponse(vector).to_json()
 
         self.answer(req, resp, request, render)

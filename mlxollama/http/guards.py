@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import falcon
 
-from mlxollama.config import Config
+from mlxollama.config import Config, parse_host
 
 # Ollama's built-in origins (envconfig.AllowedOrigins); `*` matches any run of characters
 DEFAULT_ORIGINS = (
@@ -78,9 +78,7 @@ SHOWN = 100  # characters of a refused Host or Origin repeated in the error
 
 def bind_host(config: Config) -> str:
     """The host part of `MLXOLLAMA_HOST`, as the server binds it."""
-    from mlxollama.http.server import parse_host  # server imports the app, which imports us
-
-    return parse_host(config.host)[0]
+    return parse_host(config.host).bind[0]
 
 
 def is_loopback(host: str) -> bool:

@@ -10,8 +10,6 @@ session. An error after the first line becomes a final `{"error": "..."}` line, 
 
 from __future__ import annotations
 
-import datetime as dt
-import math
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
@@ -23,10 +21,10 @@ import structlog
 
 from mlxollama import api
 from mlxollama.actors.runtime import RunningModel, Session
+from mlxollama.api import field, json_type
 from mlxollama.errors import BlobNotFound, InvalidName, ModelNotFound
 from mlxollama.http.errors import bad_request, error_body, log_failure, status_of
-from mlxollama.models.show import show
-from mlxollama.store import info
+from mlxollama.models import catalog
 from mlxollama.store.names import parse_name
 
 log = structlog.get_logger("mlxollama.http")
@@ -37,22 +35,6 @@ CLIENT_CLOSED = "499 Client Closed Request"  # nginx's status, which Ollama logs
 
 
 # -- request bodies ------------------------------------------------------------------------
-
-_KINDS = {
-    str: "a string",
-    bool: "a boolean",
-    list: "an array",
-    dict: "an object",
-    int: "an integer",
-}
-
-
-def json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    return {str: "string", list: "array", dict: "object"}.get(type(value), "null")
 
 
 def read_json(req: falcon.Request) -> dict[str, Any]:
@@ -73,29 +55,9 @@ def read_json(req: falcon.Request) -> dict[str, Any]:
     return body
 
 
-def field(body: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
-    """`body[key]`, checked against `kind`; `default` when absent or null.
-
-    Raises:
-        falcon.HTTPBadRequest: the value has another JSON type (the message names the field).
-    """
-    value = body.get(key)
-    if value is None:
-        return default
-    if kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
-        raise bad_request(
-            f'invalid request: "{key}" must be {_KINDS[kind]}, not {json_type(value)}'
-        )
-    return value
-
-
 def model_field(body: dict[str, Any]) -> str:
     """`model` (or the legacy `name`); 400 `model is required` when both are missing."""
-    name = field(body, "model", str, "") or field(body, "name", str, "")
+    name = api.model_of(body)
     if not name:
         raise bad_request("model is required")
     return name
@@ -187,7 +149,7 @@ def progress_answer(
             rest = deque(progress, maxlen=1)  # Ollama answers the last progress object
         finally:
             finish()
-        resp.media = rest[-1] if rest else first or {"status": "success"}
+        resp.media = rest[-1] if rest else first or api.SUCCESS.to_json()
         return
     outcome: dict[str, str | None] = {"error": left_early}
 
@@ -317,11 +279,7 @@ class Inference:
 
     def common(self, body: dict[str, Any], model: str) -> dict[str, Any]:
         """Options, keep_alive and the fields we accept but cannot honour yet."""
-        fmt = body.get("format")
-        if fmt not in (None, ""):
-            raise bad_request(
-                'format (structured output) is not supported yet: send the request without "format"'
-            )
+        api.refuse_format(body.get("format"))
         think = body.get("think")
         if think not in (None, False, ""):
             if not isinstance(think, (bool, str)):
@@ -357,15 +315,11 @@ class Generate(Inference):
     """POST /api/generate"""
 
     def parse(self, body: dict[str, Any], request_id: str) -> tuple[api.InferenceRequest, bool]:
-        stream = field(body, "stream", bool, True)
-        prompt = field(body, "prompt", str, "")
+        wire = api.GenerateRequest.from_json(body)
         suffix = field(body, "suffix", str, "")
-        system = field(body, "system", str, "") or None
-        template = field(body, "template", str, "") or None
-        raw = field(body, "raw", bool, False)
         context = field(body, "context", list, [])
         images = field(body, "images", list, [])
-        if raw and (template or system or context):
+        if wire.raw and (wire.template or wire.system or context):
             raise bad_request("raw mode does not support template, system, or context")
         model = model_field(body)
         common = self.common(body, model)
@@ -381,28 +335,27 @@ class Generate(Inference):
         request = api.InferenceRequest(
             model=model,
             kind="generate",
-            prompt=prompt,
-            system=system,
-            template=template,
-            raw=raw,
+            prompt=wire.prompt,
+            system=wire.system,
+            template=wire.template,
+            raw=bool(wire.raw),
             request_id=request_id,
             **common,
         )
-        return request, stream
+        return request, wire.stream is not False
 
     def render(self, model: str, chunk: api.Chunk) -> dict[str, Any]:
-        return api.generate_response(model, chunk)
+        return api.GenerateResponse.from_chunk(model, chunk).to_json()
 
 
 class Chat(Inference):
     """POST /api/chat"""
 
     def parse(self, body: dict[str, Any], request_id: str) -> tuple[api.InferenceRequest, bool]:
-        stream = field(body, "stream", bool, True)
-        raw_messages = field(body, "messages", list, [])
+        wire = api.ChatRequest.from_json(body)
         tools = field(body, "tools", list, [])
         model = model_field(body)
-        messages = [api.Message.from_dict(m) for m in raw_messages]
+        messages = [api.Message.from_dict(m) for m in wire.messages]
         common = self.common(body, model)
         if any(m.images for m in messages):
             raise self.unsupported(model, "vision")
@@ -411,10 +364,10 @@ class Chat(Inference):
         request = api.InferenceRequest(
             model=model, kind="chat", messages=messages, request_id=request_id, **common
         )
-        return request, stream
+        return request, wire.stream is not False
 
     def render(self, model: str, chunk: api.Chunk) -> dict[str, Any]:
-        return api.chat_response(model, chunk)
+        return api.ChatResponse.from_chunk(model, chunk).to_json()
 
 
 class _Outcome:
@@ -505,10 +458,10 @@ class Tags:
         models = []
         for model in store.list():
             try:
-                models.append(info.tag_entry(store, model))
+                models.append(catalog.list_entry(store, model))
             except (BlobNotFound, OSError, ValueError) as e:
                 log.warning("tags.skipped", model=model.name.display(), error=str(e))
-        resp.media = {"models": models}
+        resp.media = api.ListResponse(models).to_json()
 
     on_head = on_get
 
@@ -525,35 +478,22 @@ class Show:
         body = read_json(req)
         req.context.log_start(loggable_model(body))
         name = model_field(body)
-        verbose = field(body, "verbose", bool, False)
+        wire = api.ShowRequest.from_json(body)
         store = self.runtime.store
-        resp.media = show(store, store.get(name), verbose=verbose)
+        resp.media = catalog.show(store, store.get(name), bool(wire.verbose)).to_json()
 
 
-# Go's maximum duration (max int64 nanoseconds, about 292 years): Ollama's "forever".
-FOREVER = dt.timedelta(microseconds=(2**63 - 1) // 1000)
-
-
-def expires_at(epoch: float) -> str:
-    if math.isinf(epoch):
-        when = dt.datetime.now(dt.UTC) + FOREVER
-    else:
-        when = dt.datetime.fromtimestamp(epoch, dt.UTC)
-    return when.isoformat().replace("+00:00", "Z")
-
-
-def ps_entry(m: RunningModel) -> dict[str, Any]:
-    return {
-        "name": m.name,
-        "model": m.name,
-        "size": m.size,
-        "digest": m.digest,
-        "details": m.details,
-        "expires_at": expires_at(m.expires_at),
-        # unified memory: on Metal (and CUDA) all of it is "on the GPU"; on the CPU backend none
-        "size_vram": m.size if getattr(m, "on_gpu", True) else 0,
-        "context_length": m.context_length,
-    }
+def ps_entry(m: RunningModel) -> api.ProcessModel:
+    return api.ProcessModel(
+        name=m.name,
+        model=m.name,
+        size=m.size,
+        digest=m.digest,
+        details=api.ModelDetails.from_json(m.details),
+        expires_at=api.expires_at(m.expires_at),
+        size_vram=m.size if getattr(m, "on_gpu", True) else 0,
+        context_length=m.context_length,
+    )
 
 
 class Ps:
@@ -564,7 +504,7 @@ class Ps:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         running = sorted(self.runtime.ps(), key=lambda m: m.expires_at, reverse=True)
-        resp.media = {"models": [ps_entry(m) for m in running]}
+        resp.media = api.ProcessResponse([ps_entry(m) for m in running]).to_json()
 
 
 class Copy:

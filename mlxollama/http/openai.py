@@ -26,17 +26,11 @@ import orjson
 import structlog
 
 from mlxollama import api
+from mlxollama.api import field, json_type
 from mlxollama.errors import InvalidName, ModelNotFound
 from mlxollama.http import embed
 from mlxollama.http.errors import bad_request, log_failure, openai_error, status_of
-from mlxollama.http.native import (
-    Inference,
-    field,
-    json_type,
-    loggable_model,
-    read_json,
-    request_options,
-)
+from mlxollama.http.native import Inference, loggable_model, read_json, request_options
 from mlxollama.store.store import StoredModel
 
 log = structlog.get_logger("mlxollama.http")

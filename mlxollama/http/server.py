@@ -26,54 +26,14 @@ import structlog
 from waitress import wasyncore
 from waitress.server import BaseWSGIServer, MultiSocketServer
 
-from mlxollama.config import Config
+from mlxollama.config import Config, parse_host
 from mlxollama.http import guards
 from mlxollama.http.app import DaemonApp, create_app
 from mlxollama.http.channel import Limits, create_server
 
 log = structlog.get_logger("mlxollama.http")
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 11435
 BLOB_CAP = 1 << 40  # waitress's outer body limit; JSON bodies have their own, lower one
-
-
-def parse_host(value: str | None) -> tuple[str, int]:
-    """`MLXOLLAMA_HOST` as `(host, port)`, read the way Ollama reads OLLAMA_HOST.
-
-    Accepts `host`, `host:port`, `:port` (every interface, as Go's `net.Listen(":port")`),
-    `[ipv6]:port`, and a scheme (`http://host:port`; with a scheme and no port, 80 for http
-    and 443 for https, as Ollama does). A path after the address is ignored. Empty: the
-    default `127.0.0.1:11435`.
-
-    Raises:
-        ValueError: an unknown scheme or a port that is not a number from 0 to 65535.
-    """
-    text = (value or "").strip().strip("\"'")
-    if not text:
-        return DEFAULT_HOST, DEFAULT_PORT
-    default_port = DEFAULT_PORT
-    scheme, sep, rest = text.partition("://")
-    if sep:
-        default_port = {"http": 80, "https": 443}.get(scheme.lower(), 0)
-        if not default_port:
-            raise ValueError(f"MLXOLLAMA_HOST: unsupported scheme {scheme!r} in {value!r}")
-        text = rest
-    text = text.split("/", 1)[0]
-    if text.startswith("["):  # [ipv6] or [ipv6]:port
-        host, bracket, after = text[1:].partition("]")
-        if not bracket or (after and not after.startswith(":")):
-            raise ValueError(f"MLXOLLAMA_HOST: cannot parse {value!r}")
-        port_text = after[1:]
-    elif text.count(":") > 1:  # a bare IPv6 address
-        host, port_text = text, ""
-    else:
-        host, _, port_text = text.partition(":")
-    if not port_text:
-        return host or "0.0.0.0", default_port
-    if not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"MLXOLLAMA_HOST: invalid port {port_text!r} in {value!r}")
-    return host or "0.0.0.0", int(port_text)
 
 
 def thread_count(config: Config) -> int:
@@ -142,7 +102,7 @@ def serve(config: Config, runtime) -> None:
         ValueError: a non-loopback `host` without `api_key` or `trust_network`.
     """
     guards.check_exposure(config)
-    host, port = parse_host(config.host)
+    host, port = parse_host(config.host).bind
     threads = thread_count(config)
     srv = make_server(create_app(runtime, config), host, port, threads)
     stop = threading.Event()

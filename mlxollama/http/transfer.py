@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import falcon
 
-from mlxollama.http.native import field, model_field, progress_answer, read_json
+from mlxollama.api import field
+from mlxollama.http.native import model_field, progress_answer, read_json
 
 
 class _Transfer:

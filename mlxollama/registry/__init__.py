@@ -14,11 +14,11 @@ code).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mlxollama.config import Config
 from mlxollama.store.names import ModelName, parse_name
 from mlxollama.store.store import Store, StoredModel
 
@@ -41,15 +41,14 @@ class Credentials:
     host: str | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Credentials | None:
-        """`MLXOLLAMA_REGISTRY_USERNAME` / `_PASSWORD` / `_TOKEN` / `_HOST`; None when no
-        credential is set."""
-        env = os.environ if env is None else env
+    def from_config(cls, config: Config) -> Credentials | None:
+        """The `registry_*` settings (`MLXOLLAMA_REGISTRY_USERNAME` / `_PASSWORD` /
+        `_TOKEN` / `_HOST`); None when no credential is set."""
         found = cls(
-            username=env.get("MLXOLLAMA_REGISTRY_USERNAME") or None,
-            password=env.get("MLXOLLAMA_REGISTRY_PASSWORD") or None,
-            token=env.get("MLXOLLAMA_REGISTRY_TOKEN") or None,
-            host=env.get("MLXOLLAMA_REGISTRY_HOST") or None,
+            username=config.registry_username,
+            password=config.registry_password,
+            token=config.registry_token,
+            host=config.registry_host,
         )
         return found if (found.username or found.token) else None
 
@@ -83,8 +82,12 @@ def pull(
     insecure: bool = False,
     credentials: Credentials | None = None,
     progress: Progress | None = None,
+    hf_endpoint: str | None = None,
 ) -> StoredModel:
     """Pull `name` into `store` and tag it; returns the stored model.
+
+    `hf_endpoint` is the Hugging Face Hub to ask for `hf.co/` names (`Config.hf_endpoint`,
+    a mirror); default: huggingface_hub's own.
 
     Raises:
         InvalidName: `name` does not parse.
@@ -98,7 +101,7 @@ def pull(
     if is_hf(target):
         from mlxollama.registry import hf
 
-        return hf.pull(store, target, progress=say, credentials=credentials)
+        return hf.pull(store, target, progress=say, credentials=credentials, endpoint=hf_endpoint)
     from mlxollama.registry import oci
 
     return oci.pull(store, target, insecure=insecure, credentials=credentials, progress=say)

@@ -7,9 +7,9 @@ downloads nothing), checks the sha256 of every weight file the Hub announces one
 builds the model through the foundation's `create` path. Provenance records the source as
 `{"type": "huggingface", "repo": "ORG/REPO", "revision": "<commit sha>", ...}`.
 
-Settings, read at each pull: `MLXOLLAMA_HF_ENDPOINT` (a Hub mirror; default: huggingface_hub's
-own, which honours `HF_ENDPOINT`), the token from `Credentials.token` or else
-huggingface_hub's (`HF_TOKEN`, `hf auth login`). With `HF_HUB_OFFLINE=1` a pull builds from the
+Settings, given by the caller: the endpoint (`Config.hf_endpoint`, from `MLXOLLAMA_HF_ENDPOINT`:
+a Hub mirror; default: huggingface_hub's own, which honours `HF_ENDPOINT`), the token from
+`Credentials.token` or else huggingface_hub's (`HF_TOKEN`, `hf auth login`). With `HF_HUB_OFFLINE=1` a pull builds from the
 cache alone.
 """
 
@@ -46,7 +46,6 @@ try:  # huggingface_hub 2.x speaks httpx2; 1.x spoke httpx
 except ImportError:  # pragma: no cover
     from httpx import TransportError
 
-ENDPOINT_VAR = "MLXOLLAMA_HF_ENDPOINT"
 DEFAULT_BRANCH = "main"
 
 # What a model folder needs: weights, config and tokenizer files at the repo's top level
@@ -71,7 +70,7 @@ def pull(
 ) -> StoredModel:
     """Pull `hf.co/ORG/REPO[:REVISION]` into `store`, tagged `target`.
 
-    `endpoint` is the Hub to ask; default: `MLXOLLAMA_HF_ENDPOINT`, else huggingface_hub's.
+    `endpoint` is the Hub to ask; default: huggingface_hub's.
 
     `progress` receives Ollama's events: `pulling manifest`; `pulling <commit hex12>` with
     `digest` (the commit sha: huggingface_hub reports one byte count for all files) and the
@@ -91,7 +90,7 @@ def pull(
     repo_id = f"{target.namespace}/{target.model}"
     ref = DEFAULT_BRANCH if target.tag == DEFAULT_TAG else target.tag
     where = f"hf.co/{repo_id}"
-    endpoint = endpoint or os.environ.get(ENDPOINT_VAR) or None
+    endpoint = endpoint or None
     token = credentials.token if credentials is not None else None
     cache_dir = store.root / "cache" / "huggingface"
     offline = constants.is_offline_mode()

@@ -1,47 +1,15 @@
-"""What `list`/`show` report about a stored model, in Ollama's shapes (`/api/tags`,
-`/api/show`), shared by the embedded SDK, the CLI and the HTTP layer. The `/api/show` body
-itself is `models.show` (it writes a Modelfile, which the store knows nothing of)."""
+"""What a stored model's text layers say: TEMPLATE, SYSTEM, PARAMETERs, MESSAGEs, LICENSE,
+and the chat template the model applies. `mlxollama.models.catalog` builds Ollama's `/api/tags` and
+`/api/show` bodies from them."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import orjson
 
 from mlxollama.store import manifests as mt
 from mlxollama.store.store import Store, StoredModel
-
-
-def rfc3339(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def details(info: dict[str, Any]) -> dict[str, Any]:
-    family = info.get("model_family") or ""
-    return {
-        "parent_model": info.get("parent_model", ""),
-        "format": info.get("model_format", "mlx"),
-        "family": family,
-        "families": info.get("model_families") or ([family] if family else None),
-        "parameter_size": info.get("model_type", ""),
-        "quantization_level": info.get("file_type", ""),
-    }
-
-
-def tag_entry(store: Store, model: StoredModel) -> dict[str, Any]:
-    """One `/api/tags` entry."""
-    info = store.config(model)
-    name = model.name.display()
-    return {
-        "name": name,
-        "model": name,
-        "modified_at": rfc3339(model.modified_at),
-        "size": model.size,
-        "digest": model.digest,
-        "details": details(info),
-        "capabilities": info.get("capabilities", ["completion"]),
-    }
 
 
 def texts(store: Store, model: StoredModel, media_type: str) -> list[str]:

@@ -1,0 +1,62 @@
+"""The stored models as Ollama lists and shows them: `/api/tags` entries and `/api/show`
+bodies as the contract's types (`api.ListModel`, `api.ShowResponse`), built from the store.
+The HTTP layer and the embedded SDK answer with them, so both send the same bodies."""
+
+from __future__ import annotations
+
+from mlxollama import api
+from mlxollama.recipes.modelfile import format_parameters, to_modelfile
+from mlxollama.store import manifests as mt
+from mlxollama.store.info import model_template, text_layers
+from mlxollama.store.store import Store, StoredModel
+
+
+def list_entry(store: Store, model: StoredModel) -> api.ListModel:
+    """One `/api/tags` entry."""
+    info = store.config(model)
+    name = model.name.display()
+    return api.ListModel(
+        name=name,
+        model=name,
+        modified_at=api.rfc3339(model.modified_at),
+        size=model.size,
+        digest=model.digest,
+        details=api.ModelDetails.from_config(info),
+        capabilities=info.get("capabilities", ["completion"]),
+    )
+
+
+def show(store: Store, model: StoredModel, verbose: bool = False) -> api.ShowResponse:
+    """The `/api/show` body; `verbose` adds the tensor layers."""
+    info = store.config(model)
+    layers = text_layers(store, model)
+    params, messages, licenses = layers["parameters"], layers["messages"], layers["license"]
+    name = model.name.display()
+    tensors = None
+    if verbose:
+        tensors = [
+            {"name": d.name, "digest": d.digest, "size": d.size}
+            for d in model.manifest.layers_of(mt.TENSOR_MEDIA_TYPE)
+        ]
+    return api.ShowResponse(
+        license="\n".join(licenses),
+        modelfile=to_modelfile(
+            name=name,
+            from_ref=name,
+            template=layers["template"],
+            system=layers["system"],
+            parameters=params,
+            messages=messages,
+            license=licenses,
+        ),
+        parameters=format_parameters(params),
+        template=model_template(store, model),
+        system=layers["system"] or "",
+        details=api.ModelDetails.from_config(info),
+        messages=messages,
+        model_info=info.get("model_info") or {},
+        capabilities=info.get("capabilities", ["completion"]),
+        modified_at=api.rfc3339(model.modified_at),
+        provenance=info.get("provenance", {}),
+        tensors=tensors,
+    )
