@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import select
-import shutil
 import socket
 import threading
 import time
@@ -30,13 +29,12 @@ OLD_CONNECTION_LIMIT = 100  # waitress's connection_limit before the fix, max(10
 
 
 @pytest.fixture
-def serve(tmp_path, smollm2_store):
+def serve(tmp_path):
     """Start a daemon with `Limits(**fields)`; every one started is stopped at the end."""
     started = []
 
     def start(**fields) -> SimpleNamespace:
         root = tmp_path / f"store{len(started)}"
-        shutil.copytree(smollm2_store, root, symlinks=True)
         config = Config.from_env({"MLXOLLAMA_MODELS": str(root), "MLXOLLAMA_MAX_BODY": "64KiB"})
         log.configure(root / "logs", console=False)
         runtime = Runtime(config).start()
