@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+import mlxollama.engine  # noqa: F401  (first, before any test module imports mlx: OpenBLAS)
 from mlxollama import log
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
