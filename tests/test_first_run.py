@@ -178,6 +178,7 @@ def test_serve_on_a_busy_port_says_what_holds_it_at_once(kind, tmp_path):
     assert took < 2 * 4  # 2 s asked; generous on a loaded 2-core box (it was 19 s)
 
 
+@pytest.mark.model
 def test_serve_next_to_a_running_daemon_names_it(tmp_path, store_root):
     d = start_daemon(store_root)
     try:
@@ -231,6 +232,7 @@ def test_a_blas_path_that_cannot_load_is_an_error(tmp_path):
         assert "\n" not in line
 
 
+@pytest.mark.model
 def test_serve_and_ps_say_the_backend_and_blas(tmp_path, store_root):
     from mlxollama import engine
 

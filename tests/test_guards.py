@@ -100,6 +100,7 @@ LOOPBACK_HOSTS = [
 ]
 
 
+@pytest.mark.model
 def test_a_foreign_host_is_refused_on_a_loopback_bind(daemon):
     d = daemon()
     for host in FOREIGN_HOSTS:
@@ -115,6 +116,7 @@ def test_a_foreign_host_is_refused_on_a_loopback_bind(daemon):
     assert tags(d) == ["smollm2:latest"]
 
 
+@pytest.mark.model
 def test_loopback_hosts_and_a_request_without_host_pass(daemon):
     d = daemon()
     for host in LOOPBACK_HOSTS:
@@ -123,6 +125,7 @@ def test_loopback_hosts_and_a_request_without_host_pass(daemon):
     assert answer.split(b" ", 2)[1] == b"200", answer
 
 
+@pytest.mark.model
 def test_a_network_bind_does_not_restrict_the_host(daemon):
     d = daemon(host="0.0.0.0:0", api_key=KEY)
     auth = {"Authorization": f"Bearer {KEY}"}
@@ -130,6 +133,7 @@ def test_a_network_bind_does_not_restrict_the_host(daemon):
     assert status == 200
 
 
+@pytest.mark.model
 def test_a_trusted_network_bind_without_a_key_refuses_rebindable_hosts(daemon):
     """Without a key a rebound page could read GET answers (no Origin on same-origin GETs):
     only names public DNS cannot hand an attacker pass."""
@@ -145,6 +149,7 @@ def test_a_trusted_network_bind_without_a_key_refuses_rebindable_hosts(daemon):
 # -- Origin (CORS, CSRF) --------------------------------------------------------------------
 
 
+@pytest.mark.model
 def test_a_foreign_origin_cannot_copy_a_model_with_a_text_plain_post(daemon):
     """The CSRF of the probe: a page's "simple" cross-origin POST planted a tag."""
     d = daemon()
@@ -170,6 +175,7 @@ FOREIGN_ORIGINS = [
 ]
 
 
+@pytest.mark.model
 def test_every_request_from_a_foreign_origin_is_refused(daemon):
     d = daemon()
     for origin in FOREIGN_ORIGINS:
@@ -185,6 +191,7 @@ def test_every_request_from_a_foreign_origin_is_refused(daemon):
     assert tags(d) == ["smollm2:latest"]
 
 
+@pytest.mark.model
 def test_a_foreign_preflight_is_refused(daemon):
     d = daemon()
     status, headers, _ = request(
@@ -210,6 +217,7 @@ ALLOWED_ORIGINS = [
 ]
 
 
+@pytest.mark.model
 def test_an_allowed_origins_preflight_gets_the_cors_headers(daemon):
     d = daemon()
     for n, origin in enumerate(ALLOWED_ORIGINS):
@@ -251,6 +259,7 @@ def test_an_allowed_origins_preflight_gets_the_cors_headers(daemon):
         assert f"copy{n}:latest" in tags(d)
 
 
+@pytest.mark.model
 def test_mlxollama_origins_adds_origins(daemon):
     d = daemon(origins="https://app.example, https://*.corp.example")
     for origin in ("https://app.example", "https://chat.corp.example", "http://localhost:8080"):
@@ -262,6 +271,7 @@ def test_mlxollama_origins_adds_origins(daemon):
         assert status == 403, origin
 
 
+@pytest.mark.model
 def test_a_star_in_mlxollama_origins_allows_every_origin(daemon):
     d = daemon(origins="*")
     status, headers, _ = request(d, "GET", "/api/tags", headers={"Origin": "https://any.example"})
@@ -269,6 +279,7 @@ def test_a_star_in_mlxollama_origins_allows_every_origin(daemon):
     assert headers["access-control-allow-origin"] == "https://any.example"
 
 
+@pytest.mark.model
 def test_requests_without_an_origin_are_unaffected(daemon):
     d = daemon()
     status, headers, _ = request(
@@ -282,6 +293,7 @@ def test_requests_without_an_origin_are_unaffected(daemon):
 # -- the API key ----------------------------------------------------------------------------
 
 
+@pytest.mark.model
 def test_without_the_api_key_every_route_answers_401(daemon):
     d = daemon(api_key=KEY)
     for method, path, body in [
@@ -314,6 +326,7 @@ def tags_with_key(d: Daemon) -> list[str]:
     return sorted(m.model for m in client.list().models)
 
 
+@pytest.mark.model
 def test_the_api_key_opens_every_route_as_bearer_or_x_api_key(daemon, monkeypatch):
     d = daemon(api_key=KEY)
     for headers in (
@@ -345,6 +358,7 @@ def test_the_api_key_opens_every_route_as_bearer_or_x_api_key(daemon, monkeypatc
     assert KEY not in d.log_path.read_text()
 
 
+@pytest.mark.model
 def test_an_allowed_origins_preflight_needs_no_key(daemon):
     """Browsers send a preflight without credentials; the request that follows carries them."""
     d = daemon(api_key=KEY)
@@ -457,6 +471,7 @@ def head_only(d: Daemon, head: str) -> tuple[bytes, float]:
         return b"".join(chunks), time.monotonic() - t0
 
 
+@pytest.mark.model
 def test_uploads_without_the_key_or_from_a_foreign_origin_are_refused_before_the_body(daemon):
     """Blob uploads have no body limit (model files); without this, anyone who can reach the
     port could make the daemon spool terabytes before the guards saw the request."""
@@ -491,6 +506,7 @@ def test_uploads_without_the_key_or_from_a_foreign_origin_are_refused_before_the
     assert answer.startswith(b"HTTP/1.1 403") and b"origin" in answer, answer[:300]
 
 
+@pytest.mark.model
 def test_the_cli_probe_sends_no_key_to_whatever_holds_the_port(daemon, monkeypatch):
     """`mlxctl` asks the port what it is before it talks: a program that is not the daemon
     never sees MLXOLLAMA_API_KEY, and a keyed daemon is still found."""

@@ -28,6 +28,8 @@ from mlxollama.store.store import Store
 from tests.conftest import tiny_llama_folder
 from tests.hub_standin import HubStandin
 
+pytestmark = pytest.mark.model  # SmolLM2 (its session store) and MiniLM
+
 TINY = "hf.co/acme/tiny-llama"
 MINILM = "hf.co/sentence-transformers/all-MiniLM-L6-v2"
 

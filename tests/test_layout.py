@@ -16,6 +16,8 @@ from mlxollama.sdk import Embedded
 from mlxollama.store import manifests as mt
 from mlxollama.store.store import Store
 
+pytestmark = pytest.mark.model  # SmolLM2 (its session store)
+
 # an independent OCI tool reads what we write (CI installs it: .ci/run)
 SKOPEO = shutil.which("skopeo") or "skopeo"
 PROMPT = "The capital of France is"

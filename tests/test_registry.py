@@ -189,6 +189,7 @@ def test_proxy_fail_with(proxy, harness_blob):
     assert [r.status for r in proxy.requests()] == [503, 200, 401, 200]
 
 
+@pytest.mark.model
 def test_upload_model_puts_the_store_manifest_as_is(registry, tiny_store):
     store = Store(tiny_store)
     data = upload_model(registry.address, store, "tiny-a", "harness/tiny:a")

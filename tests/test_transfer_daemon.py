@@ -315,7 +315,8 @@ def test_two_pulls_of_one_model_share_one_transfer(faked):
     assert faked.fake.reached.wait(10)
     second = threading.Thread(target=pull, args=(2,))
     second.start()
-    ((transfer, _),) = faked.runtime._transfers.values()
+    with faked.runtime._transfers_lock:  # the actor may reach the registry before it is noted
+        ((transfer, _),) = faked.runtime._transfers.values()
     assert wait_until(lambda: len(transfer._listeners) == 2, 30)
     faked.fake.gate.set()
     first.join(10)
