@@ -264,6 +264,9 @@ class Chunk:
     prompt_eval_duration: int = 0
     eval_duration: int = 0
     context: list[int] = dataclasses.field(default_factory=list)
+    # the log-probabilities of the tokens this chunk's text came from, when the sampler gives
+    # them (engine/decoder.py); not sent yet
+    logprobs: list[float] | None = None
 
     def metrics(self) -> dict[str, int]:
         d = asdict(self)

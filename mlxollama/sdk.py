@@ -190,17 +190,25 @@ class Embedded:
         return lm, int(lm.load_duration * 1e9)
 
     def _run(self, lm, tokens: list[int], options: dict[str, Any] | None, load_ns: int):
+        """The chunks of one answer, generated as the daemon's model actor would (the same
+        context window, sampling and decoder); total_duration counts the load too."""
+        from mlxollama.engine.context import context_window
         from mlxollama.engine.generate import stream
 
         opts = api.merge_options(lm.parameters, api.parse_options(options))
-        num_ctx = min(api.context_size(opts, self.config.context_length), lm.context_length)
+        num_ctx = context_window(opts, self.config.context_length, lm.context_length)
         sampling = api.SamplingOptions.from_options(opts)
-        tic = time.perf_counter_ns()
-        for chunk in stream(lm.model, lm.tokenizer, tokens, sampling, num_ctx):
-            if chunk.done:
-                chunk.load_duration = load_ns
-                chunk.total_duration = time.perf_counter_ns() - tic + load_ns
-            yield chunk
+        started = time.perf_counter_ns() - load_ns
+        yield from stream(
+            lm.model,
+            lm.tokenizer,
+            tokens,
+            sampling,
+            num_ctx,
+            num_keep=opts["num_keep"],
+            started_ns=started,
+            load_ns=load_ns,
+        )
 
     def generate(
         self,

@@ -15,6 +15,7 @@ import orjson
 import pykka
 
 from mlxollama import log
+from mlxollama.actors.messages import Stats
 from mlxollama.actors.runtime import Runtime
 from mlxollama.config import Config
 from mlxollama.http.app import create_app
@@ -55,7 +56,7 @@ class Daemon(SimpleNamespace):
     def model_stats(self) -> dict[str, dict]:
         """Each loaded ModelActor's own counts: {"active": ..., "waiting": ...}."""
         loaded = self.runtime.governor.proxy().loaded.get(timeout=10)
-        return {name: e.ref.ask(("stats",), timeout=10) for name, e in dict(loaded).items()}
+        return {name: e.ref.ask(Stats(), timeout=10) for name, e in dict(loaded).items()}
 
     def events(self) -> list[dict]:
         """Every line of the JSONL log, parsed (a line that does not parse fails the test)."""

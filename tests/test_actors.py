@@ -8,6 +8,7 @@ import time
 import pykka
 import pytest
 
+from mlxollama.actors.messages import Stats
 from mlxollama.actors.runtime import Runtime
 from mlxollama.api import FOREVER, InferenceRequest, Message
 from mlxollama.config import Config
@@ -305,7 +306,7 @@ def test_a_failed_batch_step_fails_the_batch_and_serves_the_waiting(runtime_fact
 
     def model_stats():
         ref = rt.governor.proxy().loaded.get()["tiny-a:latest"].ref
-        return ref.ask(("stats",), timeout=5)
+        return ref.ask(Stats(), timeout=5)
 
     # the model actor itself (not just the governor) has both in its batch and one waiting
     assert wait_until(lambda: model_stats() == {"active": 2, "waiting": 1})

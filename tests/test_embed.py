@@ -327,14 +327,15 @@ def test_a_direct_reply_answers_once_and_shutdown_never_strands_a_reader():
     """Embed requests have no SessionActor: DirectReply puts the answer on the queue."""
     import queue
 
-    from mlxollama.actors.session import CANCEL, DONE, EMBEDDED, FAIL, DirectReply
+    from mlxollama.actors.messages import Cancel, Embedded, Fail
+    from mlxollama.actors.session import DONE, DirectReply
     from mlxollama.api import Embeddings
 
     out: queue.Queue = queue.Queue()
     reply = DirectReply(1, out, cancel_model=lambda aid: None)
     result = Embeddings(np.ones((1, 2), dtype=np.float32))
-    reply.tell((EMBEDDED, result))
-    reply.tell((FAIL, RuntimeError("late")))  # after the answer: ignored
+    reply.tell(Embedded(result))
+    reply.tell(Fail(RuntimeError("late")))  # after the answer: ignored
     reply.stop()
     assert out.get_nowait() is result and result.total_duration > 0
     assert out.get_nowait() is DONE and out.empty()
@@ -345,5 +346,5 @@ def test_a_direct_reply_answers_once_and_shutdown_never_strands_a_reader():
     assert "shutting down" in str(out.get_nowait())
     assert out.get_nowait() is DONE
     gone = DirectReply(3, out, cancel_model=cancelled.append)
-    gone.tell((CANCEL,))
+    gone.tell(Cancel())
     assert cancelled == [3] and out.get_nowait() is DONE

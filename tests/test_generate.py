@@ -4,7 +4,10 @@ generation on the real SmolLM2."""
 import pytest
 
 from mlxollama.api import SamplingOptions
-from mlxollama.engine.generate import StopMatcher, fit_context, make_sampling, stream
+from mlxollama.engine.context import fit_context
+from mlxollama.engine.decoder import StopMatcher
+from mlxollama.engine.generate import stream
+from mlxollama.engine.sampling import make_sampling
 
 
 def feed_all(stops, pieces):

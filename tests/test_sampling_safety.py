@@ -14,14 +14,14 @@ import pykka
 import pytest
 
 from mlxollama import api
-from mlxollama.engine import generate
+from mlxollama.engine import sampling
 from mlxollama.errors import InvalidOption
 from mlxollama.http.server import shutdown
 from tests.daemons import actor_classes, start_daemon, wait_until
 
 # MLX comes through mlxollama.engine, never imported first: that would keep OpenBLAS out of
 # this whole test session (engine/__init__.py) and make every model 10x slower.
-mx = generate.mx
+mx = sampling.mx
 
 STORY = "Write a long story about a dragon who learns to bake bread."
 USER = [{"role": "user", "content": "Say hello."}]
@@ -81,7 +81,7 @@ def test_null_options_are_skipped():
 def test_top_k_off_the_vocabulary_turns_top_k_off(top_k):
     """llama.cpp's rule: top_k <= 0 or >= the vocabulary size samples from all of it."""
     options = api.SamplingOptions(temperature=1.0, top_k=top_k, top_p=1.0)
-    sampler, _ = generate.make_sampling(options, num_ctx=64)
+    sampler, _ = sampling.make_sampling(options, num_ctx=64)
     logprobs = mx.log(mx.softmax(mx.random.normal((1, 100)), axis=-1))
     token = sampler(logprobs)
     mx.eval(token)
@@ -90,7 +90,7 @@ def test_top_k_off_the_vocabulary_turns_top_k_off(top_k):
 
 def test_a_tiny_temperature_is_greedy():
     """1 / 1e-300 overflows float32: below the floor sampling is greedy, not garbage."""
-    sampler, _ = generate.make_sampling(api.SamplingOptions(temperature=1e-300), num_ctx=64)
+    sampler, _ = sampling.make_sampling(api.SamplingOptions(temperature=1e-300), num_ctx=64)
     logprobs = mx.log(mx.softmax(mx.random.normal((1, 100)), axis=-1))
     assert sampler(logprobs).item() == mx.argmax(logprobs, axis=-1).item()
 
@@ -104,8 +104,8 @@ def test_a_failed_compiled_sampler_leaves_the_random_state_usable():
     logprobs = mx.log(mx.softmax(mx.random.normal((1, 100)), axis=-1))
     with pytest.raises(ValueError):
         apply_top_k(logprobs, 1000)
-    generate.restore_random_state()
-    sampler, _ = generate.make_sampling(api.SamplingOptions(temperature=1.0), num_ctx=64)
+    sampling.restore_random_state()
+    sampler, _ = sampling.make_sampling(api.SamplingOptions(temperature=1.0), num_ctx=64)
     mx.eval(sampler(logprobs))
 
 
@@ -173,7 +173,7 @@ def faulty_make_sampling(real):
 
 @pytest.mark.model
 def test_a_sequence_failing_mid_batch_ends_only_its_own_stream(d, client, monkeypatch):
-    monkeypatch.setattr(generate, "make_sampling", faulty_make_sampling(generate.make_sampling))
+    monkeypatch.setattr(sampling, "make_sampling", faulty_make_sampling(sampling.make_sampling))
     results: dict[str, object] = {}
     started = {name: threading.Event() for name in ("a", "b", "faulty")}
 

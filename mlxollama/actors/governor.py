@@ -20,8 +20,21 @@ from typing import Any
 import pykka
 import structlog
 
+from mlxollama.actors.messages import (
+    Admission,
+    Expire,
+    Fail,
+    LoadFailed,
+    LoadTimeout,
+    ModelDied,
+    ModelLoaded,
+    Release,
+    Submit,
+    Unload,
+    Withdraw,
+    tell,
+)
 from mlxollama.actors.model import ModelActor
-from mlxollama.actors.session import FAIL, Admission, tell
 from mlxollama.api import FOREVER
 from mlxollama.config import Config
 from mlxollama.errors import Busy
@@ -142,6 +155,17 @@ class Occupancy:
 
 
 class GovernorActor(pykka.ThreadingActor):
+    """Args:
+    config: the limits (max_loaded_models, max_queue, num_parallel, keep_alive, ...).
+    store: what models load from.
+    load: `load(store, name) -> LoadedModel`, handed to each model actor.
+    clock: epoch seconds, for keep-alive deadlines and LRU order (the timers run in real
+        seconds).
+    occupancy: the counts shared with the HTTP threads.
+    model_actor: the actor class started per model (`ModelActor`; tests pass a fake that
+        speaks its messages).
+    """
+
     def __init__(
         self,
         config: Config,
@@ -149,9 +173,11 @@ class GovernorActor(pykka.ThreadingActor):
         load,
         clock: Callable[[], float] = time.time,
         occupancy: Occupancy | None = None,
+        model_actor: type[pykka.Actor] = ModelActor,
     ):
         super().__init__()
         self.config, self.store, self.load, self.clock = config, store, load, clock
+        self.model_actor = model_actor
         self.occupancy = occupancy or Occupancy(config)
         self.budget = config.max_memory or int(device_memory() * 0.9)
         # Requests admitted and not finished, all models together; the HTTP server sizes its
@@ -227,18 +253,19 @@ class GovernorActor(pykka.ThreadingActor):
         return sorted(out, key=lambda m: m["expires_at"], reverse=True)
 
     def unload_all(self) -> list[pykka.ActorRef]:
-        """Unload every model; returns their actors' refs so the caller can wait for them."""
+        """Unload every model; returns their actors' refs so the caller can wait for them.
+        The loads still waiting are failed first: an unload would start them."""
+        for adm, _ in self.waiting_loads:
+            tell(adm.session, Fail(RuntimeError("the server is shutting down")))
+        self.waiting_loads.clear()
         for entry in list(self.loaded.values()):
             self._unload(entry, "shutdown")
-        for adm, _ in self.waiting_loads:
-            tell(adm.session, (FAIL, RuntimeError("the server is shutting down")))
-        self.waiting_loads.clear()
         self._publish()
         return [ref for ref in self.retiring if ref.is_alive()]
 
     # -- messages from model actors and timers (tells) --------------------------------------
 
-    def on_receive(self, message: tuple) -> Any:
+    def on_receive(self, message: Any) -> Any:
         try:
             return self._on_message(message)
         finally:
@@ -247,48 +274,44 @@ class GovernorActor(pykka.ThreadingActor):
     def _publish(self) -> None:
         self.occupancy.publish(self)
 
-    def _on_message(self, message: tuple) -> Any:
-        kind, name = message[0], message[1]
-        entry = self.loaded.get(name)
-        if kind == "cancel":  # (cancel, model name, admission id)
-            self._cancel(name, message[2])
-            return None
+    def _on_message(self, message: Any) -> None:
+        if isinstance(message, Withdraw):
+            self._cancel(message.name, message.admission_id)
+            return
+        entry = self.loaded.get(message.name)
         if entry is None:
-            return None
-        stale = kind in ("loaded", "load_failed", "died", "release", "load_timeout") and (
-            message[-1] is not entry.ref  # from an earlier load of the same model
-        )
-        if stale:
-            return None
-        if kind == "loaded":
-            entry.state, entry.load_ns = "ready", message[2]
-            if entry.load_timer is not None:
-                entry.load_timer.cancel()
-            pending, entry.pending = entry.pending, []
-            entry.refs -= len(pending)
-            for adm in pending:
-                adm.load_ns = entry.load_ns
-                self._route(entry, adm)
-            self._maybe_idle(entry)
-        elif kind in ("load_failed", "died"):
-            self.loaded.pop(name, None)
-            self._cancel_timer(entry)
-            for adm in entry.pending:
-                tell(adm.session, (FAIL, message[2]))
-            self._start_waiting_loads()
-        elif kind == "release":
-            entry.refs = max(0, entry.refs - 1)
-            entry.last_used = self.clock()
-            self._maybe_idle(entry)
-        elif kind == "expire" and message[2] == entry.generation and entry.refs == 0:
-            self._unload(entry, "expired")
-        elif kind == "load_timeout" and entry.state == "loading":  # (load_timeout, name, ref)
-            error = TimeoutError(f"timed out waiting for model '{name}' to load")
-            for adm in entry.pending:
-                tell(adm.session, (FAIL, error))
-            entry.pending.clear()
-            self._unload(entry, "load_timeout")
-        return None
+            return
+        if getattr(message, "ref", entry.ref) is not entry.ref:
+            return  # from an earlier load of the same model
+        match message:
+            case ModelLoaded(_, load_ns):
+                entry.state, entry.load_ns = "ready", load_ns
+                if entry.load_timer is not None:
+                    entry.load_timer.cancel()
+                pending, entry.pending = entry.pending, []
+                entry.refs -= len(pending)
+                for adm in pending:
+                    adm.load_ns = entry.load_ns
+                    self._route(entry, adm)
+                self._maybe_idle(entry)
+            case LoadFailed(name, error) | ModelDied(name, error):
+                self.loaded.pop(name, None)
+                self._cancel_timer(entry)
+                for adm in entry.pending:
+                    tell(adm.session, Fail(error))
+                self._start_waiting_loads()
+            case Release():
+                entry.refs = max(0, entry.refs - 1)
+                entry.last_used = self.clock()
+                self._maybe_idle(entry)
+            case Expire(_, generation) if generation == entry.generation and entry.refs == 0:
+                self._unload(entry, "expired")
+            case LoadTimeout(name) if entry.state == "loading":
+                error = TimeoutError(f"timed out waiting for model '{name}' to load")
+                for adm in entry.pending:
+                    tell(adm.session, Fail(error))
+                entry.pending.clear()
+                self._unload(entry, "load_timeout")
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -309,9 +332,9 @@ class GovernorActor(pykka.ThreadingActor):
             self._maybe_idle(entry)
             return
         try:
-            entry.ref.tell(("submit", adm))
+            entry.ref.tell(Submit(adm))
         except pykka.ActorDeadError:  # it died; its "died" message is on the way
-            tell(adm.session, (FAIL, RuntimeError(f"model '{entry.name}' stopped")))
+            tell(adm.session, Fail(RuntimeError(f"model '{entry.name}' stopped")))
             entry.refs -= 1
 
     def _maybe_idle(self, entry: Entry) -> None:
@@ -326,7 +349,7 @@ class GovernorActor(pykka.ThreadingActor):
             generation = entry.generation
             me = self.actor_ref
             entry.timer = threading.Timer(
-                entry.keep_alive, lambda: tell(me, ("expire", entry.name, generation))
+                entry.keep_alive, lambda: tell(me, Expire(entry.name, generation))
             )
             entry.timer.daemon = True
             entry.timer.start()
@@ -352,7 +375,7 @@ class GovernorActor(pykka.ThreadingActor):
                 entry.pending.remove(adm)
                 entry.refs -= 1
                 return
-        tell(entry.ref, ("cancel", admission_id))
+        tell(entry.ref, Withdraw(name, admission_id))
 
     def _unload(self, entry: Entry, reason: str) -> None:
         self._cancel_timer(entry)
@@ -362,7 +385,7 @@ class GovernorActor(pykka.ThreadingActor):
         log.info(
             "model.evict" if reason == "evicted" else "model.stop", model=entry.name, reason=reason
         )
-        tell(entry.ref, ("unload",))
+        tell(entry.ref, Unload())
         self.retiring = [r for r in self.retiring if r.is_alive()] + [entry.ref]
         self._start_waiting_loads()
 
@@ -405,14 +428,13 @@ class GovernorActor(pykka.ThreadingActor):
         return True
 
     def _start_load(self, adm: Admission, facts: dict[str, Any]) -> Entry:
-        ref = ModelActor.start(
+        ref = self.model_actor.start(
             adm.name,
             self.load,
             self.store,
             self.actor_ref,
             self.config.num_parallel,
             self.config.max_queue,
-            self.config.context_length,
         )
         keep_alive = adm.request.keep_alive
         entry = Entry(
@@ -427,7 +449,7 @@ class GovernorActor(pykka.ThreadingActor):
         self.loaded[adm.name] = entry
         me, name = self.actor_ref, adm.name
         entry.load_timer = threading.Timer(
-            self.config.load_timeout, lambda: tell(me, ("load_timeout", name, ref))
+            self.config.load_timeout, lambda: tell(me, LoadTimeout(name, ref))
         )
         entry.load_timer.daemon = True
         entry.load_timer.start()

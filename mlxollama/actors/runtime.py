@@ -27,9 +27,11 @@ import pykka
 import structlog
 
 from mlxollama import api
-from mlxollama.actors.session import CANCEL, DONE, Admission, DirectReply, SessionActor, tell
+from mlxollama.actors.messages import Admission, Cancel, Withdraw, tell
+from mlxollama.actors.session import DONE, DirectReply, SessionActor
 from mlxollama.api import Chunk, InferenceRequest
 from mlxollama.config import Config
+from mlxollama.engine.context import context_window
 from mlxollama.errors import Busy, MlxOllamaError
 from mlxollama.recipes.buildspec import BuildSpec
 from mlxollama.store.info import text_layers
@@ -194,13 +196,11 @@ class Runtime:
         name = stored.name.display()
         request.require(name, info.get("capabilities", ["completion"]))
         request.options = api.parse_options(request.options)
-        # the window the model actor will use: request options over the model's PARAMETERs
+        # the window, decided here for the model actor too: request options over the
+        # model's PARAMETERs
         params = text_layers(self._store, stored)["parameters"]
         opts = api.merge_options(params, request.options)
-        num_ctx = min(
-            api.context_size(opts, self.config.context_length),
-            info.get("context_length") or self.config.context_length,
-        )
+        num_ctx = context_window(opts, self.config.context_length, info.get("context_length"))
         # an encoder keeps no KV cache between steps: its weights are what stays resident
         size = stored.size
         if request.kind != "embed":
@@ -216,7 +216,7 @@ class Runtime:
         governor = self.governor
 
         def cancel_model(aid: int) -> None:
-            tell(governor, ("cancel", name, aid))
+            tell(governor, Withdraw(name, aid))
 
         self._reserve(name, request)
         try:
@@ -230,7 +230,14 @@ class Runtime:
             self.occupancy.settle(name)  # the governor will never see this one
             raise
         self._sessions.add(session_ref)
-        adm = Admission(id=admission_id, request=request, name=name, session=session_ref, out=out)
+        adm = Admission(
+            id=admission_id,
+            request=request,
+            name=name,
+            session=session_ref,
+            out=out,
+            num_ctx=num_ctx,
+        )
         try:
             asked = self._governor.acquire(adm, facts)
         except BaseException:  # the governor is gone: it will never settle this one
@@ -245,7 +252,7 @@ class Runtime:
         if refused is not None:  # Busy comes back as a value: Pykka logs raised ones
             session_ref.stop(block=False)  # nothing was sent to it: no need to wait
             raise refused
-        return Session(name, request.request_id, out, lambda: tell(session_ref, (CANCEL,)))
+        return Session(name, request.request_id, out, lambda: tell(session_ref, Cancel()))
 
     def _reserve(self, name: str, request: InferenceRequest) -> None:
         """Refuse in this thread what the governor would refuse (see `Occupancy`).

@@ -1,0 +1,172 @@
+"""The decoder: one per sequence, it turns generated token ids into answer chunks.
+
+Both generation paths use it, the daemon's SessionActor and the embedded SDK's
+`engine.generate.stream`, so their answers cannot drift: incremental detokenizing, stop
+strings that never leak (text that may be a stop's prefix is held back), done reasons, and
+Ollama's timings. No MLX here: it runs on whichever thread reads the tokens.
+
+Hook points for what comes next:
+- `parser`: reads the answer's text stream and makes the chunks (thinking, tool calls);
+  the default, `TextParser`, passes the text through as `Chunk.text`.
+- `logprob`: `add` takes one per token when the sampler gives them; they ride on the next
+  chunk emitted (`Chunk.logprobs`), None when nobody computed them.
+- The per-sequence logits processor (constrained decoding) runs on the model's side:
+  `engine.batch.plan(..., logits_processors=...)`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from mlxollama.api import Chunk, DoneReason
+
+
+class StopMatcher:
+    """Holds back text that may be the start of a stop string.
+
+    `feed` returns the text that is safe to emit and whether a stop string was reached; text
+    from the stop string on is dropped.
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        self.pending += text
+        if not self.stops:
+            out, self.pending = self.pending, ""
+            return out, False
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[: min(hits)], ""
+            return out, True
+        keep = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(stop[:n]):
+                    keep = max(keep, n)
+                    break
+        cut = len(self.pending) - keep
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+class OutputParser(Protocol):
+    """Turns the answer's text, as it becomes safe to emit, into chunks."""
+
+    def feed(self, text: str) -> list[Chunk]: ...
+
+    def close(self) -> list[Chunk]:
+        """The chunks still held when the answer ends."""
+        ...
+
+
+class TextParser:
+    """The default parser: all of the answer is content."""
+
+    def feed(self, text: str) -> list[Chunk]:
+        return [Chunk(text=text)] if text else []
+
+    def close(self) -> list[Chunk]:
+        return []
+
+
+class Decoder:
+    """One sequence's token ids → chunks, the last one with `done=True` and the metrics.
+
+    Constructing it marks the sequence admitted: the prompt evaluation's clock starts.
+
+    Args:
+        tokenizer: the model's mlx-lm TokenizerWrapper (its detokenizer is copied).
+        stop: stop strings.
+        prompt_count: prompt tokens evaluated (after fitting the context).
+        started_ns: when the request began (`time.perf_counter_ns`), for total_duration.
+            Default: now.
+        load_ns: the model load this request waited for.
+        parser: makes the chunks from the text. Default: `TextParser()`.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        stop: Sequence[str] = (),
+        *,
+        prompt_count: int = 0,
+        started_ns: int | None = None,
+        load_ns: int = 0,
+        parser: OutputParser | None = None,
+        clock: Callable[[], int] = time.perf_counter_ns,
+    ):
+        self._clock = clock
+        self._detokenizer = copy.copy(tokenizer.detokenizer)
+        self._detokenizer.reset()
+        self._stops = StopMatcher(stop)
+        self._parser = parser or TextParser()
+        self._logprobs: list[float] = []
+        self.admitted_ns = clock()
+        self.started_ns = self.admitted_ns if started_ns is None else started_ns
+        self.first_ns: int | None = None
+        self.final = Chunk(
+            done=True, done_reason="length", prompt_eval_count=prompt_count, load_duration=load_ns
+        )
+        self.done = False
+
+    def add(
+        self, token: int, finish: str | None = None, logprob: float | None = None
+    ) -> list[Chunk]:
+        """The chunks one generated token completes; once the answer ends (an end token,
+        whose `finish` is "stop"; a stop string; any other `finish`, which is "length") the
+        last of them is the final chunk and `done` is True."""
+        if self.first_ns is None:
+            self.first_ns = self._clock()
+            self.final.prompt_eval_duration = self.first_ns - self.admitted_ns
+        self.final.eval_count += 1
+        if logprob is not None:
+            self._logprobs.append(logprob)
+        if finish == "stop":  # an end-of-generation token: not part of the answer
+            return self.end("stop")
+        self._detokenizer.add_token(token)
+        text, hit = self._stops.feed(self._detokenizer.last_segment)
+        chunks = self._parse(text)
+        if hit:  # what follows the stop string is dropped
+            return chunks + self._finish("stop")
+        if finish is not None:
+            return chunks + self.end("length")
+        return chunks
+
+    def end(self, reason: DoneReason) -> list[Chunk]:
+        """End the answer without another token (cancelled, no room, out of tokens): the
+        text still held back, then the final chunk."""
+        self._detokenizer.finalize()
+        text, hit = self._stops.feed(self._detokenizer.last_segment)
+        if hit:
+            reason = "stop"
+        else:
+            text += self._stops.flush()
+        return self._parse(text) + self._finish(reason)
+
+    def _parse(self, text: str) -> list[Chunk]:
+        chunks = self._parser.feed(text) if text else []
+        if chunks and self._logprobs:
+            chunks[0].logprobs, self._logprobs = self._logprobs, []
+        return chunks
+
+    def _finish(self, reason: DoneReason) -> list[Chunk]:
+        chunks = self._parser.close()
+        final = self.final
+        if self._logprobs:
+            (chunks[0] if chunks else final).logprobs = self._logprobs
+        end = self._clock()
+        final.done_reason = reason
+        final.eval_duration = end - (self.first_ns or end)
+        final.total_duration = end - self.started_ns
+        self.done = True
+        return [*chunks, final]
