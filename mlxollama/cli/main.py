@@ -5,7 +5,7 @@ and SIGTERM 143 (`cli/interrupt.py`).
 
 MLX, transformers and the server stack (Falcon, waitress, Pykka) are imported only by the
 verbs that need them, so `mlxctl --help`, `list` and `ps` start in a fraction of a second
-(tests/test_first_run.py checks what they import).
+(tests/test_scripts.py checks what they import).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ import structlog
 from mlxollama import log
 from tests import registry_server
 from tests.daemons import raw_post, start_daemon, wait_until
-from tests.test_transfer_daemon import add_model
+from tests.test_http_transfer import add_model
 
 auth_registry = registry_server.auth_registry
 

@@ -23,7 +23,7 @@ from mlxollama.http.server import make_server, shutdown
 from mlxollama.store.store import Store
 from tests import daemons
 from tests.daemons import actor_classes, no_sessions, start_daemon, wait_until
-from tests.test_http import FakeRuntime, add_model
+from tests.test_http_native import FakeRuntime, add_model
 
 pytestmark = pytest.mark.model
 

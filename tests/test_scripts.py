@@ -302,7 +302,7 @@ def test_serve_stops_on_sigterm_with_143(tmp_path, store_root):
 
 def test_serve_checks_the_address_the_server_will_bind():
     """One parser of MLXOLLAMA_HOST for `mlxctl serve`'s check, the server and the client
-    (its table of forms: tests/test_http.py::test_parse_host)."""
+    (its table of forms: tests/test_http_native.py::test_parse_host)."""
     from mlxollama import client, config
     from mlxollama.cli import connect
     from mlxollama.http import server
