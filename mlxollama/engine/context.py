@@ -11,6 +11,9 @@ from typing import Any
 
 from mlxollama import api
 
+# the context a model that does not say its own (no max_position_embeddings) is held to
+UNKNOWN_LIMIT = 4096
+
 
 def context_window(options: dict[str, Any], default: int, model_limit: int | None) -> int:
     """A request's `num_ctx`: its own (or the model's PARAMETER), else `default`, and never
@@ -20,9 +23,9 @@ def context_window(options: dict[str, Any], default: int, model_limit: int | Non
         options: the merged options (request over the model's PARAMETERs).
         default: the daemon's or the SDK's default (MLXOLLAMA_CONTEXT_LENGTH).
         model_limit: the model's context length; None or 0 when it does not say (then
-            `default` is the limit).
+            `UNKNOWN_LIMIT`, as `models.load` records it for the SDK).
     """
-    return min(api.context_size(options, default), model_limit or default)
+    return min(api.context_size(options, default), model_limit or UNKNOWN_LIMIT)
 
 
 @dataclass

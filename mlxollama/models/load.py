@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlxollama.engine.context import UNKNOWN_LIMIT
 from mlxollama.engine.embed import load_tokenizer as encoder_tokenizer
 from mlxollama.engine.loader import LoadedModel, model_from_weights, text_tokenizer
 from mlxollama.errors import BlobNotFound, DigestMismatch, UnsupportedModel
@@ -71,7 +72,7 @@ def load(store: Store, name: str, *, float32_on_cpu: bool = True) -> LoadedModel
         tokenizer=tokenizer,
         model_config=model_config,
         details=info,
-        context_length=int(info.get("context_length") or 4096),
+        context_length=int(info.get("context_length") or UNKNOWN_LIMIT),
         load_duration=time.perf_counter() - tic,
         size=stored.size,
         pooling=pooling,
