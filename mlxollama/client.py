@@ -97,7 +97,7 @@ def base_url(host: str | None = None) -> str:
     Raises:
         ValueError: an address `config.parse_host` cannot read.
     """
-    return parse_host(host if host is not None else Config.from_env().host).url
+    return parse_host(host if host is not None else Config.client_env()[0]).url
 
 
 class Client:
@@ -110,14 +110,13 @@ class Client:
             connected (model loads and long answers take time); 10 s to connect.
 
     Sends ``MLXOLLAMA_API_KEY`` (the daemon's key, if it has one) as a Bearer token when it
-    is set. The settings come from `Config.from_env()`.
+    is set. Both come from `Config.client_env()`.
     """
 
     def __init__(self, host: str | None = None, timeout: float | None = None):
-        config = Config.from_env()
-        self.host = parse_host(host if host is not None else config.host).url
+        env_host, key = Config.client_env()
+        self.host = base_url(host if host is not None else env_host)
         limit = httpx.Timeout(timeout) if timeout is not None else httpx.Timeout(None, connect=10)
-        key = config.api_key
         headers = {"Authorization": f"Bearer {key}"} if key else None
         self._http = httpx.Client(base_url=self.host, timeout=limit, headers=headers)
 

@@ -6,6 +6,7 @@ lists every entry of SETTINGS (a test checks it), and `mlxctl --help` prints the
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -161,6 +162,17 @@ class Config:
             trust_network=_flag("TRUST_NETWORK", get["TRUST_NETWORK"]),
         )
 
+    @staticmethod
+    def client_env(env: dict[str, str] | None = None) -> tuple[str, str | None]:
+        """What a client reads, `(MLXOLLAMA_HOST, MLXOLLAMA_API_KEY)`, with the defaults of
+        `from_env`: a client must not fail on a daemon setting it does not use (a bad
+        MLXOLLAMA_NUM_PARALLEL is the daemon's error, not `mlxctl list`'s)."""
+        env = os.environ if env is None else env
+        defaults = {s.name: s.default for s in SETTINGS}
+        host = env.get("MLXOLLAMA_HOST") or defaults["MLXOLLAMA_HOST"]
+        key = (env.get("MLXOLLAMA_API_KEY") or defaults["MLXOLLAMA_API_KEY"]).strip()
+        return host, key or None
+
 
 def _positive(name: str, value: str) -> int:
     try:
@@ -265,6 +277,7 @@ def parse_host(value: str | None) -> Address:
             number from 0 to 65535.
     """
     text = (value or "").strip().strip("\"'") or f"{DEFAULT_HOST}:{DEFAULT_PORT}"
+    value = re.sub(r"//[^/@]*@", "//[redacted]@", str(value))  # errors show no credentials
     scheme, sep, rest = text.partition("://")
     if sep:
         scheme = scheme.lower()
@@ -280,8 +293,12 @@ def parse_host(value: str | None) -> Address:
         if not bracket or (after and not after.startswith(":")):
             raise ValueError(f"MLXOLLAMA_HOST: cannot read {value!r}: use host:port")
         port_text = after[1:] if after else None
-    elif hostport.count(":") > 1:  # a bare IPv6 address
+    elif hostport.count(":") > 1:  # a bare IPv6 address, and nothing else with two colons
         host = hostport
+        try:
+            ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            raise ValueError(f"MLXOLLAMA_HOST: cannot read {value!r}: use host:port") from None
     else:
         host, colon, after = hostport.partition(":")
         port_text = after if colon else None

@@ -155,6 +155,16 @@ def test_base_url_reads_hosts_as_ollama_does(value, url):
     assert base_url(value) == url
 
 
+def test_a_client_ignores_daemon_settings_it_does_not_use(monkeypatch):
+    """`mlxctl list` must not fail on a bad MLXOLLAMA_NUM_PARALLEL: that is the daemon's."""
+    monkeypatch.setenv("MLXOLLAMA_NUM_PARALLEL", "0")
+    monkeypatch.setenv("MLXOLLAMA_MAX_MEMORY", "lots")
+    monkeypatch.setenv("MLXOLLAMA_HOST", "127.0.0.1:7777")
+    with Client() as client:
+        assert client.host == "http://127.0.0.1:7777"
+    assert base_url() == "http://127.0.0.1:7777"
+
+
 def test_base_url_defaults_to_the_environment(monkeypatch):
     monkeypatch.setenv("MLXOLLAMA_HOST", ":7777")
     assert base_url() == "http://127.0.0.1:7777"

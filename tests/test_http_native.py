@@ -850,10 +850,23 @@ def test_parse_host(value, expected):
     assert parse_host(value).bind == expected
 
 
-@pytest.mark.parametrize("value", ["host:port", "host:70000", "ftp://host", "[::1", "host:"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "host:port",
+        "host:70000",
+        "ftp://host",
+        "[::1",
+        "host:",
+        "localhost::11435",  # two colons are a bare IPv6 address only when they are one
+        "host:1:2",
+        "http://admin:hunter2@host:8080",
+    ],
+)
 def test_parse_host_rejects(value):
-    with pytest.raises(ValueError, match="MLXOLLAMA_HOST"):
+    with pytest.raises(ValueError, match="MLXOLLAMA_HOST") as e:
         parse_host(value)
+    assert "hunter2" not in str(e.value)  # an error names no credentials
 
 
 SERVE_SCRIPT = """
