@@ -155,9 +155,6 @@ class Batch:
             prefill_step_size=PREFILL_STEP,
         )
 
-    def __len__(self) -> int:
-        return len(self.seqs)
-
     def add(self, key: int, seq: Sequence) -> None:
         """Start generating `seq`. Raises what mlx-lm raises (nothing was added then)."""
         if not self.seqs and len(seq.prompt) <= SOLO_MAX_PROMPT:

@@ -129,10 +129,10 @@ class Decoder:
             self.first_ns = self._clock()
             self.final.prompt_eval_duration = self.first_ns - self.admitted_ns
         self.final.eval_count += 1
-        if logprob is not None:
-            self._logprobs.append(logprob)
         if finish == "stop":  # an end-of-generation token: not part of the answer
             return self.end("stop")
+        if logprob is not None:
+            self._logprobs.append(logprob)
         self._detokenizer.add_token(token)
         text, hit = self._stops.feed(self._detokenizer.last_segment)
         chunks = self._parse(text)
