@@ -163,6 +163,15 @@ class Config:
         )
 
     @staticmethod
+    def blas(env: dict[str, str] | None = None) -> str:
+        """`MLXOLLAMA_BLAS` alone: `mlxollama.engine` reads it when it is imported, before
+        MLX loads and before any other setting matters."""
+        env = os.environ if env is None else env
+        return env.get("MLXOLLAMA_BLAS") or next(
+            s.default for s in SETTINGS if s.name == "MLXOLLAMA_BLAS"
+        )
+
+    @staticmethod
     def client_env(env: dict[str, str] | None = None) -> tuple[str, str | None]:
         """What a client reads, `(MLXOLLAMA_HOST, MLXOLLAMA_API_KEY)`, with the defaults of
         `from_env`: a client must not fail on a daemon setting it does not use (a bad

@@ -15,6 +15,7 @@ import functools
 import os
 import sys
 
+from mlxollama.config import Config
 from mlxollama.errors import MlxOllamaError
 
 _BLAS_CANDIDATES = (
@@ -63,7 +64,7 @@ def _load(path: str) -> str:
 
 
 _IMPORTED_LATE = "mlx.core" in sys.modules
-BLAS, _NO_BLAS = _preload_blas(os.environ.get("MLXOLLAMA_BLAS", "auto"))
+BLAS, _NO_BLAS = _preload_blas(Config.blas())
 if _IMPORTED_LATE and BLAS:
     BLAS, _NO_BLAS = None, "none (mlx was imported before mlxollama.engine)"
 
