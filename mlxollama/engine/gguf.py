@@ -4,9 +4,9 @@ MLX reads GGUF itself (`mx.load`): Q4_0, Q4_1 and Q8_0 tensors come back as MLX'
 quantization (uint32 `.weight`, float16 `.scales` and `.biases`, group size 32) and F16/F32 as
 float arrays, so nothing is dequantized. What is left is bookkeeping: check the tensor types
 first (`mx.load` turns Q4_K into float16 that disagrees with gguf's reference decoding, and
-drops MXFP4 tensors without a word), rename llama.cpp's tensors to mlx-lm's, undo the row
-permutation llama.cpp applies to the llama family's Q and K, and write the HF-style
-`config.json` that `mlx_lm.utils.load_model` reads.
+drops MXFP4 tensors without a word), then let `engine.gguf_arch` rename llama.cpp's tensors
+to mlx-lm's, undo what llama.cpp rewrote (the llama family's Q/K row permutation) and write
+the HF-style `config.json` that `mlx_lm.utils.load_model` reads.
 """
 
 from __future__ import annotations
@@ -21,50 +21,16 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-from mlx_lm.models.rope_utils import Llama3RoPE
 
+from mlxollama.engine import gguf_arch
 from mlxollama.errors import UnsupportedModel
-
-
-@dataclass(frozen=True)
-class Arch:
-    """What differs between the GGUF architectures we import."""
-
-    model_type: str  # mlx-lm's models/<model_type>.py
-    permuted_qk: bool  # llama.cpp permuted the rows of Q and K (see `_unpermute`)
-
-
-# llama.cpp writes every dense Llama-shaped model as "llama": SmolLM2, Llama 2/3, Mistral 7B,
-# Mistral Small 3 (text). It permutes Q/K for them because its "llama" rope rotates adjacent
-# pairs while HF rotates halves; qwen2/qwen3 use its NeoX rope and are stored as in HF.
-ARCHITECTURES = {
-    "llama": Arch("llama", permuted_qk=True),
-    "qwen2": Arch("qwen2", permuted_qk=False),
-    "qwen3": Arch("qwen3", permuted_qk=False),
-}
 
 # GGUF tensor type -> quantized bits (None: float). Everything else is refused.
 SUPPORTED_TYPES = {"F32": None, "F16": None, "BF16": None, "Q4_0": 4, "Q4_1": 4, "Q8_0": 8}
 GROUP_SIZE = 32  # every supported GGUF quantization has blocks of 32
 
-TENSORS = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-BLOCK_TENSORS = {  # blk.N.<key> -> model.layers.N.<value>
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "attn_q_norm": "self_attn.q_norm",
-    "attn_k_norm": "self_attn.k_norm",
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-
 # Kept out of `metadata` (Ollama's model_info): tens of thousands of entries each.
 TOKENIZER_ARRAYS = {"tokens", "merges", "scores", "token_type"}
-ROPE_SCALING_TYPES = {"linear", "yarn"}
 
 
 @dataclass
@@ -121,11 +87,7 @@ def read_gguf(path: str | Path) -> GGUFModel:
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {path}")
     arch_name, infos = _read_tensor_infos(path)
-    if (arch := ARCHITECTURES.get(arch_name)) is None:
-        raise UnsupportedModel(
-            f"unsupported architecture '{arch_name}' in {path}: "
-            f"supported are {', '.join(ARCHITECTURES)}"
-        )
+    arch = gguf_arch.architecture(arch_name, path)
     if "token_embd.weight" not in infos:
         raise UnsupportedModel(f"{path} has no token_embd.weight tensor")
     file_size = path.stat().st_size
@@ -157,22 +119,10 @@ def read_gguf(path: str | Path) -> GGUFModel:
         if k.removeprefix("tokenizer.ggml.") not in TOKENIZER_ARRAYS
     }
     metadata.setdefault("general.parameter_count", sum(prod(i.shape) for i in infos.values()))
-    config = _config(arch_name, arch, metadata, infos, path)
+    config = _config(arch, metadata, infos, path)
     if eog := end_of_generation_ids(raw):
         config["eos_token_id"] = eog
-    if "rope_freqs.weight" in tensors:
-        config["rope_scaling"] = _llama3_rope_scaling(
-            tensors.pop("rope_freqs.weight"), config, path
-        )
-
-    weights = {}
-    for key, value in tensors.items():
-        stem, suffix = key.rsplit(".", 1)  # suffix: weight, bias, or MLX's scales/biases
-        if arch.permuted_qk and stem.endswith((".attn_q", ".attn_k")):
-            q = stem.endswith(".attn_q")
-            heads = config["num_attention_heads" if q else "num_key_value_heads"]
-            value = _unpermute(value, heads)
-        weights[f"{_mlx_name(stem, path)}.{suffix}"] = value
+    weights = gguf_arch.mlx_weights(arch, tensors, config, path)
 
     elements = Counter()
     for info in infos.values():
@@ -186,46 +136,17 @@ def read_gguf(path: str | Path) -> GGUFModel:
     )
 
 
-def _config(arch_name: str, arch: Arch, metadata: dict, infos: dict, path: Path) -> dict:
+def _config(arch: gguf_arch.Arch, metadata: dict, infos: dict, path: Path) -> dict:
     """The HF config.json that mlx-lm's `models/<model_type>.py` expects."""
-
-    def get(key, *default):
-        key = f"{arch_name}.{key}"
-        if key in metadata:
-            return metadata[key]
-        if default:
-            return default[0]
-        raise UnsupportedModel(f"{path} lacks the GGUF key '{key}'")
-
-    hidden, heads = get("embedding_length"), get("attention.head_count")
-    config = {
-        "model_type": arch.model_type,
-        "hidden_size": hidden,
-        "num_hidden_layers": get("block_count"),
-        "intermediate_size": get("feed_forward_length"),
-        "num_attention_heads": heads,
-        "num_key_value_heads": get("attention.head_count_kv", heads),
-        "head_dim": get("attention.key_length", hidden // heads),
-        "rms_norm_eps": get("attention.layer_norm_rms_epsilon"),
-        "rope_theta": get("rope.freq_base", 10000.0),
-        "vocab_size": infos["token_embd.weight"].shape[0],
-        "max_position_embeddings": get("context_length"),
-        "tie_word_embeddings": "output.weight" not in infos,
-        "attention_bias": "blk.0.attn_q.bias" in infos,
-        "mlp_bias": "blk.0.ffn_up.bias" in infos,
-    }
-    if (scaling := get("rope.scaling.type", "none")) != "none":
-        if scaling not in ROPE_SCALING_TYPES:
-            raise UnsupportedModel(f"unsupported rope scaling '{scaling}' in {path}")
-        config["rope_scaling"] = {"type": scaling, "factor": get("rope.scaling.factor")}
-        if original := get("rope.scaling.original_context_length", None):
-            config["rope_scaling"]["original_max_position_embeddings"] = original
+    shapes = {name: info.shape for name, info in infos.items()}
+    config = gguf_arch.mlx_config(arch, metadata, shapes, path)
 
     # 2-D tensors are the Linear and Embedding modules; each keeps the type it was stored in.
     bits, quantized = {}, Counter()
     for name, info in infos.items():
         if len(info.shape) == 2 and name.endswith(".weight"):
-            b = bits[_mlx_name(name.removesuffix(".weight"), path)] = SUPPORTED_TYPES[info.type]
+            module = gguf_arch.mlx_name(arch, name.removesuffix(".weight"), path)
+            b = bits[module] = SUPPORTED_TYPES[info.type]
             if b:
                 quantized[b] += prod(info.shape)
     if quantized:
@@ -237,45 +158,6 @@ def _config(arch_name: str, arch: Arch, metadata: dict, infos: dict, path: Path)
                     {"group_size": GROUP_SIZE, "bits": b} if b else False
                 )
     return config
-
-
-def _mlx_name(stem: str, path: Path) -> str:
-    """`blk.3.attn_q` -> `model.layers.3.self_attn.q_proj`, `token_embd` -> `model.embed_tokens`."""
-    try:
-        if stem.startswith("blk."):
-            _, layer, part = stem.split(".", 2)
-            return f"model.layers.{layer}.{BLOCK_TENSORS[part]}"
-        return TENSORS[stem]
-    except (KeyError, ValueError):
-        raise UnsupportedModel(f"tensor '{stem}' in {path} has no counterpart in mlx-lm") from None
-
-
-def _unpermute(w: mx.array, n_heads: int) -> mx.array:
-    """Undo llama.cpp's `LlamaModel.permute`, which reorders each head's output rows from
-    HF's (first half, second half) to interleaved pairs for its rope. Rows are independent
-    in every supported quantization, so this applies to `.weight`, `.scales`, `.biases` and
-    a bias vector alike."""
-    head_dim = w.shape[0] // n_heads
-    return w.reshape(n_heads, head_dim // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def _llama3_rope_scaling(factors: mx.array, config: dict, path: Path) -> dict:
-    """Llama 3.1+ GGUFs replace HF's llama3 `rope_scaling` with a `rope_freqs` tensor of
-    per-frequency divisors. mlx-lm's `Llama3RoPE` recomputes the divisors from the dict, so
-    recover the dict (the factor is the largest divisor; every Llama 3.x uses the defaults
-    for the rest) and check that it reproduces the tensor rather than trust it."""
-    scaling = {
-        "rope_type": "llama3",
-        "factor": factors.max().item(),
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192,
-    }
-    dims, base = config["head_dim"], config["rope_theta"]
-    rope = Llama3RoPE(dims, base=base, scaling_config=scaling)
-    if not mx.allclose(rope._freqs / base ** (mx.arange(0, dims, 2) / dims), factors, rtol=1e-3):
-        raise UnsupportedModel(f"rope_freqs in {path} do not follow Llama 3's rope scaling")
-    return scaling
 
 
 def _plain(value):
