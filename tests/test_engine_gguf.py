@@ -354,12 +354,13 @@ def test_metadata(tmp_path):
 
 def test_unsupported_architecture(tmp_path):
     args, weights = make_model("llama")
-    write_gguf(tmp_path / "m.gguf", "llama", args, weights, T.Q8_0, gguf_arch="gemma2")
+    write_gguf(tmp_path / "m.gguf", "llama", args, weights, T.Q8_0, gguf_arch="mamba")
     with pytest.raises(UnsupportedModel) as e:
         read_gguf(tmp_path / "m.gguf")
     assert str(e.value) == (
-        f"unsupported architecture 'gemma2' in {tmp_path / 'm.gguf'}: "
-        "supported are llama, qwen2, qwen3"
+        f"unsupported architecture 'mamba' in {tmp_path / 'm.gguf'}: "
+        "supported are llama, qwen2, qwen3, gemma3, gemma2, qwen2moe, qwen3moe, olmo2, granite, "
+        "command-r, phi3"
     )
 
 
