@@ -387,7 +387,7 @@ def pull(
         if remote.is_ollama and not remote.is_ours:
             from mlxollama.registry import ollama
 
-            current = ollama.already_converted(store, name, remote)
+            current = ollama.already_converted(store, name, remote.digest)
             if current is not None:  # the same GGUF as last time: nothing to fetch or convert
                 progress({"status": "success"})
                 return current
