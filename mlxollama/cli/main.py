@@ -254,8 +254,9 @@ def import_ollama(names: tuple[str, ...], all_: bool, root: str) -> None:
     prompt, parameters, messages and license. Without NAME or --all, list the Ollama store's
     models and whether each is imported.
 
-    No network: the GGUF layers are read where Ollama keeps them, hashed, and converted; a
-    model already converted from the same manifest is skipped. Works on the local store, in
+    No network: the layers (a GGUF, or Ollama's MLX safetensors tensors) are read where
+    Ollama keeps them, hashed, and converted; a model already converted from the same
+    manifest is skipped. Works on the local store, in
     this process (a running daemon sees the new models at once).
     """
     from mlxollama.registry.ollama_store import OllamaStore, import_model

@@ -2,7 +2,8 @@
 store first) or an Ollama store on disk (`registry/ollama_store.py`, read in place).
 
 Ollama's manifest is a Docker v2 manifest whose layers have Ollama's media types
-(`application/vnd.ollama.image.<kind>`): a GGUF (`model`) plus text layers (`template`,
+(`application/vnd.ollama.image.<kind>`): a GGUF (`model`), or Ollama's MLX safetensors
+(`tensor` and `json` layers, `registry/ollama_mlx.py`), plus text layers (`template`,
 `system`, `params`, `messages`, `license`). `convert_layers` turns such a layer list into a
 BuildSpec and runs the foundation's `create` on it, so the result is an ordinary MLX model in
 the store with its template, parameters and provenance (where it came from, and the digest of
@@ -24,6 +25,7 @@ from mlxollama.errors import UnsupportedModel
 from mlxollama.models.create import create
 from mlxollama.recipes.buildspec import BuildSpec
 from mlxollama.registry import Progress
+from mlxollama.registry.ollama_mlx import write_folder
 from mlxollama.store.manifests import Descriptor, check_title
 from mlxollama.store.names import ModelName, parse_digest
 from mlxollama.store.store import Store, StoredModel
@@ -35,7 +37,8 @@ UNSUPPORTED = {"adapter": "LoRA adapters", "projector": "vision projectors"}
 # The kinds a model may hold. `prompt` is the template's old name; `embed` is long deprecated
 # and ignored (as Ollama ignores it).
 TEXT_KINDS = ("template", "prompt", "system", "params", "messages", "license")
-KINDS = ("model", *TEXT_KINDS, "embed")
+# `tensor` and `json` are Ollama's MLX models (`registry/ollama_mlx.py`).
+KINDS = ("model", "tensor", "json", *TEXT_KINDS, "embed")
 
 BlobPath = Callable[[str], Path]  # a layer digest -> the file holding its bytes
 
@@ -95,8 +98,14 @@ def check_kinds(name: ModelName, layers: list[Descriptor]) -> dict[str, list[Des
             )
         kinds.setdefault(kind, []).append(d)
     models = kinds.get("model", [])
-    if len(models) != 1:
-        raise UnsupportedModel(f"{name.display()} has {len(models)} GGUF layers: expected one")
+    if "tensor" in kinds:
+        if models:
+            raise UnsupportedModel(f"{name.display()} has both GGUF and tensor layers")
+    elif len(models) != 1:
+        raise UnsupportedModel(
+            f"{name.display()} has {len(models)} GGUF layers and no tensor layers: "
+            "expected one GGUF, or safetensors tensors"
+        )
     return kinds
 
 
@@ -131,20 +140,30 @@ def convert_layers(
         )
     licenses = [_text(name, "license", blob_path(d.digest)) for d in kinds.get("license", [])]
     messages = _json(name, "messages", text("messages")) if text("messages") else None
-    gguf = kinds["model"][0]
+    spec = BuildSpec(
+        source="",
+        template=text("template") or text("prompt"),
+        system=text("system"),
+        parameters=api.parse_options(known),
+        messages=messages,
+        license=licenses,
+    )
     progress({"status": "converting model"})
+    if "tensor" in kinds:
+        # beside the store: the folder holds a copy of the tensors while create reads them
+        store.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".ollama-mlx-", dir=store.root) as tmp:
+            count = write_folder(name, kinds["tensor"], kinds.get("json", []), blob_path, Path(tmp))
+            spec.source = tmp
+            size = sum(d.size for d in kinds["tensor"])
+            spec.origin = {**origin, "tensors": count, "size": size}
+            return create(store, name.display(), spec, progress)
+    gguf = kinds["model"][0]
     with tempfile.TemporaryDirectory(prefix="mlxollama-ollama-") as tmp:
         link = Path(tmp) / f"{gguf.digest.split(':', 1)[1][:12]}.gguf"
         link.symlink_to(blob_path(gguf.digest))
-        spec = BuildSpec(
-            source=str(link),
-            template=text("template") or text("prompt"),
-            system=text("system"),
-            parameters=api.parse_options(known),
-            messages=messages,
-            license=licenses,
-            origin={**origin, "gguf": gguf.digest, "size": gguf.size},
-        )
+        spec.source = str(link)
+        spec.origin = {**origin, "gguf": gguf.digest, "size": gguf.size}
         return create(store, name.display(), spec, progress)
 
 
