@@ -39,24 +39,30 @@ PARAMS = {"stop": ["<|im_end|>"], "temperature": 0, "num_ctx": 2048, "mirostat":
 LICENSE = "Apache License 2.0 (SmolLM2)"
 
 
-def blob(data: bytes, media_type: str) -> dict:
-    return {
+def blob(data: bytes, media_type: str, name: str | None = None) -> dict:
+    d = {
         "mediaType": media_type,
         "digest": "sha256:" + hashlib.sha256(data).hexdigest(),
         "size": len(data),
     }
+    return {**d, "name": name} if name else d
 
 
-def push_ollama_model(name: str, layers: list[tuple[bytes, str]]) -> bytes:
-    """Upload blobs and a Docker v2 manifest shaped like ollama.com's."""
-    config = orjson.dumps({"model_format": "gguf", "model_family": "llama", "file_type": "Q4_1"})
+def push_ollama_model(
+    name: str, layers: list[tuple[bytes, str] | tuple[bytes, str, str]], config: dict | None = None
+) -> bytes:
+    """Upload blobs and a Docker v2 manifest shaped like ollama.com's; a layer's optional third
+    item is Ollama's `name` field (set on tensor and JSON-file layers)."""
+    config = orjson.dumps(
+        config or {"model_format": "gguf", "model_family": "llama", "file_type": "Q4_1"}
+    )
     target = parse_name(name)
     client = Client(target, insecure=True)
     try:
         blobs = [(config, "application/vnd.docker.container.image.v1+json"), *layers]
-        descriptors = [blob(data, media_type) for data, media_type in blobs]
+        descriptors = [blob(*layer) for layer in blobs]
         with tempfile.TemporaryDirectory() as tmp:
-            for (data, _), d in zip(blobs, descriptors, strict=True):
+            for (data, *_), d in zip(blobs, descriptors, strict=True):
                 path = Path(tmp) / d["digest"][7:]
                 path.write_bytes(data)
                 if not client.has_blob(d["digest"]):

@@ -83,11 +83,11 @@ ENVIRONMENT = "Environment:\n\n" + settings_table().replace("\n", "\n\n")
 )
 def cli() -> None:
     """Run MLX models with Ollama's workflow: serve, pull, push, create, run, ps, stop, list,
-    show, cp, rm.
+    show, cp, rm; import-ollama brings over the models of an Ollama store.
 
     Verbs talk to the daemon at MLXOLLAMA_HOST when one answers; otherwise they work on the
-    local store in this process (ps and stop need the daemon; pack and verify always work on
-    the local store).
+    local store in this process (ps and stop need the daemon; pack, import-ollama and verify
+    always work on the local store).
     """
 
 
@@ -234,6 +234,66 @@ def pack(first: str, second: str | None, import_: bool) -> None:
     with ProgressView() as progress:
         export_layout(store, first, Path(second), progress=progress)
     click.echo(f"packed '{first}' into {second}")
+
+
+@cli.command("import-ollama")
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--all", "all_", is_flag=True, help="Import every model of the Ollama store.")
+@click.option(
+    "--from",
+    "root",
+    envvar="OLLAMA_MODELS",
+    default="~/.ollama/models",
+    show_default=True,
+    metavar="DIR",
+    help="The Ollama store to read (default: OLLAMA_MODELS, else ~/.ollama/models).",
+)
+def import_ollama(names: tuple[str, ...], all_: bool, root: str) -> None:
+    """Bring over models from an Ollama store: each NAME (Ollama's names, e.g. llama3.2 or
+    qwen3:8b) is converted into this store under the same name, with its template, system
+    prompt, parameters, messages and license. Without NAME or --all, list the Ollama store's
+    models and whether each is imported.
+
+    No network: the layers (a GGUF, or Ollama's MLX safetensors tensors) are read where
+    Ollama keeps them, hashed, and converted; a model already converted from the same
+    manifest is skipped. Works on the local store, in
+    this process (a running daemon sees the new models at once).
+    """
+    from mlxollama.registry.ollama_store import OllamaStore, import_model
+
+    ollama = OllamaStore(root)
+    store = _quiet(local()).store
+    if not names and not all_:
+        from mlxollama.registry.ollama import already_converted
+
+        rows = []
+        for m in ollama.models():
+            try:
+                digest, layers = ollama.read(m)
+            except MlxOllamaError as e:
+                rows.append([m.display(), "", "", f"unreadable: {e}"])
+                continue
+            done = already_converted(store, m.name, digest) is not None
+            size = fmt.human_bytes(sum(d.size for d in layers))
+            rows.append([m.display(), digest[7:19], size, "imported" if done else "not imported"])
+        click.echo(fmt.table(["NAME", "ID", "SIZE", "STATUS"], rows))
+        return
+    chosen = ollama.models() if all_ else [ollama.find(n) for n in names]
+    failed = 0
+    for m in chosen:
+        try:
+            with ProgressView() as progress:
+                done = import_model(store, ollama, m, progress)
+        except MlxOllamaError as e:
+            if not all_:
+                raise
+            failed += 1
+            click.echo(f"Error: {e}", err=True)
+            continue
+        verb = "already imported" if done.skipped else "imported"
+        click.echo(f"{verb} '{m.display()}'")
+    if failed:
+        raise click.ClickException(f"{failed} of {len(chosen)} model(s) could not be imported")
 
 
 @cli.command("list")

@@ -332,8 +332,10 @@ class Remote:
 
     @property
     def is_ollama(self) -> bool:
-        """An Ollama-style model: GGUF and text layers (`application/vnd.ollama.image.*`)."""
-        return any(d.media_type.startswith(OLLAMA_LAYER_PREFIX + "model") for d in self.layers)
+        """An Ollama-style model: GGUF (or Ollama's MLX tensors) and text layers
+        (`application/vnd.ollama.image.*`)."""
+        kinds = (OLLAMA_LAYER_PREFIX + "model", OLLAMA_LAYER_PREFIX + "tensor")
+        return any(d.media_type in kinds for d in self.layers)
 
     @property
     def digest(self) -> str:
@@ -387,7 +389,7 @@ def pull(
         if remote.is_ollama and not remote.is_ours:
             from mlxollama.registry import ollama
 
-            current = ollama.already_converted(store, name, remote)
+            current = ollama.already_converted(store, name, remote.digest)
             if current is not None:  # the same GGUF as last time: nothing to fetch or convert
                 progress({"status": "success"})
                 return current
