@@ -9,6 +9,7 @@ is what a quantized matrix looks like to a decoder: codes spread over their whol
 
 from __future__ import annotations
 
+import re
 import struct
 
 import gguf
@@ -21,10 +22,15 @@ from gguf.quants import dequantize, quantize
 from mlx.utils import tree_flatten
 from mlx_lm.models import qwen3
 
+from mlxollama.cli.format import show_text
 from mlxollama.engine import gguf_tensors
 from mlxollama.engine.gguf import STORED, SUPPORTED_TYPES, read_gguf
 from mlxollama.engine.loader import instantiate
 from mlxollama.errors import UnsupportedModel
+from mlxollama.models import catalog
+from mlxollama.models.create import create
+from mlxollama.recipes.buildspec import BuildSpec
+from mlxollama.store.store import Store
 
 # Float16 scale fields (byte offsets in a block) of the types gguf cannot quantize.
 F16_FIELDS = {
@@ -341,3 +347,81 @@ def test_pack_matches_mlx(bits):
     deq = np.array(mx.dequantize(q, scales, biases, group_size=32, bits=bits))
     codes = np.rint((deq - np.repeat(np.array(biases), 32, 1)) / np.repeat(np.array(scales), 32, 1))
     assert np.array_equal(gguf_tensors.pack(codes.astype(np.uint8), bits), np.array(q))
+
+
+# -- through models.create: what show reports, and what a failed create leaves -------------
+
+
+def blob_files(store: Store) -> set[str]:
+    return {p.name for p in store.blobs.dir.iterdir()} if store.blobs.dir.exists() else set()
+
+
+def test_create_and_show_report_both_quantizations(tmp_path):
+    args, weights = make_weights()
+    types = {"lm_head.weight": T.Q6_K, "model.embed_tokens.weight": T.Q8_0}
+    path = tmp_path / "m.gguf"
+    write(path, args, weights, T.Q4_K, types, file_type=gguf.LlamaFileType.MOSTLY_Q4_K_M)
+    store = Store(tmp_path / "s")
+    create(store, "kq", BuildSpec(source=str(path)))
+    body = catalog.show(store, store.get("kq")).to_json()
+    assert body["details"]["quantization_level"] == "Q4_K_M"
+    info = body["model_info"]
+    assert info["mlxollama.quantization.source"] == "Q4_K_M"
+    assert info["mlxollama.quantization.source_tensors"] == {
+        "Q4_K": 14,
+        "F32": 9,
+        "Q6_K": 1,
+        "Q8_0": 1,
+    }
+    stored = "mixed: 4-bit affine g32 (14), 6-bit affine g32 (1), 8-bit affine g32 (1)"
+    assert info["mlxollama.quantization.stored"] == stored
+    assert f"stored as           {stored}" in show_text(body)
+
+    # -q re-encodes what is stored; the source stays what it was.
+    create(store, "kq8", BuildSpec(source=str(path), quantize="int8"))
+    info = catalog.show(store, store.get("kq8")).to_json()["model_info"]
+    assert info["mlxollama.quantization.source"] == "Q4_K_M"
+    assert info["mlxollama.quantization.stored"] == "8-bit affine g64"
+
+
+def _unknown_type(path):
+    args, weights = make_weights()
+    write(path, args, weights, T.Q4_K)
+    data = bytearray(path.read_bytes())
+    name = b"blk.1.ffn_down.weight"
+    at = data.index(struct.pack("<Q", len(name)) + name) + 8 + len(name) + 4 + 8 * 2
+    struct.pack_into("<I", data, at, 99)
+    path.write_bytes(data)
+
+
+def _nan_scale(path):
+    args, weights = make_weights()
+    write(path, args, weights, T.Q4_K)
+    info = read_infos(path)["blk.1.ffn_down.weight"]
+    data = bytearray(path.read_bytes())
+    data[info.offset : info.offset + 2] = np.array([np.inf], np.float16).tobytes()
+    path.write_bytes(data)
+
+
+def _truncated(path):
+    args, weights = make_weights()
+    write(path, args, weights, T.Q6_K)
+    path.write_bytes(path.read_bytes()[:-1000])
+
+
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (_unknown_type, "has type unknown type 99, which cannot be decoded; supported types"),
+        (_nan_scale, "is corrupt: tensor 'blk.1.ffn_down.weight' decodes to NaN or infinity"),
+        (_truncated, "is truncated: tensor 'output.weight' ends at byte"),
+    ],
+    ids=["unknown-type", "corrupt", "truncated"],
+)
+def test_failed_create_leaves_no_tag_and_no_blob(tmp_path, make, words):
+    store = Store(tmp_path / "s")
+    make(tmp_path / "m.gguf")
+    with pytest.raises(UnsupportedModel, match=re.escape(words)):
+        create(store, "broken", BuildSpec(source=str(tmp_path / "m.gguf")))
+    assert store.list() == []
+    assert blob_files(store) == set()

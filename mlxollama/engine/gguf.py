@@ -158,7 +158,12 @@ def read_gguf(path: str | Path) -> GGUFModel:
         metadata=metadata,
         file_type=_file_type(raw, infos),
         tokenizer_files=tokenizer_files(raw),
-        tensor_types=dict(Counter(info.type for info in infos.values()).most_common()),
+        tensor_types=dict(
+            sorted(
+                Counter(info.type for info in infos.values()).items(),
+                key=lambda item: (-item[1], item[0]),
+            )
+        ),
         stored=stored_label(infos),
     )
 
@@ -233,7 +238,8 @@ def stored_label(infos: dict[str, TensorInfo]) -> str:
         return "float"
     if len(forms) == 1:
         return next(iter(forms))
-    return "mixed: " + ", ".join(f"{label} ({n})" for label, n in forms.most_common())
+    ranked = sorted(forms.items(), key=lambda item: (-item[1], item[0]))
+    return "mixed: " + ", ".join(f"{label} ({n})" for label, n in ranked)
 
 
 def _mlx_name(stem: str, path: Path) -> str:

@@ -226,7 +226,9 @@ def _slabs(
     step = max(1, _SLAB // cols)
     for start in range(0, rows, step):
         blocks = raw[start : start + step]
-        w = dequantize(blocks, qtype).astype(np.float32, copy=False).reshape(len(blocks), cols)
+        with np.errstate(invalid="ignore", over="ignore"):  # a corrupt scale: refused below
+            w = dequantize(blocks, qtype).astype(np.float32, copy=False)
+        w = w.reshape(len(blocks), cols)
         if not np.isfinite(w).all():
             raise UnsupportedModel(
                 f"{path} is corrupt: tensor '{info.name}' decodes to NaN or infinity"
