@@ -101,6 +101,7 @@ def show_text(body: dict[str, Any], verbose: bool = False) -> str:
         ("context length", str(info.get(f"{family}.context_length", ""))),
         ("embedding length", str(info.get(f"{family}.embedding_length", ""))),
         ("quantization", details.get("quantization_level", "")),
+        ("stored as", str(info.get("mlxollama.quantization.stored", ""))),
     ]
     sections = [("Model", [r for r in model_rows if r[1]])]
     sections.append(("Capabilities", [(c, "") for c in body.get("capabilities") or []]))

@@ -1,18 +1,15 @@
 """Import a GGUF file (llama.cpp's format, what Ollama stores) as mlx-lm config and weights.
 
-MLX reads GGUF itself (`mx.load`): Q4_0, Q4_1 and Q8_0 tensors come back as MLX's affine
-quantization (uint32 `.weight`, float16 `.scales` and `.biases`, group size 32) and F16/F32 as
-float arrays, so nothing is dequantized. What is left is bookkeeping: check the tensor types
-first (`mx.load` turns Q4_K into float16 that disagrees with gguf's reference decoding, and
-drops MXFP4 tensors without a word), then let `engine.gguf_arch` rename llama.cpp's tensors
-to mlx-lm's, undo what llama.cpp rewrote (the llama family's Q/K row permutation) and write
-the HF-style `config.json` that `mlx_lm.utils.load_model` reads.
+`engine.gguf_tensors` reads the header and decodes each tensor into the MLX form nearest its
+type (exactly for Q4_0/Q4_1/Q8_0/Q5_0/Q5_1/Q4_K/Q5_K/MXFP4/NVFP4 and the floats, by
+re-quantizing at the source's bit width for the rest). What is left here is bookkeeping:
+`engine.gguf_arch` renames llama.cpp's tensors to mlx-lm's, undoes what llama.cpp rewrote
+(the llama family's Q/K row permutation, gemma's norms) and writes the HF-style
+`config.json` that `mlx_lm.utils.load_model` reads.
 """
 
 from __future__ import annotations
 
-import mmap
-import struct
 from collections import Counter
 from dataclasses import dataclass
 from math import prod
@@ -20,14 +17,20 @@ from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import LlamaFileType
 
 from mlxollama.engine import gguf_arch
+from mlxollama.engine.gguf_tensors import (
+    STORED,
+    SUPPORTED_TYPES,
+    TensorInfo,
+    check_tensors,
+    load_tensors,
+    read_header,
+)
 from mlxollama.errors import UnsupportedModel
 
-# GGUF tensor type -> quantized bits (None: float). Everything else is refused.
-SUPPORTED_TYPES = {"F32": None, "F16": None, "BF16": None, "Q4_0": 4, "Q4_1": 4, "Q8_0": 8}
-GROUP_SIZE = 32  # every supported GGUF quantization has blocks of 32
+__all__ = ["STORED", "SUPPORTED_TYPES", "GGUFModel", "read_gguf"]
 
 # Kept out of `metadata` (Ollama's model_info): tens of thousands of entries each.
 TOKENIZER_ARRAYS = {"tokens", "merges", "scores", "token_type"}
@@ -44,8 +47,12 @@ class GGUFModel:
         weights: Parameters under mlx-lm's names, Q/K rows back in HF order.
         metadata: The GGUF key/values as JSON-ready Python, minus the big tokenizer arrays
             (Ollama's `model_info`), plus `general.parameter_count` when the file lacks it.
-        file_type: The tensor type holding most elements, e.g. "Q4_1".
+        file_type: The source quantization as llama.cpp names it: `general.file_type`
+            (e.g. "Q4_K_M"), else the tensor type holding most elements.
         tokenizer_files: File name -> bytes for a Hugging Face tokenizer folder.
+        tensor_types: GGUF tensor type -> how many tensors have it, most first.
+        stored: How the weights are held in MLX, e.g. "4-bit affine g32" or
+            "mixed: 4-bit affine g32 (120), 6-bit affine g32 (25), float (109)".
     """
 
     config: dict
@@ -53,22 +60,12 @@ class GGUFModel:
     metadata: dict
     file_type: str
     tokenizer_files: dict[str, bytes]
-
-
-@dataclass(frozen=True)
-class _TensorInfo:
-    type: str
-    shape: tuple[int, ...]  # row-major, as mx.load returns it
-    offset: int  # of its data, from the start of the file
-
-    @property
-    def end(self) -> int:
-        block, size = GGML_QUANT_SIZES[GGMLQuantizationType[self.type]]
-        return self.offset + prod(self.shape) // block * size
+    tensor_types: dict[str, int]
+    stored: str
 
 
 def read_gguf(path: str | Path) -> GGUFModel:
-    """Read a GGUF file into an mlx-lm config and weights without dequantizing.
+    """Read a GGUF file into an mlx-lm config and weights, one tensor at a time.
 
     Args:
         path: The .gguf file.
@@ -79,39 +76,19 @@ def read_gguf(path: str | Path) -> GGUFModel:
     Raises:
         FileNotFoundError: There is no file at `path`.
         UnsupportedModel: The file is not GGUF, is truncated, or holds an architecture, a
-            tensor or a tensor type that we cannot map to mlx-lm.
+            tensor or a tensor type that we cannot map to mlx-lm, or a tensor decodes to NaN.
     """
     from mlxollama.engine.gguf_tokenizer import end_of_generation_ids, tokenizer_files
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {path}")
-    arch_name, infos = _read_tensor_infos(path)
-    arch = gguf_arch.architecture(arch_name, path)
+    raw, infos = read_header(path)
+    arch = gguf_arch.architecture(raw.get("general.architecture"), path)
     if "token_embd.weight" not in infos:
         raise UnsupportedModel(f"{path} has no token_embd.weight tensor")
-    file_size = path.stat().st_size
-    for name, info in infos.items():
-        if info.type not in SUPPORTED_TYPES:
-            raise UnsupportedModel(
-                f"tensor '{name}' in {path} has type {info.type}, which MLX cannot load; "
-                f"supported types are {', '.join(SUPPORTED_TYPES)} (import the original "
-                "safetensors, or a GGUF quantized to one of those)"
-            )
-        if info.end > file_size:
-            raise UnsupportedModel(
-                f"{path} is truncated: tensor '{name}' ends at byte {info.end}, "
-                f"the file has {file_size}"
-            )
-    try:
-        tensors, raw = mx.load(str(path), return_metadata=True)
-    except (RuntimeError, ValueError) as e:
-        reason = str(e).removeprefix("[load_gguf] ")
-        raise UnsupportedModel(f"cannot read {path}: {reason}") from e
-    for name, info in infos.items():
-        if info.type == "BF16":  # mx.load narrows BF16 to float16; keep the exact bits
-            data = np.fromfile(path, np.uint16, prod(info.shape), offset=info.offset)
-            tensors[name] = mx.array(data.reshape(info.shape)).view(mx.bfloat16)
+    check_tensors(infos, path)
+    tensors = load_tensors(path, infos)
 
     metadata = {
         k: _plain(v)
@@ -124,15 +101,19 @@ def read_gguf(path: str | Path) -> GGUFModel:
         config["eos_token_id"] = eog
     weights = gguf_arch.mlx_weights(arch, tensors, config, path)
 
-    elements = Counter()
-    for info in infos.values():
-        elements[info.type] += prod(info.shape)
     return GGUFModel(
         config=config,
         weights=weights,
         metadata=metadata,
-        file_type=elements.most_common(1)[0][0],
+        file_type=_file_type(raw, infos),
         tokenizer_files=tokenizer_files(raw),
+        tensor_types=dict(
+            sorted(
+                Counter(info.type for info in infos.values()).items(),
+                key=lambda item: (-item[1], item[0]),
+            )
+        ),
+        stored=stored_label(infos),
     )
 
 
@@ -141,105 +122,52 @@ def _config(arch: gguf_arch.Arch, metadata: dict, infos: dict, path: Path) -> di
     shapes = {name: info.shape for name, info in infos.items()}
     config = gguf_arch.mlx_config(arch, metadata, shapes, path)
 
-    # 2-D tensors are the Linear and Embedding modules; each keeps the type it was stored in.
-    bits, quantized = {}, Counter()
+    # 2-D tensors (3-D: stacked experts) are the Linear and Embedding modules; each keeps the
+    # form it was stored in.
+    forms, quantized = {}, Counter()
     for name, info in infos.items():
-        if len(info.shape) == 2 and name.endswith(".weight"):
+        if len(info.shape) >= 2 and name.endswith(".weight"):
             module = gguf_arch.mlx_name(arch, name.removesuffix(".weight"), path)
-            b = bits[module] = SUPPORTED_TYPES[info.type]
-            if b:
-                quantized[b] += prod(info.shape)
+            form = forms[module] = info.stored()
+            if form.bits is not None:
+                quantized[form] += prod(info.shape)
     if quantized:
         default = quantized.most_common(1)[0][0]
-        config["quantization"] = {"group_size": GROUP_SIZE, "bits": default}
-        for module, b in bits.items():
-            if b != default:
-                config["quantization"][module] = (
-                    {"group_size": GROUP_SIZE, "bits": b} if b else False
-                )
+        config["quantization"] = dict(default.quantization())
+        for module, form in forms.items():
+            if form != default:
+                config["quantization"][module] = form.quantization() or False
     return config
 
 
+def _file_type(metadata: dict, infos: dict[str, TensorInfo]) -> str:
+    """llama.cpp's name for the file's quantization (`general.file_type`: MOSTLY_Q4_K_M ->
+    "Q4_K_M"), else the tensor type holding the most elements."""
+    try:
+        return LlamaFileType(metadata["general.file_type"]).name.split("_", 1)[1]
+    except (KeyError, ValueError, IndexError):
+        elements = Counter()
+        for info in infos.values():
+            elements[info.type] += prod(info.shape)
+        return elements.most_common(1)[0][0]
+
+
+def stored_label(infos: dict[str, TensorInfo]) -> str:
+    """How the weights are held in MLX: one form, or "mixed: " each with its tensor count."""
+    forms = Counter(info.stored().label() for info in infos.values() if len(info.shape) >= 2)
+    if not forms:
+        return "float"
+    if len(forms) == 1:
+        return next(iter(forms))
+    ranked = sorted(forms.items(), key=lambda item: (-item[1], item[0]))
+    return "mixed: " + ", ".join(f"{label} ({n})" for label, n in ranked)
+
+
 def _plain(value):
-    """An `mx.load` metadata value as JSON-ready Python. float32 values go through their
-    shortest decimal form, so an epsilon stored as 1e-05 reads 1e-05, not 9.99999974e-06."""
-    if not isinstance(value, mx.array):
+    """A header value as JSON-ready Python. float32 arrays go through their shortest decimal
+    form, as scalars already do, so 1e-05 reads 1e-05, not 9.99999974e-06."""
+    if not isinstance(value, np.ndarray):
         return value
-    if value.dtype != mx.float32:
+    if value.dtype != np.float32:
         return value.tolist()
-    a = np.array(value)
-    return float(str(a)) if a.ndim == 0 else [float(str(x)) for x in a]
-
-
-# GGUF value types: 0-7 and 10-12 are fixed-size scalars, 8 a string, 9 an array.
-_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_TYPE_NAMES = {t.value: t.name for t in GGMLQuantizationType}
-
-
-def _read_tensor_infos(path: Path) -> tuple[str | None, dict[str, _TensorInfo]]:
-    """The architecture and each tensor's type, shape and offset, from the GGUF header.
-
-    `mx.load` does not report tensor types, and gguf's `GGUFReader` decodes every tokenizer
-    string in Python (3 s for SmolLM2's header); this walk skips over them instead.
-    """
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise UnsupportedModel(f"{path} is not a GGUF file (it does not start with 'GGUF')")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            try:
-                return _walk_header(buf)
-            except (struct.error, ValueError, UnicodeDecodeError) as e:
-                raise UnsupportedModel(f"{path} is truncated or corrupt: {e}") from None
-
-
-def _walk_header(buf) -> tuple[str | None, dict[str, _TensorInfo]]:
-    version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
-    if version not in (2, 3):
-        raise ValueError(f"GGUF version {version} is not supported (only 2 and 3)")
-    pos, arch, alignment = 24, None, 32
-    for _ in range(n_kv):
-        key, pos = _string(buf, pos)
-        (kind,) = struct.unpack_from("<I", buf, pos)
-        if key == "general.architecture":
-            arch = _string(buf, pos + 4)[0]
-        elif key == "general.alignment":
-            (alignment,) = struct.unpack_from("<I", buf, pos + 4)
-        pos = _skip(buf, pos + 4, kind)
-    found = []
-    for _ in range(n_tensors):
-        name, pos = _string(buf, pos)
-        (n_dims,) = struct.unpack_from("<I", buf, pos)
-        dims = struct.unpack_from(f"<{n_dims}Q", buf, pos + 4)
-        kind, offset = struct.unpack_from("<IQ", buf, pos + 4 + 8 * n_dims)
-        pos += 16 + 8 * n_dims
-        found.append((name, kind, dims, offset))
-    data_start = -(-pos // alignment) * alignment
-    return arch, {
-        name: _TensorInfo(
-            _TYPE_NAMES.get(kind, f"unknown type {kind}"),
-            tuple(reversed(dims)),
-            data_start + offset,
-        )
-        for name, kind, dims, offset in found
-    }
-
-
-def _string(buf, pos: int) -> tuple[str, int]:
-    (n,) = struct.unpack_from("<Q", buf, pos)
-    return bytes(buf[pos + 8 : pos + 8 + n]).decode(), pos + 8 + n
-
-
-def _skip(buf, pos: int, kind: int) -> int:
-    if kind in _SCALAR_SIZES:
-        return pos + _SCALAR_SIZES[kind]
-    if kind == 8:
-        return pos + 8 + struct.unpack_from("<Q", buf, pos)[0]
-    if kind != 9:
-        raise ValueError(f"unknown GGUF value type {kind}")
-    item, count = struct.unpack_from("<IQ", buf, pos)
-    pos += 12
-    if item in _SCALAR_SIZES:
-        return pos + count * _SCALAR_SIZES[item]
-    for _ in range(count):
-        pos = _skip(buf, pos, item)
-    return pos
+    return [float(str(x)) for x in value]

@@ -54,9 +54,21 @@ def show(store: Store, model: StoredModel, verbose: bool = False) -> api.ShowRes
         system=layers["system"] or "",
         details=api.ModelDetails.from_config(info),
         messages=messages,
-        model_info=info.get("model_info") or {},
+        model_info=_model_info(info),
         capabilities=info.get("capabilities", ["completion"]),
         modified_at=api.rfc3339(model.modified_at),
         provenance=info.get("provenance", {}),
         tensors=tensors,
     )
+
+
+def _model_info(info: dict) -> dict:
+    """Ollama's model_info, plus how a converted GGUF was quantized at the source (its
+    tensor types and their counts) and how it is stored in MLX (`mlxollama.quantization.*`;
+    `details.quantization_level` carries the source's llama.cpp name, e.g. Q4_K_M)."""
+    model_info = dict(info.get("model_info") or {})
+    quantization = info.get("quantization") or {}
+    for key in ("source", "source_tensors", "stored"):
+        if key in quantization:
+            model_info[f"mlxollama.quantization.{key}"] = quantization[key]
+    return model_info

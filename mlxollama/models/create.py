@@ -127,7 +127,16 @@ class _Builder:
             config=g.config,
             model=model,
             files=g.tokenizer_files,
-            details={"family": family, "file_type": g.file_type, "model_info": g.metadata},
+            details={
+                "family": family,
+                "file_type": g.file_type,
+                "model_info": g.metadata,
+                "quantization": {
+                    "source": g.file_type,
+                    "source_tensors": g.tensor_types,
+                    "stored": g.stored,
+                },
+            },
             sources=[_file_source("gguf", path)],
         )
 
@@ -178,6 +187,7 @@ class _Builder:
                 "capabilities": info.get("capabilities"),
                 "context_length": info.get("context_length"),
                 "pooling": info.get("pooling"),
+                "quantization": info.get("quantization"),
             },
             sources=[{"type": "model", "name": parent.name.display(), "digest": parent.digest}],
             parent=parent,
@@ -255,6 +265,11 @@ def _build(store: Store, b: _Builder, target, spec: BuildSpec, quantize: str | N
         b.say(f"quantizing model to {quantize}")
         parts.model, config = convert(parts.model, config, quantize)
         parts.details["file_type"] = {"fp16": "F16", "bf16": "BF16"}.get(quantize, quantize)
+        if parts.details.get("quantization"):  # the source stays; what is stored changes
+            parts.details["quantization"] = {
+                **parts.details["quantization"],
+                "stored": _stored_label(config),
+            }
     tensor_layers = b.tensors(parts.model) if parts.model is not None else parts.tensors
     file_layers = parts.reused_files + [
         b.layer(mt.FILE_MEDIA_TYPE, data, fname) for fname, data in sorted(parts.files.items())
@@ -346,6 +361,8 @@ def _config_blob(store: Store, target, parts: _Parts, config, quantize, spec: Bu
     }
     if details.get("pooling"):
         info["pooling"] = details["pooling"]
+    if details.get("quantization"):
+        info["quantization"] = details["quantization"]
     # Rebuilding an unchanged recipe must write nothing new: keep the old creation time.
     existing = store.find(target)
     if existing is not None:
@@ -436,6 +453,15 @@ def _file_type(config: dict[str, Any], model) -> str:
             if name in dtypes:
                 return label
     return "unknown"
+
+
+def _stored_label(config: dict[str, Any]) -> str:
+    """The default form of a config's `quantization` as `show` words it ("4-bit affine g64")."""
+    q = config.get("quantization")
+    if not q:
+        return "float"
+    mode = q.get("mode", "affine")
+    return f"{q['bits']}-bit affine g{q['group_size']}" if mode == "affine" else mode
 
 
 def format_parameter_count(n: int) -> str:
