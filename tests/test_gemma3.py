@@ -106,3 +106,16 @@ def test_special_tokens_bos_and_end_of_generation(gemma3):
     # llama.cpp's end-of-generation list by text turns into a CONTROL token (it warns
     # "control-looking token: 212 '</s>' was not control-type" on this file).
     assert end_of_generation_ids(meta) == [1, 106, 212]
+
+
+def test_the_generation_reference_was_prompted_with_these_ids(gemma3):
+    """`fixtures/gemma3_reference.json` (self-referential: see its script) starts from the ids
+    this tokenizer and transformers' give the prompt, so the end-to-end test compares like with
+    like."""
+    _meta, recorded, tok = gemma3
+    reference = json.loads((RECORD.parent / "gemma3_reference.json").read_text(encoding="utf-8"))
+    transformers_ids = next(c["ids"] for c in recorded["cases"] if c["text"] == reference["prompt"])
+    assert tok.encode(reference["prompt"]) == reference["prompt_ids"] == transformers_ids
+    assert len(reference["ids"]) == 16
+    assert tok.decode(reference["ids"]) == reference["text"]
+    assert reference["text"].startswith(" the capital of the country of France.")
