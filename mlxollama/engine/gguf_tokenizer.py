@@ -11,7 +11,11 @@ through it transformers' `AutoTokenizer`) encodes text exactly like llama.cpp's
   byte-level mapping without a regex of its own; merges come from `tokenizer.ggml.merges`.
 - `llama` (SentencePiece BPE, Llama 2 and Mistral v0.1): a BPE with byte fallback whose merges
   are derived from the token scores, as transformers' `LlamaConverter` does; spaces become `▁`,
-  and with `tokenizer.ggml.add_space_prefix` each piece of text gets a leading `▁`.
+  and with `tokenizer.ggml.add_space_prefix` each piece of text gets a leading `▁`. Gemma
+  (1-3) uses this kind too, without the space prefix: its whitespace runs ("  " .. 31 spaces,
+  newlines, tabs) are USER_DEFINED tokens of literal characters, matched whole below like any
+  added token, as llama.cpp does (transformers renames them to `▁▁`.. and lets merges split
+  them, which differs from llama.cpp on long runs).
 
 Tokens of type CONTROL, USER_DEFINED and UNKNOWN become added tokens that match as a whole
 anywhere in the text, as llama.cpp's special-token partition does with `parse_special=True`. BOS

