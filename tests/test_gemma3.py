@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlx_lm.utils import load_tokenizer
 
-from mlxollama.engine.gguf_metadata import read_metadata
+from mlxollama.engine.gguf_tensors import read_header
 from mlxollama.engine.gguf_tokenizer import end_of_generation_ids, tokenizer_files
 
 pytestmark = pytest.mark.model
@@ -37,7 +37,7 @@ LLAMA_CPP_PIECES = {
 @pytest.fixture(scope="module")
 def gemma3(gemma3_gguf, tmp_path_factory):
     """(metadata, recorded cases, the rebuilt tokenizer loaded through mlx-lm)."""
-    meta = read_metadata(gemma3_gguf)
+    meta = read_header(Path(gemma3_gguf))[0]
     folder = tmp_path_factory.mktemp("gemma3-tokenizer")
     for name, content in tokenizer_files(meta).items():
         (folder / name).write_bytes(content)
@@ -119,3 +119,82 @@ def test_the_generation_reference_was_prompted_with_these_ids(gemma3):
     assert len(reference["ids"]) == 16
     assert tok.decode(reference["ids"]) == reference["text"]
     assert reference["text"].startswith(" the capital of the country of France.")
+
+
+# -- end to end: create from the file, run through the daemon and the SDK, show ----------------
+
+REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "gemma3_reference.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def gemma3_daemon(gemma3_gguf, tmp_path_factory):
+    """`mlxctl create gemma3 -f Modelfile` into a fresh store, and a daemon on that store."""
+    from click.testing import CliRunner
+
+    from mlxollama.cli.main import cli
+    from mlxollama.http.server import shutdown
+    from mlxollama.store.store import Store
+    from tests.daemons import start_daemon
+
+    root = tmp_path_factory.mktemp("gemma3-store")
+    modelfile = root.parent / "Modelfile.gemma3"
+    modelfile.write_text(f"FROM {gemma3_gguf}\n")  # no TEMPLATE: Ollama's {{ .Prompt }}
+    env = {"MLXOLLAMA_MODELS": str(root), "MLXOLLAMA_HOST": "127.0.0.1:9"}  # no daemon yet
+    out = CliRunner(env=env).invoke(cli, ["create", "gemma3", "-f", str(modelfile)])
+    assert out.exit_code == 0, out.output
+    assert "success" in out.output
+    store = Store(root)
+    assert store.blobs.digests() <= store.referenced()  # nothing left unreferenced
+    daemon = start_daemon(root)
+    yield daemon
+    shutdown(daemon.srv, daemon.runtime)
+
+
+def test_the_daemon_continues_greedily_as_the_reference(gemma3_daemon):
+    """`mlxctl run gemma3 "The capital of France is"` through the daemon. The reference is
+    the float32-decoded model (tests/fixtures/make_gemma3_reference.py); the stored weights
+    are the file's own 4/5/6/8-bit blocks held exactly, so the first 12 tokens must agree."""
+    from click.testing import CliRunner
+
+    from mlxollama.cli.main import cli
+
+    env = {"MLXOLLAMA_HOST": f"127.0.0.1:{gemma3_daemon.port}"}
+    args = ["run", "gemma3", REFERENCE["prompt"], "-p", "temperature=0", "-p", "num_predict=16"]
+    out = CliRunner(env=env).invoke(cli, args)
+    assert out.exit_code == 0, out.output
+    answer = gemma3_daemon.client().generate(
+        "gemma3", REFERENCE["prompt"], options={"temperature": 0, "num_predict": 16}
+    )
+    assert answer.eval_count == 16 and answer.prompt_eval_count == len(REFERENCE["prompt_ids"])
+    words = REFERENCE["text"].split()
+    assert answer.response.split()[:9] == words[:9], answer.response
+    assert out.output.strip().split()[:9] == words[:9], out.output
+
+
+def test_the_sdk_gives_the_daemons_answer(gemma3_daemon):
+    from mlxollama.sdk import Embedded
+
+    options = {"temperature": 0, "num_predict": 16}
+    via_daemon = gemma3_daemon.client().generate("gemma3", REFERENCE["prompt"], options=options)
+    local = Embedded(gemma3_daemon.root)
+    in_process = local.generate("gemma3", REFERENCE["prompt"], options=options)
+    assert in_process["response"] == via_daemon.response
+    assert in_process["eval_count"] == via_daemon.eval_count
+
+
+def test_show_names_the_family_size_and_both_quantizations(gemma3_daemon):
+    from click.testing import CliRunner
+
+    from mlxollama.cli.main import cli
+
+    shown = gemma3_daemon.client().show("gemma3")
+    assert shown.details.family == "gemma3"
+    assert shown.details.quantization_level == "Q4_K_M"
+    info = shown.modelinfo
+    assert info["mlxollama.quantization.source_tensors"] == REFERENCE["tensor_types"]
+    assert info["mlxollama.quantization.stored"].startswith("mixed: 5-bit affine g32 (81)")
+    env = {"MLXOLLAMA_HOST": f"127.0.0.1:{gemma3_daemon.port}"}
+    out = CliRunner(env=env).invoke(cli, ["show", "gemma3"])
+    assert out.exit_code == 0, out.output
+    for expected in ("gemma3", "268.10M", "Q4_K_M", "stored as", "mixed: 5-bit affine"):
+        assert expected in out.output, (expected, out.output)
