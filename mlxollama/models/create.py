@@ -163,7 +163,7 @@ class _Builder:
             for name in MODEL_FILES
             if (src / name).is_file()
         }
-        details = {"family": config.get("model_type", "unknown")}
+        details = {"family": folder_family(config)}
         if _is_encoder(config):
             details.update(_sentence_transformers(path, config))
         return _Parts(
@@ -372,6 +372,18 @@ def _config_blob(store: Store, target, parts: _Parts, config, quantize, spec: Bu
         if candidate == old:
             return old
     return info
+
+
+def folder_family(config: dict[str, Any]) -> str:
+    """The family `show` names for an HF folder: llama.cpp's architecture name where the GGUF
+    import maps one onto this mlx-lm model type (`gemma3_text` -> `gemma3`, `qwen2_moe` ->
+    `qwen2moe`, `cohere` -> `command-r`), as Ollama names a converted folder, so a model reads
+    the same whether it came as GGUF or as safetensors; else the model type itself."""
+    from mlxollama.engine.gguf_arch import ARCHITECTURES
+
+    model_type = config.get("model_type", "unknown")
+    by_type = {arch.model_type: arch.name for arch in ARCHITECTURES.values()}
+    return by_type.get(model_type, model_type)
 
 
 def _is_encoder(config: dict[str, Any]) -> bool:
