@@ -360,7 +360,7 @@ def test_unsupported_architecture(tmp_path):
     assert str(e.value) == (
         f"unsupported architecture 'mamba' in {tmp_path / 'm.gguf'}: "
         "supported are llama, qwen2, qwen3, gemma3, gemma2, qwen2moe, qwen3moe, olmo2, granite, "
-        "command-r, phi3"
+        "command-r, phi3, mistral3, deepseek2, gpt-oss"
     )
 
 

@@ -42,6 +42,61 @@ BASE = {
 GGUF_ARCH = {name: a for a, name in gguf.MODEL_ARCH_NAMES.items()}
 MOE = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
 
+DEEPSEEK_V3 = {  # DeepSeek-V3's HF config, shrunk: MLA, one dense layer, grouped experts
+    "num_key_value_heads": 4,
+    "kv_lora_rank": 32,
+    "q_lora_rank": 48,
+    "qk_rope_head_dim": 8,
+    "qk_nope_head_dim": 16,
+    "v_head_dim": 16,
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "n_shared_experts": 1,
+    "moe_intermediate_size": 32,
+    "routed_scaling_factor": 2.5,
+    "norm_topk_prob": True,
+    "n_group": 2,
+    "topk_group": 1,
+    "first_k_dense_replace": 1,
+    "topk_method": "noaux_tc",
+    "rope_scaling": {
+        "type": "yarn",  # mlx-lm reads `type` or `rope_type`
+        "factor": 4.0,
+        "original_max_position_embeddings": 64,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+    },
+}
+DEEPSEEK2_KV = {  # what DeepseekV2Model.set_gguf_parameters writes for it
+    "head_count_kv": (1, V.UINT32),  # MLA written as MQA
+    "leading_dense_block_count": (1, V.UINT32),
+    "vocab_size": (300, V.UINT32),
+    "attention.q_lora_rank": (48, V.UINT32),
+    "attention.kv_lora_rank": (32, V.UINT32),
+    "attention.key_length": (40, V.UINT32),  # kv_lora_rank + qk_rope_head_dim
+    "attention.value_length": (32, V.UINT32),  # kv_lora_rank
+    "attention.key_length_mla": (24, V.UINT32),
+    "attention.value_length_mla": (16, V.UINT32),
+    "expert_feed_forward_length": (32, V.UINT32),
+    "expert_count": (4, V.UINT32),
+    "expert_used_count": (2, V.UINT32),
+    "expert_shared_count": (1, V.UINT32),
+    "expert_weights_scale": (2.5, V.FLOAT32),
+    "expert_weights_norm": (True, V.BOOL),
+    "expert_gating_func": (2, V.UINT32),  # sigmoid
+    "expert_group_count": (2, V.UINT32),
+    "expert_group_used_count": (1, V.UINT32),
+    "rope.dimension_count": (8, V.UINT32),
+    "rope.scaling.type": ("yarn", V.STRING),
+    "rope.scaling.factor": (4.0, V.FLOAT32),
+    "rope.scaling.original_context_length": (64, V.UINT32),
+    "rope.scaling.yarn_beta_fast": (32.0, V.FLOAT32),
+    "rope.scaling.yarn_beta_slow": (1.0, V.FLOAT32),
+    "rope.scaling.yarn_log_multiplier": (0.1, V.FLOAT32),  # 0.1 * mscale_all_dim
+}
+
 # GGUF architecture -> (mlx-lm module, HF config on top of BASE, extra GGUF metadata the
 # converter writes for it: key suffix -> (value, type)).
 CASES = {
@@ -133,25 +188,107 @@ CASES = {
             "rope.scaling.original_context_length": (256, V.UINT32),
         },
     ),
+    "mistral3": (
+        "ministral3",
+        {
+            "head_dim": 16,
+            "rope_theta": 1e6,
+            "rope_parameters": {
+                "type": "yarn",  # mlx-lm reads `type` or `rope_type`
+                "rope_theta": 1e6,
+                "factor": 16.0,
+                "original_max_position_embeddings": 4,  # the query temperature rises at 4
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "mscale": 1.0,
+                "mscale_all_dim": 1.0,
+                "llama_4_scaling_beta": 0.1,
+            },
+        },
+        {
+            "rope.scaling.type": ("yarn", V.STRING),
+            "rope.scaling.factor": (16.0, V.FLOAT32),
+            "rope.scaling.original_context_length": (4, V.UINT32),
+            "rope.scaling.yarn_beta_fast": (32.0, V.FLOAT32),
+            "rope.scaling.yarn_beta_slow": (1.0, V.FLOAT32),
+            "rope.scaling.yarn_log_multiplier": (1.0, V.FLOAT32),
+            "attention.temperature_scale": (0.1, V.FLOAT32),
+        },
+    ),
+    "deepseek2": ("deepseek_v3", DEEPSEEK_V3, DEEPSEEK2_KV),
+    "gpt-oss": (
+        "gpt_oss",
+        {
+            "num_local_experts": 4,
+            "num_experts_per_tok": 2,
+            "intermediate_size": 32,
+            "head_dim": 16,
+            "sliding_window": 4,
+            "num_hidden_layers": 4,
+            "layer_types": ["sliding_attention", "full_attention"] * 2,
+            "rope_theta": 150000.0,
+            "rope_scaling": {
+                "type": "yarn",  # mlx-lm reads `type` or `rope_type`
+                "factor": 32.0,
+                "original_max_position_embeddings": 64,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+            },
+        },
+        {
+            "expert_count": (4, V.UINT32),
+            "expert_used_count": (2, V.UINT32),
+            "expert_feed_forward_length": (32, V.UINT32),
+            "attention.sliding_window": (4, V.UINT32),
+            "rope.scaling.type": ("yarn", V.STRING),
+            "rope.scaling.factor": (32.0, V.FLOAT32),
+            "rope.scaling.original_context_length": (64, V.UINT32),
+            "rope.scaling.yarn_beta_fast": (32.0, V.FLOAT32),
+            "rope.scaling.yarn_beta_slow": (1.0, V.FLOAT32),
+        },
+    ),
 }
-PERMUTED = {"llama", "granite"}  # llama.cpp's LlamaModel.modify_tensors permutes their Q/K
+# Other files of a claimed architecture, labelled "<gguf arch>/<variant>".
+VARIANTS = {
+    # Mistral Small 3.1/3.2 text: the same converter class, without yarn or temperature.
+    "mistral3/small": ("llama", {}, {}),
+    # deepseek2 files from before llama.cpp split kv_b into k_b / v_b.
+    "deepseek2/kv_b": (
+        "deepseek_v3",
+        DEEPSEEK_V3,
+        {
+            **DEEPSEEK2_KV,
+            "attention.key_length": (24, V.UINT32),
+            "attention.value_length": (16, V.UINT32),
+        },
+    ),
+}
+VARIANTS["deepseek2/kv_b"][2].pop("attention.key_length_mla")
+VARIANTS["deepseek2/kv_b"][2].pop("attention.value_length_mla")
+ALL = {**CASES, **VARIANTS}
+PERMUTED = {"llama", "granite", "mistral3"}  # llama.cpp's LlamaModel permutes their Q/K
 NORM_SHIFT = {"gemma2": 1.0, "gemma3": 1.0}  # Gemma(2|3)Model add 1 to every norm weight
 LAYER_NORM = {"command-r"}  # LayerNorm models: `layer_norm_eps`, no RMS epsilon key
 
 
-def module(arch: str):
-    return importlib.import_module(f"mlx_lm.models.{CASES[arch][0]}")
+def module(case: str):
+    return importlib.import_module(f"mlx_lm.models.{ALL[case][0]}")
 
 
-def make_model(arch: str, seed: int = 0, **overrides):
-    """A tiny model of `arch` with every parameter random, as mlx-lm-named numpy."""
-    model_type, config, _ = CASES[arch]
-    args = module(arch).ModelArgs.from_dict(
+def gguf_arch(case: str) -> str:
+    return case.split("/")[0]
+
+
+def make_model(case: str, seed: int = 0, **overrides):
+    """A tiny model of `case` with every parameter random, as mlx-lm-named numpy."""
+    model_type, config, _ = ALL[case]
+    arch = gguf_arch(case)
+    args = module(case).ModelArgs.from_dict(
         {"model_type": model_type, **BASE, **config, **overrides}
     )
     rng = np.random.default_rng(seed)
     weights = {}
-    for name, p in tree_flatten(module(arch).Model(args).parameters()):
+    for name, p in tree_flatten(module(case).Model(args).parameters()):
         x = rng.standard_normal(p.shape)
         if p.ndim >= 2:
             x /= np.sqrt(p.shape[-1])
@@ -169,27 +306,98 @@ def hf_name(name: str) -> str:
     return name.replace(".switch_mlp.", ".experts.")
 
 
-def write_gguf(path: Path, arch: str, weights: dict, qtype: T) -> dict:
-    """Write `weights` as convert_hf_to_gguf.py writes `arch`; return what the file holds
-    (float16-rounded for F16) under the mlx-lm names, for the reference model."""
-    _, config, kv = CASES[arch]
+def hf_tensors(case: str, weights: dict) -> dict:
+    """mlx-lm's parameters as the HF checkpoint names them, where they differ: DeepSeek's
+    `kv_b_proj` (which mlx-lm splits per head into `embed_q` and `unembed_out`)."""
+    if gguf_arch(case) != "deepseek2":
+        return dict(weights)
+    out = {}
+    for name, x in weights.items():
+        if name.endswith("self_attn.embed_q.weight"):  # [heads, rank, nope]
+            v = weights[name.replace("embed_q", "unembed_out")]  # [heads, v_head_dim, rank]
+            kv_b = np.concatenate([x.swapaxes(1, 2), v], axis=1)  # [heads, nope + v, rank]
+            out[name.replace("embed_q", "kv_b_proj")] = kv_b.reshape(-1, kv_b.shape[-1])
+        elif not name.endswith("self_attn.unembed_out.weight"):
+            out[name] = x
+    return out
+
+
+def converted(case: str, name: str, x: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """What convert_hf_to_gguf.py's `modify_tensors` makes of HF tensor `name` for `case`,
+    still under HF-style names for gguf's TensorNameMap."""
+    arch = gguf_arch(case)
+    c = {**BASE, **ALL[case][1]}
+    heads, kv_heads = c["num_attention_heads"], c["num_key_value_heads"]
+    if arch in PERMUTED and name.endswith("q_proj.weight"):
+        x = permute_weights(x, heads, heads)
+    if arch in PERMUTED and name.endswith("k_proj.weight"):
+        x = permute_weights(x, heads, kv_heads)
+    if name.endswith("norm.weight"):
+        x = x + NORM_SHIFT.get(arch, 0.0)
+    if name.endswith("e_score_correction_bias"):
+        name = name.replace("e_score_correction_bias", "e_score_correction.bias")
+    if name.endswith("self_attn.sinks"):
+        name += ".weight"
+    if name.endswith("kv_b_proj.weight") and not case.endswith("/kv_b"):
+        nope, v = c["qk_nope_head_dim"], c["v_head_dim"]
+        kv_b = x.reshape(heads, nope + v, x.shape[-1])
+        return [
+            (name.replace("kv_b_proj", "k_b_proj"), kv_b[:, :nope].swapaxes(1, 2)),
+            (name.replace("kv_b_proj", "v_b_proj"), kv_b[:, nope:]),
+        ]
+    return [(name, x)]
+
+
+def mlx_named(case: str, gguf_tensors: dict) -> dict:
+    """The reference model's weights: the inverse of `hf_tensors` on what was written."""
+    if gguf_arch(case) != "deepseek2":
+        return gguf_tensors
+    c = {**BASE, **ALL[case][1]}
+    heads, nope = c["num_attention_heads"], c["qk_nope_head_dim"]
+    out = {}
+    for name, x in gguf_tensors.items():
+        if name.endswith("kv_b_proj.weight"):
+            kv_b = x.reshape(heads, -1, x.shape[-1])
+            out[name.replace("kv_b_proj", "embed_q")] = kv_b[:, :nope].swapaxes(1, 2)
+            out[name.replace("kv_b_proj", "unembed_out")] = kv_b[:, nope:]
+        else:
+            out[name] = x
+    return out
+
+
+def write_gguf(
+    path: Path, case: str, weights: dict, qtype: T, expert_qtype: T | None = None
+) -> dict:
+    """Write `weights` as convert_hf_to_gguf.py writes `case`; return what the file holds
+    (decoded, so float16- or MXFP4-rounded) under the mlx-lm names, for the reference model.
+    `expert_qtype` quantizes the stacked expert matrices (gpt-oss ships them as MXFP4)."""
+    arch = gguf_arch(case)
+    _, config, kv = ALL[case]
     hp = {**BASE, **config}  # the HF config the converter reads
+    meta = {
+        "context_length": (hp["max_position_embeddings"], V.UINT32),
+        "embedding_length": (hp["hidden_size"], V.UINT32),
+        "block_count": (hp["num_hidden_layers"], V.UINT32),
+        "feed_forward_length": (hp["intermediate_size"], V.UINT32),
+        "attention.head_count": (hp["num_attention_heads"], V.UINT32),
+        "attention.head_count_kv": (hp["num_key_value_heads"], V.UINT32),
+        "rope.freq_base": (hp["rope_theta"], V.FLOAT32),
+    }
+    if arch in LAYER_NORM:
+        meta["attention.layer_norm_epsilon"] = (hp["layer_norm_eps"], V.FLOAT32)
+    else:
+        meta["attention.layer_norm_rms_epsilon"] = (hp["rms_norm_eps"], V.FLOAT32)
+    if head_dim := config.get("head_dim"):
+        meta["attention.key_length"] = (head_dim, V.UINT32)
+        meta["attention.value_length"] = (head_dim, V.UINT32)
+    if "head_count_kv" in kv:  # the converter's own head_count_kv replaces HF's
+        meta["attention.head_count_kv"] = kv["head_count_kv"]
+    meta.update({k: v for k, v in kv.items() if k != "head_count_kv"})
+
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name("tiny")
-    w.add_context_length(hp["max_position_embeddings"])
-    w.add_embedding_length(hp["hidden_size"])
-    w.add_block_count(hp["num_hidden_layers"])
-    w.add_feed_forward_length(hp["intermediate_size"])
-    w.add_head_count(hp["num_attention_heads"])
-    w.add_head_count_kv(hp["num_key_value_heads"])
-    w.add_rope_freq_base(hp["rope_theta"])
-    if arch in LAYER_NORM:
-        w.add_layer_norm_eps(hp["layer_norm_eps"])
-    else:
-        w.add_layer_norm_rms_eps(hp["rms_norm_eps"])
-    if head_dim := config.get("head_dim"):
-        w.add_key_length(head_dim)
-        w.add_value_length(head_dim)
+    for key, (value, vtype) in meta.items():
+        w.add_key_value(f"{arch}.{key}", value, vtype)
     w.add_file_type(gguf.LlamaFileType.ALL_F32 if qtype == T.F32 else gguf.LlamaFileType.MOSTLY_F16)
     tokens, token_types, merges = gpt2_vocab(hp["vocab_size"])
     w.add_tokenizer_model("gpt2")
@@ -198,31 +406,36 @@ def write_gguf(path: Path, arch: str, weights: dict, qtype: T) -> dict:
     w.add_token_types(token_types)
     w.add_token_merges(merges)
     w.add_eos_token_id(len(tokens) - 1)
-    for key, (value, vtype) in kv.items():
-        w.add_key_value(f"{arch}.{key}", value, vtype)
 
     names = gguf.get_tensor_name_map(GGUF_ARCH[arch], hp["num_hidden_layers"])
-    heads, kv_heads = hp["num_attention_heads"], hp["num_key_value_heads"]
     held = {}
-    for name, x in weights.items():
-        data = x
-        if arch in PERMUTED and name.endswith("q_proj.weight"):
-            data = permute_weights(x, heads, heads)
-        if arch in PERMUTED and name.endswith("k_proj.weight"):
-            data = permute_weights(x, heads, kv_heads)
-        if name.endswith("norm.weight"):
-            data = data + NORM_SHIFT.get(arch, 0.0)
+    for hf, x in hf_tensors(case, weights).items():
         t = T.F32 if x.ndim == 1 else qtype
-        data = data.astype(np.float16 if t == T.F16 else np.float32)
-        gguf_name = names.get_name(hf_name(name), (".weight", ".bias"))
-        assert gguf_name, f"gguf has no name for {name} in {arch}"
-        w.add_tensor(gguf_name, data, raw_dtype=t)
-        held[name] = x.astype(np.float16).astype(np.float32) if t == T.F16 else x
+        if expert_qtype and x.ndim == 3 and hf.endswith("_proj.weight"):
+            t = expert_qtype
+        for name, data in converted(case, hf_name(hf), x):
+            gguf_name = names.get_name(name, (".weight", ".bias"))
+            assert gguf_name, f"gguf has no name for {name} in {arch}"
+            if t in (T.F32, T.F16):
+                data = data.astype(np.float16 if t == T.F16 else np.float32)
+                w.add_tensor(gguf_name, data, raw_dtype=t)
+            else:
+                w.add_tensor(gguf_name, gguf.quants.quantize(data, t), raw_dtype=t)
+        held[hf] = decoded(x, t)  # what the file holds (rewrites are exact), HF-named
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return held
+    return mlx_named(case, held)
+
+
+def decoded(x: np.ndarray, t: T) -> np.ndarray:
+    """`x` as a GGUF tensor of type `t` reads back (permutations and splits are exact)."""
+    if t == T.F32:
+        return x
+    if t == T.F16:
+        return x.astype(np.float16).astype(np.float32)
+    return gguf.quants.dequantize(gguf.quants.quantize(x, t), t)
 
 
 def load(model, tmp_path: Path):
@@ -234,26 +447,65 @@ def load(model, tmp_path: Path):
     return load_model(folder)[0]
 
 
-def reference_logits(arch: str, args, held: dict) -> np.ndarray:
-    model = module(arch).Model(args)
+def reference_logits(case: str, args, held: dict) -> np.ndarray:
+    model = module(case).Model(args)
     model.load_weights([(k, mx.array(v)) for k, v in held.items()], strict=True)
     return np.array(model(TOKENS))
 
 
-@pytest.mark.parametrize("qtype", [T.F32, T.F16], ids=lambda t: t.name)
-@pytest.mark.parametrize("arch", CASES)
-def test_round_trip(tmp_path, arch, qtype):
-    args, weights = make_model(arch)
-    held = write_gguf(tmp_path / "m.gguf", arch, weights, qtype)
+def assert_same_setting(got, want, key: str):
+    """HF config values: numbers to float32 precision (GGUF stores float32), the rest equal."""
+    if isinstance(want, dict):
+        assert set(got) == set(want), key
+        for k in want:
+            assert_same_setting(got[k], want[k], f"{key}.{k}")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-6), key
+    else:
+        assert got == want, key
+
+
+def check_round_trip(tmp_path: Path, case: str, qtype: T, expert_qtype: T | None = None):
+    args, weights = make_model(case)
+    held = write_gguf(tmp_path / "m.gguf", case, weights, qtype, expert_qtype)
     imported = read_gguf(tmp_path / "m.gguf")
-    assert imported.config["model_type"] == CASES[arch][0]
-    for key, value in CASES[arch][1].items():  # every setting that sets the family apart
-        assert imported.config[key] == pytest.approx(value), key
-    want = reference_logits(arch, args, held)
+    assert imported.config["model_type"] == ALL[case][0]
+    for key, value in ALL[case][1].items():  # every setting that sets the family apart
+        assert_same_setting(imported.config[key], value, key)
+    want = reference_logits(case, args, held)
     loaded = load(imported, tmp_path)
     loaded.set_dtype(mx.float32)  # float16 weights widen exactly; compute as the reference
     got = np.array(loaded(TOKENS))
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    return imported
+
+
+@pytest.mark.parametrize("qtype", [T.F32, T.F16], ids=lambda t: t.name)
+@pytest.mark.parametrize("case", ALL)
+def test_round_trip(tmp_path, case, qtype):
+    check_round_trip(tmp_path, case, qtype)
+
+
+def test_gpt_oss_mxfp4_experts(tmp_path):
+    """gpt-oss as it ships: MXFP4 experts (kept in MLX's own mxfp4 mode), the rest F16."""
+    imported = check_round_trip(tmp_path, "gpt-oss", T.F16, expert_qtype=T.MXFP4)
+    assert imported.tensor_types["MXFP4"] == 3 * ALL["gpt-oss"][1]["num_hidden_layers"]
+    quantization = imported.config["quantization"]  # experts hold most elements: the default
+    assert quantization["mode"] == "mxfp4"
+    assert quantization["model.layers.0.self_attn.q_proj"] is False
+
+
+def test_deepseek2_softmax_gating_is_refused(tmp_path):
+    """DeepSeek-V2's softmax-gated experts have no mlx-lm class with llama.cpp's k_b/v_b."""
+    _, weights = make_model("deepseek2")
+    path = tmp_path / "m.gguf"
+    ALL["deepseek2"][2]["expert_gating_func"] = (1, V.UINT32)
+    try:
+        write_gguf(path, "deepseek2", weights, T.F32)
+    finally:
+        ALL["deepseek2"][2]["expert_gating_func"] = (2, V.UINT32)
+    with pytest.raises(UnsupportedModel, match="softmax expert gating"):
+        read_gguf(path)
 
 
 def test_every_architecture_has_a_round_trip():

@@ -101,6 +101,107 @@ def _cohere_config(get: Getter, c: dict, shapes: dict) -> dict:
     }
 
 
+def _yarn(get: Getter, mscale_all_dim: float | None = None) -> dict:
+    """HF's yarn `rope_scaling` from llama.cpp's `rope.scaling.*` keys. llama.cpp scales the
+    attention by `mscale_all_dim` alone and cancels yarn's own rope magnitude, which is HF's
+    `mscale == mscale_all_dim`; so both are set to it when the file carries one."""
+    out = {
+        "type": "yarn",
+        "factor": get("rope.scaling.factor"),
+        "original_max_position_embeddings": get("rope.scaling.original_context_length"),
+    }
+    for beta in ("beta_fast", "beta_slow"):  # mlx-lm's defaults (32, 1) are HF's
+        if (value := get(f"rope.scaling.yarn_{beta}", None)) is not None:
+            out[beta] = value
+    if mscale_all_dim:
+        out["mscale"] = out["mscale_all_dim"] = mscale_all_dim
+    return out
+
+
+def _mistral3_config(get: Getter, c: dict, shapes: dict) -> dict:
+    """llama.cpp's `mistral3`: Ministral 3 (yarn rope plus Llama 4's position-dependent query
+    temperature, `attention.temperature_scale`) as mlx-lm's `ministral3`; Mistral Small 3.1/3.2
+    text, which the same converter class writes without those keys, as `llama`."""
+    if (beta := get("attention.temperature_scale", None)) is None:
+        return {"model_type": "llama"}
+    if get("rope.scaling.type", "none") != "yarn":
+        raise UnsupportedModel("mistral3 with a temperature scale but no yarn rope")
+    rope = {
+        **_yarn(get),
+        "rope_theta": c["rope_theta"],
+        "llama_4_scaling_beta": beta,
+        "mscale_all_dim": get("rope.scaling.yarn_log_multiplier", 1.0),
+    }
+    rope["mscale"] = rope["mscale_all_dim"]  # only their ratio reaches the rope
+    temperature = get("attention.temperature_length", rope["original_max_position_embeddings"])
+    if temperature != rope["original_max_position_embeddings"]:
+        raise UnsupportedModel(
+            "mistral3 with a temperature length other than the yarn original context"
+        )
+    return {"rope_parameters": rope, "rope_scaling": rope}
+
+
+def _deepseek2_config(get: Getter, c: dict, shapes: dict) -> dict:
+    """DeepSeek V3 / R1 / Kimi K2 (MLA attention, sigmoid-gated experts with a score bias) as
+    mlx-lm's `deepseek_v3`. Newer llama.cpp writes the MLA head sizes as `key_length_mla` /
+    `value_length_mla` (its `key_length` is then the latent MQA head) and `head_count_kv` 1."""
+    if get("expert_gating_func", 1) != 2:  # llama.cpp: 1 softmax (DeepSeek V2), 2 sigmoid
+        raise UnsupportedModel(
+            "deepseek2 with softmax expert gating (DeepSeek-V2) is not supported: "
+            "only sigmoid gating (DeepSeek-V3, R1, Kimi K2)"
+        )
+    rope = get("rope.dimension_count")
+    kv_rank = get("attention.kv_lora_rank")
+    if (key := get("attention.key_length_mla", None)) is not None:
+        value = get("attention.value_length_mla")
+    else:  # older files: the decompressed head sizes themselves
+        key, value = get("attention.key_length"), get("attention.value_length")
+    out = {
+        "model_type": "deepseek_v3",
+        "num_key_value_heads": c["num_attention_heads"],
+        "kv_lora_rank": kv_rank,
+        "q_lora_rank": get("attention.q_lora_rank", None),
+        "qk_rope_head_dim": rope,
+        "qk_nope_head_dim": key - rope,
+        "v_head_dim": value,
+        "moe_intermediate_size": get("expert_feed_forward_length"),
+        "n_routed_experts": get("expert_count"),
+        "num_experts_per_tok": get("expert_used_count"),
+        "n_shared_experts": get("expert_shared_count", 0) or None,
+        "routed_scaling_factor": get("expert_weights_scale", 1.0),
+        "norm_topk_prob": bool(get("expert_weights_norm", False)),
+        "n_group": get("expert_group_count", 1),
+        "topk_group": get("expert_group_used_count", 1),
+        "first_k_dense_replace": get("leading_dense_block_count", 0),
+        "topk_method": "noaux_tc",
+        "scoring_func": "sigmoid",
+        "rms_norm_eps": get("attention.layer_norm_rms_epsilon"),
+    }
+    if get("rope.scaling.type", "none") == "yarn":
+        # for deepseek2 alone llama.cpp's converter stores 0.1 * mscale_all_dim
+        log_mul = get("rope.scaling.yarn_log_multiplier", 0.0)
+        out["rope_scaling"] = _yarn(get, log_mul / 0.1 if log_mul else None)
+    return out
+
+
+def _gpt_oss_config(get: Getter, c: dict, shapes: dict) -> dict:
+    """gpt-oss: experts, the sliding window on every even layer (llama.cpp's fixed pattern,
+    which is also HF's `layer_types`), and its yarn rope."""
+    out = {
+        "num_local_experts": get("expert_count"),
+        "num_experts_per_tok": get("expert_used_count"),
+        "intermediate_size": get("expert_feed_forward_length"),
+        "sliding_window": get("attention.sliding_window"),
+        "layer_types": [
+            "sliding_attention" if i % 2 == 0 else "full_attention"
+            for i in range(c["num_hidden_layers"])
+        ],
+    }
+    if get("rope.scaling.type", "none") == "yarn":
+        out["rope_scaling"] = _yarn(get)
+    return out
+
+
 def _phi3_config(get: Getter, c: dict, shapes: dict) -> dict:
     """Phi-3: a partial rotary dimension, and the original context of its rope scaling."""
     rope = get("rope.dimension_count", c["head_dim"])
@@ -170,6 +271,40 @@ ARCHITECTURES = {
         "phi3",
         tensors={"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"},
         config=_phi3_config,
+    ),
+    "mistral3": Arch("mistral3", "ministral3", permuted_qk=True, config=_mistral3_config),
+    "deepseek2": Arch(
+        "deepseek2",
+        "deepseek_v3",
+        tensors={
+            **_EXPERTS,
+            "attn_q_a": "self_attn.q_a_proj",
+            "attn_q_a_norm": "self_attn.q_a_layernorm",
+            "attn_q_b": "self_attn.q_b_proj",
+            "attn_kv_a_mqa": "self_attn.kv_a_proj_with_mqa",
+            "attn_kv_a_norm": "self_attn.kv_a_layernorm",
+            "attn_kv_b": "self_attn.kv_b_proj",  # older files; mlx-lm's sanitize splits it
+            "attn_k_b": "self_attn.embed_q",  # [heads, kv_lora_rank, qk_nope_head_dim]
+            "attn_v_b": "self_attn.unembed_out",  # [heads, v_head_dim, kv_lora_rank]
+            "ffn_gate_shexp": "mlp.shared_experts.gate_proj",
+            "ffn_up_shexp": "mlp.shared_experts.up_proj",
+            "ffn_down_shexp": "mlp.shared_experts.down_proj",
+            "exp_probs_b.bias": "mlp.gate.e_score_correction_bias",
+        },
+        config=_deepseek2_config,
+    ),
+    "gpt-oss": Arch(
+        "gpt-oss",
+        "gpt_oss",
+        tensors={
+            "post_attention_norm": "post_attention_layernorm",
+            "attn_sinks.weight": "self_attn.sinks",
+            "ffn_gate_inp": "mlp.router",
+            "ffn_gate_exps": "mlp.experts.gate_proj",
+            "ffn_up_exps": "mlp.experts.up_proj",
+            "ffn_down_exps": "mlp.experts.down_proj",
+        },
+        config=_gpt_oss_config,
     ),
 }
 
@@ -243,12 +378,16 @@ def mlx_config(arch: Arch, metadata: dict, shapes: dict[str, tuple], path: Path)
         config.update(arch.config(get, config, shapes))
     if config["rms_norm_eps"] is None:  # a LayerNorm model (command-r) has its own key
         del config["rms_norm_eps"]
-    if (scaling := get("rope.scaling.type", "none")) != "none":
+    scaling = get("rope.scaling.type", "none")
+    if scaling != "none" and "rope_scaling" not in config:
         if scaling not in ROPE_SCALING_TYPES:
             raise UnsupportedModel(f"unsupported rope scaling '{scaling}' in {path}")
-        config["rope_scaling"] = {"type": scaling, "factor": get("rope.scaling.factor")}
-        if original := get("rope.scaling.original_context_length", None):
-            config["rope_scaling"]["original_max_position_embeddings"] = original
+        if scaling == "yarn":
+            config["rope_scaling"] = _yarn(get)
+        else:
+            config["rope_scaling"] = {"type": scaling, "factor": get("rope.scaling.factor")}
+            if original := get("rope.scaling.original_context_length", None):
+                config["rope_scaling"]["original_max_position_embeddings"] = original
     return config
 
 
@@ -275,8 +414,19 @@ def mlx_weights(
             value = value - arch.norm_shift
         if stem.endswith(".ffn_gate_inp_shexp") and value.ndim == 1:  # [1, hidden] in mlx-lm
             value = value[None]
-        weights[f"{mlx_name(arch, stem, path)}.{suffix}"] = value
+        weights[param_name(arch, stem, suffix, path)] = value
     return weights
+
+
+def param_name(arch: Arch, stem: str, suffix: str, path: Path) -> str:
+    """The mlx-lm parameter for GGUF tensor `stem.suffix`: `mlx_name(stem).suffix`, unless the
+    Arch maps `part.suffix` to a bare parameter (gpt-oss's `attn_sinks.weight` is mlx-lm's
+    `self_attn.sinks`)."""
+    if stem.startswith("blk.") and stem.count(".") >= 2:
+        _, layer, part = stem.split(".", 2)
+        if bare := arch.tensors.get(f"{part}.{suffix}"):
+            return f"model.layers.{layer}.{bare}"
+    return f"{mlx_name(arch, stem, path)}.{suffix}"
 
 
 def mlx_name(arch: Arch, stem: str, path: Path) -> str:
