@@ -109,7 +109,8 @@ def test_special_tokens_bos_and_end_of_generation(gemma3):
 
 
 def test_the_generation_reference_was_prompted_with_these_ids(gemma3):
-    """`fixtures/gemma3_reference.json` (self-referential: see its script) starts from the ids
+    """`fixtures/gemma3_reference.json` (our float32 decode, which transformers on PyTorch
+    reproduced token for token: make_gemma3_transformers_reference.py) starts from the ids
     this tokenizer and transformers' give the prompt, so the end-to-end test compares like with
     like."""
     _meta, recorded, tok = gemma3
@@ -152,7 +153,8 @@ def gemma3_daemon(gemma3_gguf, tmp_path_factory):
 
 def test_the_daemon_continues_greedily_as_the_reference(gemma3_daemon):
     """`mlxctl run gemma3 "The capital of France is"` through the daemon. The reference is
-    the float32-decoded model (tests/fixtures/make_gemma3_reference.py); the stored weights
+    the float32-decoded model (tests/fixtures/make_gemma3_reference.py), which transformers
+    reproduced on the same file (tests/fixtures/make_gemma3_transformers_reference.py); the stored weights
     are the file's own 4/5/6/8-bit blocks held exactly, so the first 12 tokens must agree."""
     from click.testing import CliRunner
 

@@ -71,7 +71,7 @@ def hf_folder(path: Path, arch: str) -> tuple[object, dict[str, np.ndarray]]:
     (path / "config.json").write_text(json.dumps(hf_config, indent=2))
     mx.save_safetensors(
         str(path / "model.safetensors"),
-        hf_weights(weights, hf_config.get("num_experts")),
+        hf_weights(weights, _experts(hf_config)),
         metadata={"format": "pt"},
     )
     for name, content in smollm_style_tokenizer(hf_config["vocab_size"]).items():
@@ -105,3 +105,11 @@ def test_folder_round_trip(tmp_path, arch):
     assert details["family"] == arch  # Ollama's (llama.cpp's) name, as a GGUF import says
     assert details["families"] == [arch]
     assert details["quantization_level"] == "F32"
+
+
+def _experts(config: dict) -> int | None:
+    """The expert count, under whichever key the family's HF config uses."""
+    for key in ("num_experts", "n_routed_experts", "num_local_experts"):
+        if config.get(key):
+            return config[key]
+    return None
