@@ -463,11 +463,15 @@ def refuse_format(value: Any) -> None:
 
 def rfc3339(ts: float) -> str:
     """Epoch seconds as Ollama writes times (`2024-05-01T12:00:00.123456Z`)."""
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
+    return _zulu(dt.datetime.fromtimestamp(ts, dt.UTC))
 
 
 def now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+    return _zulu(dt.datetime.now(dt.UTC))
+
+
+def _zulu(when: dt.datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")
 
 
 class Wire:
@@ -763,7 +767,7 @@ def expires_at(epoch: float) -> str:
         when = dt.datetime.now(dt.UTC) + GO_FOREVER
     else:
         when = dt.datetime.fromtimestamp(epoch, dt.UTC)
-    return when.isoformat().replace("+00:00", "Z")
+    return _zulu(when)
 
 
 @dataclass

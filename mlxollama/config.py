@@ -113,6 +113,7 @@ SETTINGS = (
         "it may use the daemon).",
     ),
 )
+_DEFAULTS = {s.name: s.default for s in SETTINGS}
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,7 @@ class Config:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Config:
-        env = os.environ if env is None else env
-        get = {s.name.removeprefix("MLXOLLAMA_"): env.get(s.name) or s.default for s in SETTINGS}
+        get = {s.name.removeprefix("MLXOLLAMA_"): _raw(s.name, env) for s in SETTINGS}
         memory = get["MAX_MEMORY"]
         return cls(
             host=get["HOST"],
@@ -166,21 +166,20 @@ class Config:
     def blas(env: dict[str, str] | None = None) -> str:
         """`MLXOLLAMA_BLAS` alone: `mlxollama.engine` reads it when it is imported, before
         MLX loads and before any other setting matters."""
-        env = os.environ if env is None else env
-        return env.get("MLXOLLAMA_BLAS") or next(
-            s.default for s in SETTINGS if s.name == "MLXOLLAMA_BLAS"
-        )
+        return _raw("MLXOLLAMA_BLAS", env)
 
     @staticmethod
     def client_env(env: dict[str, str] | None = None) -> tuple[str, str | None]:
         """What a client reads, `(MLXOLLAMA_HOST, MLXOLLAMA_API_KEY)`, with the defaults of
         `from_env`: a client must not fail on a daemon setting it does not use (a bad
         MLXOLLAMA_NUM_PARALLEL is the daemon's error, not `mlxctl list`'s)."""
-        env = os.environ if env is None else env
-        defaults = {s.name: s.default for s in SETTINGS}
-        host = env.get("MLXOLLAMA_HOST") or defaults["MLXOLLAMA_HOST"]
-        key = (env.get("MLXOLLAMA_API_KEY") or defaults["MLXOLLAMA_API_KEY"]).strip()
-        return host, key or None
+        return _raw("MLXOLLAMA_HOST", env), _raw("MLXOLLAMA_API_KEY", env).strip() or None
+
+
+def _raw(name: str, env: dict[str, str] | None) -> str:
+    """A setting's text: the environment's value, or the table's default when unset or empty."""
+    env = os.environ if env is None else env
+    return env.get(name) or _DEFAULTS[name]
 
 
 def _positive(name: str, value: str) -> int:

@@ -187,6 +187,22 @@ def store_root(tmp_path, smollm2_store, monkeypatch) -> Path:
     return root
 
 
+# a 2-layer llama with SmolLM2's vocabulary: the random model of the folder and Ollama tests
+TINY_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-5,
+    "vocab_size": 49152,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 2048,
+}
+
+
 def tiny_llama_folder(path, tokenizer_store, quantize: bool = False, seed: int = 0):
     """A 2-layer random llama as an HF/mlx-lm folder, with SmolLM2's tokenizer files."""
     import mlx.core as mx
@@ -194,19 +210,7 @@ def tiny_llama_folder(path, tokenizer_store, quantize: bool = False, seed: int =
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
 
-    config = {
-        "model_type": "llama",
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "intermediate_size": 128,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "rms_norm_eps": 1e-5,
-        "vocab_size": 49152,
-        "rope_theta": 10000.0,
-        "tie_word_embeddings": True,
-        "max_position_embeddings": 2048,
-    }
+    config = dict(TINY_LLAMA)
     mx.random.seed(seed)
     model = llama.Model(llama.ModelArgs.from_dict(config))
     if quantize:

@@ -24,24 +24,13 @@ from mlxollama.registry.ollama_store import OllamaStore, import_model
 from mlxollama.sdk import Embedded
 from mlxollama.store import manifests as mt
 from mlxollama.store.store import Store
+from tests.conftest import TINY_LLAMA
 from tests.registry_server import registry  # noqa: F401  (the session's registry fixture)
 from tests.test_registry_ollama import TEMPLATE, push_ollama_model
 from tests.test_registry_ollama_store import write_ollama_model
 
 OLLAMA = "application/vnd.ollama.image."
-CONFIG = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "intermediate_size": 128,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "rms_norm_eps": 1e-5,
-    "vocab_size": 49152,
-    "rope_theta": 10000.0,
-    "tie_word_embeddings": True,
-    "max_position_embeddings": 2048,
-}
+CONFIG = TINY_LLAMA
 
 
 def kind_of(path: str) -> str | None:

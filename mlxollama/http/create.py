@@ -38,7 +38,7 @@ class Create:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req)
-        name = field(body, "model", str, "") or field(body, "name", str, "")
+        name = api.model_of(body)
         req.context.log_start(name or None)
         if not name:
             raise bad_request("model is required")
