@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Literal
+
+import orjson
 
 from mlxollama.errors import InvalidOption, UnsupportedModel
 
@@ -221,11 +223,20 @@ ROLES = ("system", "user", "assistant", "tool")
 
 @dataclass
 class Message:
-    """One chat message; `role` is lower-cased on input, as Ollama does."""
+    """One chat message, in Ollama's shape; `role` is lower-cased on input, as Ollama does.
+
+    `tool_calls` are Ollama's: `{"function": {"name", "arguments": {...}}}` (with `id` and
+    `function.index` when known); a `tool` message names the call it answers with
+    `tool_name` and/or `tool_call_id`; `thinking` is an assistant's reasoning.
+    """
 
     role: str
     content: str = ""
+    thinking: str | None = None
     images: list[str] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Message:
@@ -237,13 +248,60 @@ class Message:
         content = d.get("content") or ""
         if not isinstance(content, str):
             raise InvalidOption("message content must be a string")
-        return cls(role=role.lower(), content=content, images=d.get("images") or None)
+        texts = {}
+        for key in ("thinking", "tool_name", "tool_call_id"):
+            value = d.get(key)
+            if value is not None and not isinstance(value, str):
+                raise InvalidOption(f'invalid message: "{key}" must be a string')
+            texts[key] = value or None
+        return cls(
+            role=role.lower(),
+            content=content,
+            images=d.get("images") or None,
+            tool_calls=tool_calls_of(d.get("tool_calls")),
+            **texts,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"role": self.role, "content": self.content}
-        if self.images:
-            d["images"] = self.images
+        for key in ("thinking", "images", "tool_calls", "tool_name", "tool_call_id"):
+            value = getattr(self, key)
+            if value:
+                d[key] = value
         return d
+
+
+def tool_calls_of(raw: Any) -> list[dict[str, Any]] | None:
+    """A message's `tool_calls`, checked: each `{"function": {"name": str, "arguments":
+    object}}` (arguments given as a JSON string, as OpenAI sends them, are decoded)."""
+    if raw is None or raw == []:
+        return None
+    if not isinstance(raw, list):
+        raise InvalidOption('invalid message: "tool_calls" must be an array')
+    calls = []
+    for call in raw:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise InvalidOption('invalid message: each tool call needs "function" with a "name"')
+        arguments = fn.get("arguments")
+        if isinstance(arguments, str):
+            try:
+                arguments = orjson.loads(arguments) if arguments.strip() else {}
+            except orjson.JSONDecodeError:
+                raise InvalidOption(
+                    f"invalid message: the arguments of tool call {fn['name']!r} are not JSON"
+                ) from None
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, dict):
+            raise InvalidOption(
+                f"invalid message: the arguments of tool call {fn['name']!r} must be an object"
+            )
+        out: dict[str, Any] = {"function": {**fn, "arguments": arguments}}
+        if isinstance(call.get("id"), str):
+            out["id"] = call["id"]
+        calls.append(out)
+    return calls
 
 
 DoneReason = Literal["stop", "length", "load", "unload"]
@@ -264,13 +322,35 @@ class Chunk:
     prompt_eval_duration: int = 0
     eval_duration: int = 0
     context: list[int] = dataclasses.field(default_factory=list)
-    # the log-probabilities of the tokens this chunk's text came from, when the sampler gives
-    # them (engine/decoder.py); not sent yet
-    logprobs: list[float] | None = None
+    thinking: str = ""  # reasoning, apart from the answer's text
+    tool_calls: list[dict[str, Any]] | None = None  # Ollama's shape (Message.tool_calls)
+    # one entry per token this chunk came from, in Ollama's shape (`token`, `logprob`,
+    # `bytes`, `top_logprobs`), when the request asked for them
+    logprobs: list[dict[str, Any]] | None = None
 
     def metrics(self) -> dict[str, int]:
         d = asdict(self)
         return {k: d[k] for k in METRIC_FIELDS}
+
+
+def join_chunks(chunks: Iterable[Chunk]) -> Chunk:
+    """A stream folded into its final chunk, as Ollama answers `stream: false`: the texts,
+    thinking, tool calls and logprobs of every piece, in order, on the last one."""
+    text, thinking, calls, logprobs = [], [], [], []
+    last = Chunk(done=True)
+    for last in chunks:
+        text.append(last.text)
+        thinking.append(last.thinking)
+        calls.extend(last.tool_calls or ())
+        if last.logprobs is not None:
+            logprobs.extend(last.logprobs)
+    return dataclasses.replace(
+        last,
+        text="".join(text),
+        thinking="".join(thinking),
+        tool_calls=calls or None,
+        logprobs=logprobs if logprobs or last.logprobs is not None else None,
+    )
 
 
 METRIC_FIELDS = (
@@ -380,6 +460,13 @@ class InferenceRequest:
     truncate: bool = True
     dimensions: int | None = None
     normalize: bool = True
+    format: dict[str, Any] | None = None  # a JSON schema the answer must match
+    tools: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    tool_choice: str | dict[str, Any] = "auto"  # "auto", "none", "required", {"name": ...}
+    think: bool | str | None = None  # None: the model's default
+    logprobs: bool = False
+    top_logprobs: int = 0
+    suffix: str = ""  # fill-in-the-middle: the text after the insertion
 
     @property
     def empty(self) -> bool:
@@ -452,15 +539,6 @@ def model_of(body: dict[str, Any]) -> str:
     return field(body, "model", str, "") or field(body, "name", str, "")
 
 
-def refuse_format(value: Any) -> None:
-    """Raises InvalidOption for a `format` (structured output is not implemented yet): the
-    daemon and the embedded SDK refuse it alike."""
-    if value not in (None, ""):
-        raise InvalidOption(
-            'format (structured output) is not supported yet: send the request without "format"'
-        )
-
-
 def rfc3339(ts: float) -> str:
     """Epoch seconds as Ollama writes times (`2024-05-01T12:00:00.123456Z`)."""
     return _zulu(dt.datetime.fromtimestamp(ts, dt.UTC))
@@ -506,7 +584,22 @@ class Wire:
         return cls(**values)
 
 
-_OPTIONAL = frozenset({"system", "template", "raw", "format", "options", "keep_alive", "stream"})
+_OPTIONAL = frozenset(
+    {
+        "suffix",
+        "system",
+        "template",
+        "raw",
+        "tools",
+        "format",
+        "options",
+        "think",
+        "logprobs",
+        "top_logprobs",
+        "keep_alive",
+        "stream",
+    }
+)
 
 
 @dataclass
@@ -515,11 +608,15 @@ class GenerateRequest(Wire):
 
     model: str
     prompt: str = ""
+    suffix: str | None = None
     system: str | None = None
     template: str | None = None
     raw: bool | None = None
     format: str | dict | None = None
     options: dict[str, Any] | None = None
+    think: bool | str | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
     keep_alive: float | str | None = None
     stream: bool | None = None
     _omit = _OPTIONAL
@@ -545,8 +642,12 @@ class ChatRequest(Wire):
 
     model: str
     messages: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
     format: str | dict | None = None
     options: dict[str, Any] | None = None
+    think: bool | str | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
     keep_alive: float | str | None = None
     stream: bool | None = None
     _omit = _OPTIONAL
@@ -609,7 +710,8 @@ class GenerateResponse(Wire):
     model: str
     created_at: str
     response: str
-    done: bool
+    thinking: str | None = None
+    done: bool = False
     done_reason: str | None = None
     context: list[int] | None = None
     total_duration: int | None = None
@@ -618,19 +720,22 @@ class GenerateResponse(Wire):
     prompt_eval_duration: int | None = None
     eval_count: int | None = None
     eval_duration: int | None = None
-    _omit = frozenset({"done_reason", "context", *METRIC_FIELDS})
+    logprobs: list[dict[str, Any]] | None = None
+    _omit = frozenset({"thinking", "done_reason", "context", "logprobs", *METRIC_FIELDS})
 
     @classmethod
     def from_chunk(cls, model: str, chunk: Chunk) -> GenerateResponse:
+        common = {"thinking": chunk.thinking or None, "logprobs": chunk.logprobs}
         if not chunk.done:
-            return cls(model, now_rfc3339(), chunk.text, False)
+            return cls(model, now_rfc3339(), chunk.text, done=False, **common)
         return cls(
             model,
             now_rfc3339(),
             chunk.text,
-            True,
+            done=True,
             done_reason=chunk.done_reason,
             context=chunk.context or None,
+            **common,
             **chunk.metrics(),
         )
 
@@ -650,7 +755,8 @@ class ChatResponse(Wire):
     prompt_eval_duration: int | None = None
     eval_count: int | None = None
     eval_duration: int | None = None
-    _omit = frozenset({"done_reason", *METRIC_FIELDS})
+    logprobs: list[dict[str, Any]] | None = None
+    _omit = frozenset({"done_reason", "logprobs", *METRIC_FIELDS})
 
     def to_json(self) -> dict[str, Any]:
         return {**super().to_json(), "message": self.message.to_dict()}
@@ -663,11 +769,19 @@ class ChatResponse(Wire):
 
     @classmethod
     def from_chunk(cls, model: str, chunk: Chunk) -> ChatResponse:
-        message = Message("assistant", chunk.text)
+        message = Message(
+            "assistant", chunk.text, thinking=chunk.thinking or None, tool_calls=chunk.tool_calls
+        )
         if not chunk.done:
-            return cls(model, now_rfc3339(), message, False)
+            return cls(model, now_rfc3339(), message, False, logprobs=chunk.logprobs)
         return cls(
-            model, now_rfc3339(), message, True, done_reason=chunk.done_reason, **chunk.metrics()
+            model,
+            now_rfc3339(),
+            message,
+            True,
+            done_reason=chunk.done_reason,
+            logprobs=chunk.logprobs,
+            **chunk.metrics(),
         )
 
 

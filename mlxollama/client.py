@@ -246,11 +246,15 @@ class Client:
         model: str,
         prompt: str = "",
         *,
+        suffix: str = "",
         system: str | None = None,
         template: str | None = None,
         raw: bool = False,
         options: dict[str, Any] | None = None,
         format: str | dict | None = None,
+        think: bool | str | None = None,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
         keep_alive: float | str | None = None,
         stream: bool = False,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
@@ -258,11 +262,15 @@ class Client:
         body = api.GenerateRequest(
             model,
             prompt,
+            suffix=suffix or None,
             system=system,
             template=template,
             raw=raw or None,
             format=format,
             options=options,
+            think=think,
+            logprobs=logprobs or None,
+            top_logprobs=top_logprobs or None,
             keep_alive=keep_alive,
         ).to_json()
         return self._infer("/api/generate", body, stream, empty=not prompt)
@@ -272,14 +280,26 @@ class Client:
         model: str,
         messages: list[dict[str, Any]] | None = None,
         *,
+        tools: list[dict[str, Any]] | None = None,
         options: dict[str, Any] | None = None,
         format: str | dict | None = None,
+        think: bool | str | None = None,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
         keep_alive: float | str | None = None,
         stream: bool = False,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Ollama's `chat`: the assistant's next message (no messages just loads)."""
         body = api.ChatRequest(
-            model, messages or [], format=format, options=options, keep_alive=keep_alive
+            model,
+            messages or [],
+            tools=tools or None,
+            format=format,
+            options=options,
+            think=think,
+            logprobs=logprobs or None,
+            top_logprobs=top_logprobs or None,
+            keep_alive=keep_alive,
         ).to_json()
         return self._infer("/api/chat", body, stream, empty=not messages)
 

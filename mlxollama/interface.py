@@ -75,16 +75,19 @@ class ModelClient(Protocol):
         model: str,
         prompt: str = "",
         *,
+        suffix: str = "",
         system: str | None = None,
         template: str | None = None,
         raw: bool = False,
         options: dict[str, Any] | None = None,
         format: str | dict | None = None,
+        think: bool | str | None = None,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
         keep_alive: float | str | None = None,
         stream: bool = False,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
-        """`/api/generate`: `api.GenerateResponse` objects (an empty prompt just loads).
-        `format` is refused until structured output lands."""
+        """`/api/generate`: `api.GenerateResponse` objects (an empty prompt just loads)."""
         ...
 
     def chat(
@@ -92,8 +95,12 @@ class ModelClient(Protocol):
         model: str,
         messages: list[dict[str, Any]] | None = None,
         *,
+        tools: list[dict[str, Any]] | None = None,
         options: dict[str, Any] | None = None,
         format: str | dict | None = None,
+        think: bool | str | None = None,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
         keep_alive: float | str | None = None,
         stream: bool = False,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:

@@ -189,83 +189,110 @@ class Embedded:
         self._loaded[name] = lm
         return lm, int(lm.load_duration * 1e9)
 
-    def _run(self, lm, tokens: list[int], options: dict[str, Any] | None, load_ns: int):
+    def _run(self, lm, request: api.InferenceRequest, load_ns: int):
         """The chunks of one answer, generated as the daemon's model actor would (the same
-        context window, sampling and decoder); total_duration counts the load too."""
+        context window, rendering, constraint, sampling and decoder); total_duration counts
+        the load too."""
+        from mlxollama.engine.answer import prepare
         from mlxollama.engine.context import context_window
         from mlxollama.engine.generate import stream
 
-        opts = api.merge_options(lm.parameters, api.parse_options(options))
+        opts = api.merge_options(lm.parameters, request.options)
         num_ctx = context_window(opts, self.config.context_length, lm.context_length)
-        sampling = api.SamplingOptions.from_options(opts)
+        prepared = prepare(lm, request, num_ctx)
         started = time.perf_counter_ns() - load_ns
-        yield from stream(
-            lm.model,
-            lm.tokenizer,
-            tokens,
-            sampling,
-            num_ctx,
-            num_keep=opts["num_keep"],
-            started_ns=started,
-            load_ns=load_ns,
-        )
+        yield from stream(lm.model, prepared, started_ns=started, load_ns=load_ns)
+
+    def _answer(self, request: api.InferenceRequest, kind: str, stream: bool, render):
+        """Validate `request` as the daemon does (before the model loads), then run it."""
+        from mlxollama.engine.features import check, validate
+        from mlxollama.models.catalog import capabilities
+
+        validate(request)
+        stored = self.store.get(request.model)
+        if request.kind != "embed":
+            check(request, str(stored.name), capabilities(self.store, stored))
+        lm, load_ns = self._load(request.model, kind)
+        request.model = lm.name
+        if request.empty:
+            chunks = iter([api.Chunk(done=True, done_reason="load", load_duration=load_ns)])
+        else:
+            chunks = self._run(lm, request, load_ns)
+        parts = (render(lm.name, c) for c in chunks)
+        if stream:
+            return (p.to_json() for p in parts)
+        chunk = api.join_chunks(chunks)
+        return render(lm.name, chunk).to_json()
 
     def generate(
         self,
         model: str,
         prompt: str = "",
         *,
+        suffix: str = "",
         system: str | None = None,
         template: str | None = None,
         raw: bool = False,
         options: dict[str, Any] | None = None,
         format: str | dict | None = None,
+        think: bool | str | None = None,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
         keep_alive: float | str | None = None,
         stream: bool = False,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Ollama's `generate`: a completion of `prompt` (an empty prompt just loads).
 
-        `format` is refused as the daemon refuses it (structured output is not implemented
-        yet). `keep_alive` is checked as the daemon checks it and otherwise has no effect
-        here: the process keeps one model loaded until another one is asked for.
+        The fields mean what they mean on the daemon's `/api/generate`. `keep_alive` is
+        checked as the daemon checks it and otherwise has no effect here: the process keeps
+        one model loaded until another one is asked for.
         """
-        from mlxollama.engine.prompt import generate_tokens
-
-        _refuse_unsupported(format, keep_alive)
-        api.parse_options(options)  # bad options fail before the model loads
-        lm, load_ns = self._load(model, "generate")
-        if not prompt:
-            chunks = iter([api.Chunk(done=True, done_reason="load", load_duration=load_ns)])
-        else:
-            tokens = generate_tokens(lm, prompt, system=system, template=template, raw=raw)
-            chunks = self._run(lm, tokens, options, load_ns)
-        parts = (api.GenerateResponse.from_chunk(lm.name, c).to_json() for c in chunks)
-        return parts if stream else _join(parts, "response")
+        request = api.InferenceRequest(
+            model=model,
+            kind="generate",
+            prompt=prompt,
+            suffix=suffix,
+            system=system,
+            template=template,
+            raw=raw,
+            options=api.parse_options(options),
+            keep_alive=api.parse_keep_alive(keep_alive),
+            format=_schema(format),
+            think=think,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+        )
+        return self._answer(request, "generate", stream, _generate_response)
 
     def chat(
         self,
         model: str,
         messages: list[dict[str, Any]] | None = None,
         *,
+        tools: list[dict[str, Any]] | None = None,
         options: dict[str, Any] | None = None,
         format: str | dict | None = None,
+        think: bool | str | None = None,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
         keep_alive: float | str | None = None,
         stream: bool = False,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
-        """Ollama's `chat`: the assistant's next message (no messages just loads);
-        `format` and `keep_alive` as for `generate`."""
-        from mlxollama.engine.prompt import chat_tokens
-
-        msgs = [api.Message.from_dict(m) for m in messages or []]
-        _refuse_unsupported(format, keep_alive)
-        api.parse_options(options)
-        lm, load_ns = self._load(model, "chat")
-        if not msgs:
-            chunks = iter([api.Chunk(done=True, done_reason="load", load_duration=load_ns)])
-        else:
-            chunks = self._run(lm, chat_tokens(lm, msgs), options, load_ns)
-        parts = (api.ChatResponse.from_chunk(lm.name, c).to_json() for c in chunks)
-        return parts if stream else _join(parts, "message")
+        """Ollama's `chat`: the assistant's next message (no messages just loads); the
+        fields as on the daemon's `/api/chat`, `keep_alive` as for `generate`."""
+        request = api.InferenceRequest(
+            model=model,
+            kind="chat",
+            messages=[api.Message.from_dict(m) for m in messages or []],
+            tools=list(tools or []),
+            options=api.parse_options(options),
+            keep_alive=api.parse_keep_alive(keep_alive),
+            format=_schema(format),
+            think=think,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+        )
+        return self._answer(request, "chat", stream, _chat_response)
 
     def embed(
         self,
@@ -301,10 +328,18 @@ class Embedded:
         ).to_json()
 
 
-def _refuse_unsupported(format: str | dict | None, keep_alive: float | str | None) -> None:
-    """What the daemon refuses before a model loads: a `format`, a malformed `keep_alive`."""
-    api.refuse_format(format)
-    api.parse_keep_alive(keep_alive)
+def _schema(format: str | dict | None) -> dict | None:
+    from mlxollama.engine.grammar import schema_of
+
+    return schema_of(format)
+
+
+def _generate_response(model: str, chunk: api.Chunk) -> api.GenerateResponse:
+    return api.GenerateResponse.from_chunk(model, chunk)
+
+
+def _chat_response(model: str, chunk: api.Chunk) -> api.ChatResponse:
+    return api.ChatResponse.from_chunk(model, chunk)
 
 
 class _Stopped(MlxOllamaError):
@@ -372,16 +407,4 @@ def _transfer(job: _Background, stream: bool, progress) -> dict[str, Any] | Iter
     except BaseException:
         job.cancel()  # Ctrl-C, or a progress callback that failed: stop the transfer
         raise
-    return last
-
-
-def _join(parts: Iterator[dict[str, Any]], field: str) -> dict[str, Any]:
-    """Fold a stream into one answer, as Ollama does for `stream: false`."""
-    text, last = [], {}
-    for last in parts:
-        text.append(last[field]["content"] if field == "message" else last[field])
-    if field == "message":
-        last["message"] = {"role": "assistant", "content": "".join(text)}
-    else:
-        last[field] = "".join(text)
     return last

@@ -65,12 +65,21 @@ def test_repeat_last_n_zero_disables_penalties():
     assert len(processors) == 2
 
 
-def run(lm, prompt_text, **opts):
-    from mlxollama.api import Message
-    from mlxollama.engine.prompt import chat_tokens
+def prepared(lm, prompt_text, **opts):
+    from mlxollama import api
+    from mlxollama.engine.answer import prepare
 
-    tokens = chat_tokens(lm, [Message("user", prompt_text)])
-    chunks = list(stream(lm.model, lm.tokenizer, tokens, SamplingOptions(**opts), 2048))
+    request = api.InferenceRequest(
+        model=lm.name,
+        kind="chat",
+        messages=[api.Message("user", prompt_text)],
+        options=api.parse_options({k: list(v) if k == "stop" else v for k, v in opts.items()}),
+    )
+    return prepare(lm, request, 2048)
+
+
+def run(lm, prompt_text, **opts):
+    chunks = list(stream(lm.model, prepared(lm, prompt_text, **opts)))
     return "".join(c.text for c in chunks), chunks[-1], chunks
 
 
@@ -119,17 +128,10 @@ def test_seed_makes_sampling_reproducible(smollm2_loaded):
 
 @pytest.mark.model
 def test_cancel_ends_stream_early(smollm2_loaded):
-    from mlxollama.api import Message
-    from mlxollama.engine.prompt import chat_tokens
-
-    tokens = chat_tokens(smollm2_loaded, [Message("user", "Write a long essay.")])
     seen = []
     chunks = stream(
         smollm2_loaded.model,
-        smollm2_loaded.tokenizer,
-        tokens,
-        SamplingOptions(temperature=0.0, num_predict=100),
-        2048,
+        prepared(smollm2_loaded, "Write a long essay.", temperature=0.0, num_predict=100),
         cancelled=lambda: len(seen) >= 3,
     )
     for c in chunks:

@@ -529,7 +529,23 @@ def test_stream_that_finishes_is_not_cancelled(server, client):
         ("/api/generate", b'{"model": "smol", "options": [1]}', '"options" must be an object'),
         ("/api/generate", b'{"model": "smol", "keep_alive": "300"}', 'invalid duration "300"'),
         ("/api/generate", b'{"model": "smol", "keep_alive": true}', "keep_alive"),
-        ("/api/generate", b'{"model": "smol", "format": "json"}', "format (structured output)"),
+        ("/api/generate", b'{"model": "smol", "format": "yaml"}', "invalid format: 'yaml'"),
+        (
+            "/api/generate",
+            b'{"model": "smol", "format": {"type": "object", "if": {}}}',
+            "unsupported JSON schema in format",
+        ),
+        (
+            "/api/chat",
+            b'{"model": "smol", "messages": [], "tools": [{"type": "function", '
+            b'"function": {"name": "f"}}]}',
+            "registry.ollama.ai/library/smol:latest does not support tools",
+        ),
+        (
+            "/api/chat",
+            b'{"model": "smol", "messages": [], "tools": [{"type": "function"}]}',
+            "each tool needs",
+        ),
         ("/api/generate", b'{"model": "smol", "context": [1, 2]}', '"context" is not supported'),
         (
             "/api/generate",
@@ -537,7 +553,7 @@ def test_stream_that_finishes_is_not_cancelled(server, client):
             "raw mode does not support",
         ),
         ("/api/generate", b'{"model": "smol", "top_logprobs": 50}', "top_logprobs must be between"),
-        ("/api/generate", b'{"model": "smol", "logprobs": true}', "logprobs are not supported"),
+        ("/api/generate", b'{"model": "smol", "think": "extreme"}', "invalid think value"),
         (
             "/api/generate",
             b'{"model": "smol", "think": true}',

@@ -39,13 +39,18 @@ def test_both_clients_are_model_clients(tmp_path):
     assert isinstance(Embedded(tmp_path), ModelClient)
 
 
-def test_embedded_refuses_format_as_the_daemon_does(tmp_path):
+def test_embedded_refuses_bad_requests_before_looking_for_the_model(tmp_path):
+    """What the daemon answers 400 to fails the same way in-process, before any model is
+    looked up (the store is empty: a 404 would mean the check came too late)."""
     embedded = Embedded(tmp_path)
-    message = r"format \(structured output\) is not supported yet"
-    with pytest.raises(api.InvalidOption, match=message):
-        embedded.generate("nothing", "Hi", format="json")
-    with pytest.raises(api.InvalidOption, match=message):
-        embedded.chat("nothing", [{"role": "user", "content": "Hi"}], format={"type": "object"})
+    with pytest.raises(api.InvalidOption, match="invalid format: 'yaml'"):
+        embedded.generate("nothing", "Hi", format="yaml")
+    with pytest.raises(api.InvalidOption, match=r'Unimplemented keys: \["if"\]'):
+        embedded.chat("nothing", [{"role": "user", "content": "Hi"}], format={"if": {}})
+    with pytest.raises(api.InvalidOption, match="top_logprobs must be between 0 and 20"):
+        embedded.chat("nothing", [{"role": "user", "content": "Hi"}], top_logprobs=21)
+    with pytest.raises(api.InvalidOption, match="each tool needs"):
+        embedded.chat("nothing", [], tools=[{"type": "function"}])
     with pytest.raises(api.InvalidOption, match="invalid duration"):
         embedded.chat("nothing", [], keep_alive="soon")
 

@@ -13,7 +13,7 @@ from typing import Any
 import pykka
 
 from mlxollama.api import Embeddings, InferenceRequest
-from mlxollama.engine.decoder import Decoder
+from mlxollama.engine.decoder import Decoder, TokenLogprob
 
 
 def tell(ref: Any, message: Any) -> None:
@@ -62,7 +62,7 @@ class Token:
 
     token: int
     finish: str | None = None
-    logprob: float | None = None
+    logprob: TokenLogprob | None = None  # when the request asked for logprobs
 
 
 @dataclass(frozen=True, slots=True)

@@ -152,32 +152,16 @@ class ModelActor(pykka.ThreadingActor):
             self._release()
 
     def _admit(self, adm: Admission) -> None:
-        from mlxollama.engine.batch import plan
-        from mlxollama.engine.decoder import Decoder
-        from mlxollama.engine.prompt import chat_tokens, generate_tokens
+        from mlxollama.engine.answer import prepare
 
-        req, lm = adm.request, self.lm
         try:
-            opts = api.merge_options(lm.parameters, req.options)
-            sampling = api.SamplingOptions.from_options(opts)
-            if req.kind == "chat":
-                tokens = chat_tokens(lm, req.messages, template=req.template)
-            else:
-                tokens = generate_tokens(
-                    lm, req.prompt, system=req.system, template=req.template, raw=req.raw
-                )
-            seq = plan(tokens, sampling, adm.num_ctx, opts["num_keep"])
-        except Exception as e:  # a bad template or option: this request only
+            prepared = prepare(self.lm, adm.request, adm.num_ctx)
+        except Exception as e:  # a bad template, option or schema: this request only
             tell(adm.session, Fail(e))
             self._release()
             return
-        decoder = Decoder(
-            lm.tokenizer,
-            sampling.stop,
-            prompt_count=len(seq.prompt),
-            started_ns=adm.started_ns,
-            load_ns=adm.load_ns,
-        )
+        seq = prepared.sequence
+        decoder = prepared.decoder(started_ns=adm.started_ns, load_ns=adm.load_ns)
         tell(adm.session, Begin(decoder))
         if seq.max_tokens <= 0:
             tell(adm.session, Ended("length"))  # no room left: an empty answer
@@ -260,11 +244,12 @@ class ModelActor(pykka.ThreadingActor):
         except Exception as e:  # no sequence to blame: fail them all, keep the actor alive
             self._batch_failed(e)
             return
-        for adm_id, token, finish in step.tokens:
+        for adm_id, token, finish, logprob in step.tokens:
             adm = self.active.get(adm_id)
             if adm is None:
                 continue
-            tell(adm.session, Token(token, finish) if token is not None else Ended("length"))
+            message = Token(token, finish, logprob) if token is not None else Ended("length")
+            tell(adm.session, message)
             if finish is not None:
                 self._leave(adm)
         for adm_id, error in step.failed.items():

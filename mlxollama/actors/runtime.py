@@ -32,7 +32,9 @@ from mlxollama.actors.session import DONE, DirectReply, SessionActor
 from mlxollama.api import Chunk, InferenceRequest
 from mlxollama.config import Config
 from mlxollama.engine.context import context_window
+from mlxollama.engine.features import check
 from mlxollama.errors import Busy, MlxOllamaError
+from mlxollama.models.catalog import capabilities
 from mlxollama.recipes.buildspec import BuildSpec
 from mlxollama.store.info import text_layers
 from mlxollama.store.names import parse_name
@@ -195,6 +197,8 @@ class Runtime:
         info = self._store.config(stored)
         name = stored.name.display()
         request.require(name, info.get("capabilities", ["completion"]))
+        if request.kind != "embed":
+            check(request, str(stored.name), capabilities(self._store, stored))
         request.options = api.parse_options(request.options)
         # the window, decided here for the model actor too: request options over the
         # model's PARAMETERs

@@ -24,6 +24,7 @@ from mlx_lm.models.cache import make_prompt_cache
 from mlxollama.api import SamplingOptions
 from mlxollama.engine import sampling
 from mlxollama.engine.context import fit_context
+from mlxollama.engine.decoder import TokenLogprob
 
 # A sequence alone on its model, with a prompt no longer than one prefill step, runs solo.
 SOLO_MAX_PROMPT = 512
@@ -41,6 +42,7 @@ class Sequence:
     sampler: Any
     processors: list[LogitsProcessor]
     guard: sampling.Guard
+    logprobs: int | None = None  # None: not asked; else how many top alternatives
 
 
 def plan(
@@ -91,27 +93,31 @@ class Solo:
             prefill_step_size=prefill_step_size,
         )
 
-    def next(self) -> tuple[int | None, str | None]:
-        """The next token and its finish reason: "stop" for an end token, "length" at
-        `max_tokens`, else None; (None, "length") if `generate_step` ran out.
+    def next(self) -> tuple[int | None, str | None, TokenLogprob | None]:
+        """The next token, its finish reason ("stop" for an end token, "length" at
+        `max_tokens`, else None) and its logprobs when the sequence asked for them;
+        (None, "length", None) if `generate_step` ran out.
 
         Raises:
             what `generate_step` raised, or the error its sampler or a processor raised
             (the guard caught it).
         """
         try:
-            token, _ = next(self.steps)
+            token, logprobs = next(self.steps)
         except StopIteration:
-            return None, "length"
+            return None, "length", None
         if self.seq.guard.error is not None:
             raise self.seq.guard.error
         token = int(token)
         self.generated.append(token)
+        lp = None
+        if self.seq.logprobs is not None:
+            lp = sampling.token_logprob(logprobs, token, self.seq.logprobs)
         if token in self.eos:
-            return token, "stop"
+            return token, "stop", lp
         if len(self.generated) >= self.seq.max_tokens:
-            return token, "length"
-        return token, None
+            return token, "length", lp
+        return token, None, lp
 
     def close(self) -> None:
         self.steps.close()
@@ -120,10 +126,12 @@ class Solo:
 @dataclass
 class Step:
     """What one `Batch.step` produced: `tokens` as (key, token or None, finish reason or
-    None), and the sequences whose sampler or processors failed (`failed`: key -> error),
-    already removed. A sequence with a finish reason has left the batch."""
+    None, logprobs or None), and the sequences whose sampler or processors failed (`failed`:
+    key -> error), already removed. A sequence with a finish reason has left the batch."""
 
-    tokens: list[tuple[int, int | None, str | None]] = field(default_factory=list)
+    tokens: list[tuple[int, int | None, str | None, TokenLogprob | None]] = field(
+        default_factory=list
+    )
     failed: dict[int, Exception] = field(default_factory=dict)
 
 
@@ -195,7 +203,11 @@ class Batch:
             key = self.uids.get(r.uid)
             if key is None or key in out.failed:
                 continue
-            out.tokens.append((key, r.token, r.finish_reason))
+            seq = self.seqs[key]
+            lp = None
+            if seq.logprobs is not None:
+                lp = sampling.token_logprob(r.logprobs, r.token, seq.logprobs)
+            out.tokens.append((key, r.token, r.finish_reason, lp))
             if r.finish_reason is not None:
                 self._forget(key)
         for key in out.failed:
@@ -224,7 +236,7 @@ class Batch:
     def _solo_step(self) -> Step:
         key, solo = self.solo
         try:
-            token, finish = solo.next()
+            token, finish, lp = solo.next()
         except Exception as e:
             if solo.seq.guard.error is e:  # its own sampler or processor: this one only
                 solo.close()
@@ -237,7 +249,7 @@ class Batch:
             solo.close()
             self.solo = None
             self._forget(key)
-        return Step(tokens=[(key, token, finish)])
+        return Step(tokens=[(key, token, finish, lp)])
 
     def _insert(self, key: int, seq: Sequence, prompt, max_tokens, cache=None, seen=None):
         (uid,) = self.gen.insert(

@@ -8,8 +8,9 @@ Ollama's timings. No MLX here: it runs on whichever thread reads the tokens.
 Hook points for what comes next:
 - `parser`: reads the answer's text stream and makes the chunks (thinking, tool calls);
   the default, `TextParser`, passes the text through as `Chunk.text`.
-- `logprob`: `add` takes one per token when the sampler gives them; they ride on the next
-  chunk emitted (`Chunk.logprobs`), None when nobody computed them.
+- `logprob`: `add` takes one per token when the request asked for them (the token's
+  log-probability and the top alternatives, from the model's side); they ride on the next
+  chunk emitted (`Chunk.logprobs`, in Ollama's shape), None when nobody asked.
 - The per-sequence logits processor (constrained decoding) runs on the model's side:
   `engine.batch.plan(..., logits_processors=...)`.
 """
@@ -22,6 +23,22 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from mlxollama.api import Chunk, DoneReason
+
+TokenLogprob = tuple[float, list[tuple[int, float]]]
+"""A sampled token's log-probability and the top alternatives as (token id, logprob)."""
+
+
+def logprob_entry(tokenizer: Any, token: int, logprob: TokenLogprob) -> dict[str, Any]:
+    """Ollama's shape of one token's logprobs: `token`, `logprob`, `bytes`, `top_logprobs`."""
+    value, top = logprob
+    entry = _token_entry(tokenizer, token, value)
+    entry["top_logprobs"] = [_token_entry(tokenizer, t, lp) for t, lp in top]
+    return entry
+
+
+def _token_entry(tokenizer: Any, token: int, logprob: float) -> dict[str, Any]:
+    text = tokenizer.decode([token])
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
 
 
 class StopMatcher:
@@ -106,11 +123,12 @@ class Decoder:
         clock: Callable[[], int] = time.perf_counter_ns,
     ):
         self._clock = clock
+        self._tokenizer = tokenizer
         self._detokenizer = copy.copy(tokenizer.detokenizer)
         self._detokenizer.reset()
         self._stops = StopMatcher(stop)
         self._parser = parser or TextParser()
-        self._logprobs: list[float] = []
+        self._logprobs: list[dict[str, Any]] = []
         self.admitted_ns = clock()
         self.started_ns = self.admitted_ns if started_ns is None else started_ns
         self.first_ns: int | None = None
@@ -120,7 +138,7 @@ class Decoder:
         self.done = False
 
     def add(
-        self, token: int, finish: str | None = None, logprob: float | None = None
+        self, token: int, finish: str | None = None, logprob: TokenLogprob | None = None
     ) -> list[Chunk]:
         """The chunks one generated token completes; once the answer ends (an end token,
         whose `finish` is "stop"; a stop string; any other `finish`, which is "length") the
@@ -132,7 +150,7 @@ class Decoder:
         if finish == "stop":  # an end-of-generation token: not part of the answer
             return self.end("stop")
         if logprob is not None:
-            self._logprobs.append(logprob)
+            self._logprobs.append(logprob_entry(self._tokenizer, token, logprob))
         self._detokenizer.add_token(token)
         text, hit = self._stops.feed(self._detokenizer.last_segment)
         chunks = self._parse(text)

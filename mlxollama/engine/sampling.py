@@ -130,3 +130,16 @@ class Guard:
             return logits
 
         return guarded
+
+
+def token_logprob(logprobs: mx.array, token: int, top: int):
+    """A sampled token's log-probability and the `top` most likely tokens with theirs, from
+    the normalized logits the sampler drew from (after the penalties and the grammar)."""
+    logprobs = logprobs.reshape(-1)
+    if top <= 0:
+        return float(logprobs[token].item()), []
+    ids = mx.argpartition(-logprobs, top - 1)[:top]
+    values = logprobs[ids]
+    order = mx.argsort(-values)
+    ids, values = ids[order].tolist(), values[order].tolist()
+    return float(logprobs[token].item()), list(zip(ids, values, strict=True))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import replace
 from typing import Any, ClassVar, Protocol
 
 import falcon
@@ -22,15 +21,19 @@ import structlog
 from mlxollama import api
 from mlxollama.actors.runtime import RunningModel, Session
 from mlxollama.api import field, json_type
+from mlxollama.engine.features import check, validate
+from mlxollama.engine.grammar import schema_of
 from mlxollama.errors import BlobNotFound, InvalidName, ModelNotFound
 from mlxollama.http.errors import bad_request, error_body, log_failure, status_of
 from mlxollama.models import catalog
+from mlxollama.models.catalog import capabilities
 from mlxollama.store.names import parse_name
 
 log = structlog.get_logger("mlxollama.http")
 
 POLL = 0.05  # seconds between disconnect checks while a session is silent
 NDJSON = "application/x-ndjson"
+THINK_LEVELS = ("high", "medium", "low", "max")
 CLIENT_CLOSED = "499 Client Closed Request"  # nginx's status, which Ollama logs for this case
 
 
@@ -247,6 +250,10 @@ class Inference:
         body = read_json(req)
         req.context.log_start(loggable_model(body))
         request, stream = self.parse(body, req.context.request_id)
+        validate(request)  # schemas, tools, ranges: a 400 before any model loads
+        if request.kind != "embed":
+            stored = self.runtime.store.get(request.model)
+            check(request, str(stored.name), capabilities(self.runtime.store, stored))
         out = self.output(request, body)
         session = self.runtime.submit(request)
         disconnected = disconnect_check(req)
@@ -278,26 +285,25 @@ class Inference:
     # -- validation shared by both --
 
     def common(self, body: dict[str, Any], model: str) -> dict[str, Any]:
-        """Options, keep_alive and the fields we accept but cannot honour yet."""
-        api.refuse_format(body.get("format"))
+        """What generate and chat share: options, keep_alive, format, think, logprobs."""
         think = body.get("think")
-        if think not in (None, False, ""):
-            if not isinstance(think, (bool, str)):
-                raise bad_request(
-                    f'invalid request: "think" must be a boolean or a string, not {json_type(think)}'
-                )
-            self.require_model(model)
-            raise bad_request(f'"{model}" does not support thinking')
+        if think is not None and not isinstance(think, (bool, str)):
+            raise bad_request(
+                f'invalid request: "think" must be a boolean or a string, not {json_type(think)}'
+            )
+        if isinstance(think, str) and think not in THINK_LEVELS:
+            raise bad_request(
+                f'invalid think value: "{think}" (must be "high", "medium", "low", "max", true, or false)'
+            )
         field(body, "truncate", bool)
         field(body, "shift", bool)
-        if field(body, "logprobs", bool, False):
-            raise bad_request("logprobs are not supported yet")
-        top = field(body, "top_logprobs", int, 0)
-        if not 0 <= top <= 20:
-            raise bad_request("top_logprobs must be between 0 and 20")
         return {
             "options": request_options(body.get("options")),
             "keep_alive": api.parse_keep_alive(body.get("keep_alive")),
+            "format": schema_of(body.get("format")),
+            "think": think,
+            "logprobs": field(body, "logprobs", bool, False),
+            "top_logprobs": field(body, "top_logprobs", int, 0),
         }
 
     def require_model(self, model: str) -> None:
@@ -330,12 +336,11 @@ class Generate(Inference):
             )
         if images:
             raise self.unsupported(model, "vision")
-        if suffix:
-            raise self.unsupported(model, "insert")
         request = api.InferenceRequest(
             model=model,
             kind="generate",
             prompt=wire.prompt,
+            suffix=suffix,
             system=wire.system,
             template=wire.template,
             raw=bool(wire.raw),
@@ -359,10 +364,13 @@ class Chat(Inference):
         common = self.common(body, model)
         if any(m.images for m in messages):
             raise self.unsupported(model, "vision")
-        if tools:
-            raise self.unsupported(model, "tools")
         request = api.InferenceRequest(
-            model=model, kind="chat", messages=messages, request_id=request_id, **common
+            model=model,
+            kind="chat",
+            messages=messages,
+            tools=tools,
+            request_id=request_id,
+            **common,
         )
         return request, wire.stream is not False
 
@@ -397,14 +405,14 @@ def _collect(
     session: Session, first: api.Chunk, disconnected: Callable[[], bool]
 ) -> api.Chunk | None:
     """The final chunk with every piece's text joined; None if the client left."""
-    parts: list[str] = []
+    parts: list[api.Chunk] = []
     chunk: api.Chunk | None = first
     try:
         while True:
             if chunk is not None:
-                parts.append(chunk.text)
+                parts.append(chunk)
                 if chunk.done:
-                    return replace(chunk, text="".join(parts))
+                    return api.join_chunks(parts)
             elif disconnected():
                 session.cancel()
                 return None

@@ -27,6 +27,7 @@ import structlog
 
 from mlxollama import api
 from mlxollama.api import field, json_type
+from mlxollama.engine.grammar import schema_of
 from mlxollama.errors import InvalidName, ModelNotFound
 from mlxollama.http import embed
 from mlxollama.http.errors import bad_request, log_failure, openai_error, status_of
@@ -115,8 +116,6 @@ def common(body: dict[str, Any], limits: tuple[str, ...]) -> dict[str, Any]:
     n = field(body, "n", int)  # `true` is not 1
     if n is not None and n != 1:
         raise bad_request(f"n: only 1 choice is supported, not {n}")
-    if body.get("logprobs"):
-        raise bad_request("logprobs are not supported yet")
     if body.get("logit_bias"):
         raise bad_request("logit_bias is not supported")
     include_usage(body)  # validated now, read when the answer is written
@@ -177,19 +176,80 @@ def from_chat_request(body: dict[str, Any], request_id: str) -> api.InferenceReq
     """A `/v1/chat/completions` body as a chat request (tools are checked by the resource)."""
     model = model_of(body)
     messages = chat_messages(body.get("messages"))
-    response_format = field(body, "response_format", dict, {"type": "text"})
-    if response_format.get("type") != "text":
-        raise bad_request(
-            f"response_format {response_format.get('type')!r} is not supported yet: "
-            'only {"type": "text"}'
-        )
     return api.InferenceRequest(
         model=model,
         kind="chat",
         messages=messages,
         request_id=request_id,
+        format=response_schema(field(body, "response_format", dict, {"type": "text"})),
+        tools=field(body, "tools", list, []),
+        tool_choice=tool_choice(body.get("tool_choice")),
+        think=reasoning(body),
+        logprobs=field(body, "logprobs", bool, False),
+        top_logprobs=field(body, "top_logprobs", int, 0),
         **common(body, ("max_completion_tokens", "max_tokens")),
     )
+
+
+def response_schema(response_format: dict[str, Any]) -> dict[str, Any] | None:
+    """OpenAI's `response_format` as the JSON schema the answer must match: none for
+    `text`, any object for `json_object`, `json_schema.schema` for `json_schema`."""
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return schema_of("json")
+    if kind == "json_schema":
+        spec = field(response_format, "json_schema", dict, None)
+        if spec is None:
+            raise bad_request("Missing required parameter: 'response_format.json_schema'.")
+        return field(spec, "schema", dict, {"type": "object"})
+    raise bad_request(
+        f"Invalid value for 'response_format.type' = {kind!r}. "
+        "Supported values: 'text', 'json_object', 'json_schema'."
+    )
+
+
+def tool_choice(value: Any) -> str | dict[str, Any]:
+    """`tool_choice`: "auto", "none", "required", or `{"type": "function", "function":
+    {"name": ...}}` (kept as `{"name": ...}`)."""
+    if value is None:
+        return "auto"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        fn = value.get("function")
+        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+            return {"name": fn["name"]}
+    raise bad_request(
+        'invalid tool_choice: use "auto", "none", "required" or '
+        '{"type": "function", "function": {"name": ...}}'
+    )
+
+
+# OpenAI's reasoning_effort values as Ollama's think (Ollama's mapping)
+EFFORTS = {
+    "none": False,
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "max": "max",
+    "xhigh": "max",
+    "ultra": "max",
+}
+
+
+def reasoning(body: dict[str, Any]) -> bool | str | None:
+    """`reasoning_effort` (or `reasoning.effort`) as `think`; None when absent."""
+    effort = field(body, "reasoning_effort", str)
+    if effort is None:
+        effort = field(field(body, "reasoning", dict, {}), "effort", str)
+    if effort is None:
+        return None
+    if effort not in EFFORTS:
+        raise bad_request(f"invalid reasoning_effort {effort!r}: use one of {', '.join(EFFORTS)}")
+    return EFFORTS[effort]
 
 
 def from_completion_request(body: dict[str, Any], request_id: str) -> api.InferenceRequest:
@@ -336,8 +396,8 @@ class ChatCompletions(Inference):
 
     def parse(self, body: dict[str, Any], request_id: str) -> tuple[api.InferenceRequest, bool]:
         request = from_chat_request(body, request_id)
-        if field(body, "tools", list, []) or field(body, "functions", list, []):
-            raise self.unsupported(request.model, "tools")
+        if field(body, "functions", list, []):
+            raise bad_request('"functions" is deprecated: send "tools" instead')
         return request, field(body, "stream", bool, False)
 
     def output(self, request: api.InferenceRequest, body: dict[str, Any]) -> ChatOutput:
@@ -349,8 +409,7 @@ class Completions(Inference):
 
     def parse(self, body: dict[str, Any], request_id: str) -> tuple[api.InferenceRequest, bool]:
         request = from_completion_request(body, request_id)
-        if field(body, "suffix", str, ""):
-            raise self.unsupported(request.model, "insert")
+        request.suffix = field(body, "suffix", str, "")
         return request, field(body, "stream", bool, False)
 
     def output(self, request: api.InferenceRequest, body: dict[str, Any]) -> CompletionOutput:

@@ -5,9 +5,10 @@ The HTTP layer and the embedded SDK answer with them, so both send the same bodi
 from __future__ import annotations
 
 from mlxollama import api
+from mlxollama.engine import features
 from mlxollama.recipes.modelfile import format_parameters, to_modelfile
 from mlxollama.store import manifests as mt
-from mlxollama.store.info import model_template, text_layers
+from mlxollama.store.info import model_template, text_layers, texts
 from mlxollama.store.store import Store, StoredModel
 
 
@@ -22,7 +23,7 @@ def list_entry(store: Store, model: StoredModel) -> api.ListModel:
         size=model.size,
         digest=model.digest,
         details=api.ModelDetails.from_config(info),
-        capabilities=info.get("capabilities", ["completion"]),
+        capabilities=capabilities(store, model),
     )
 
 
@@ -55,11 +56,19 @@ def show(store: Store, model: StoredModel, verbose: bool = False) -> api.ShowRes
         details=api.ModelDetails.from_config(info),
         messages=messages,
         model_info=_model_info(info),
-        capabilities=info.get("capabilities", ["completion"]),
+        capabilities=capabilities(store, model),
         modified_at=api.rfc3339(model.modified_at),
         provenance=info.get("provenance", {}),
         tensors=tensors,
     )
+
+
+def capabilities(store: Store, model: StoredModel) -> list[str]:
+    """What the model can do: what it was created as (`completion`, `embedding`) and what
+    its template renders (`tools`, `thinking`, `insert`)."""
+    base = store.config(model).get("capabilities", ["completion"])
+    go = bool(texts(store, model, mt.TEMPLATE_MEDIA_TYPE))
+    return features.capabilities(base, model_template(store, model) or None, go)
 
 
 def _model_info(info: dict) -> dict:

@@ -1,0 +1,121 @@
+"""One request on one loaded model, made ready to generate: the prompt rendered (tools,
+thinking, fill-in-the-middle), the sampler and its constraint (a JSON schema, a forced tool
+call), the output parser (reasoning, tool calls) and what the decoder needs.
+
+The daemon's ModelActor and the embedded SDK both call `prepare`, so a request means the same
+thing in both (`engine.features` checks it first, before any model loads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mlxollama import api
+from mlxollama.engine import grammar, prompt, thinking, tools
+from mlxollama.engine.batch import Sequence, plan
+from mlxollama.engine.decoder import Decoder, OutputParser, TextParser
+from mlxollama.engine.features import capabilities, check
+from mlxollama.engine.output import ThinkingParser, ToolCallParser
+from mlxollama.errors import InvalidOption
+
+
+def model_template(lm: Any, template: str | None = None) -> tuple[str | None, bool]:
+    """The template text a request is rendered with, and whether it is a Go template."""
+    go = template or lm.template
+    if go is not None:
+        return go, True
+    return getattr(lm.tokenizer, "chat_template", None), False
+
+
+@dataclass
+class Prepared:
+    """A request ready for the batch (`sequence`) and for its session (`decoder()`)."""
+
+    sequence: Sequence
+    stop: tuple[str, ...]
+    parser: OutputParser
+    tokenizer: Any
+
+    def decoder(self, started_ns: int | None = None, load_ns: int = 0) -> Decoder:
+        return Decoder(
+            self.tokenizer,
+            self.stop,
+            prompt_count=len(self.sequence.prompt),
+            started_ns=started_ns,
+            load_ns=load_ns,
+            parser=self.parser,
+        )
+
+
+def prepare(lm: Any, request: api.InferenceRequest, num_ctx: int) -> Prepared:
+    """Render, constrain and plan `request` on loaded model `lm`.
+
+    Raises:
+        InvalidOption / UnsupportedModel: what the request asks cannot be done on this
+            model (a schema feature, a tool choice, a template error).
+    """
+    opts = api.merge_options(lm.parameters, request.options)
+    sampling = api.SamplingOptions.from_options(opts)
+    template, go = model_template(lm, request.template)
+    check(request, lm.name, capabilities(lm.capabilities, template, go))
+    offered = request.tools if request.tool_choice != "none" else []
+    if request.kind == "chat":
+        text = prompt.chat_text(
+            lm, request.messages, template=request.template, tools=offered, think=request.think
+        )
+    else:
+        text = prompt.generate_text(
+            lm,
+            request.prompt,
+            system=request.system,
+            template=request.template,
+            raw=request.raw,
+            suffix=request.suffix,
+            think=request.think,
+        )
+    if request.kind == "generate" and request.raw:
+        tokens = lm.tokenizer.encode(text)
+    else:
+        jinja = not go and not request.suffix
+        tokens = lm.tokenizer.encode(text, add_special_tokens=not jinja)
+
+    processors = []
+    rule = _grammar(request, template, offered)
+    if rule is not None:
+        processors.append(grammar.constraint(lm, rule))
+    seq = plan(tokens, sampling, num_ctx, opts["num_keep"], processors)
+    seq.logprobs = request.top_logprobs if request.logprobs else None
+    return Prepared(
+        sequence=seq,
+        stop=sampling.stop,
+        parser=_parser(request, template, text, offered),
+        tokenizer=lm.tokenizer,
+    )
+
+
+def _grammar(request: api.InferenceRequest, template: str | None, offered: list) -> str | None:
+    """The grammar the answer must follow: a forced tool call, else the format's schema."""
+    choice = request.tool_choice
+    if offered and choice != "auto":
+        fmt = tools.tool_format(template)
+        if fmt is None:
+            raise InvalidOption("tool_choice: this model's template has no tool-call format")
+        name = choice.get("name") if isinstance(choice, dict) else None
+        return grammar.lark_grammar(tools.required_lark(fmt, offered, name), "tool_choice")
+    if request.format is not None:
+        return grammar.json_grammar(request.format)
+    return None
+
+
+def _parser(request: api.InferenceRequest, template: str | None, text: str, offered: list):
+    parser: OutputParser = TextParser()
+    fmt = tools.tool_format(template) if offered else None
+    if fmt is not None:
+        parser = ToolCallParser(fmt.start, fmt.end, fmt.parse)
+    think = thinking.think_format(template)
+    if think is not None and request.think is not False and not request.raw:
+        opened = text.rstrip().endswith(think.start)
+        if request.think or opened:
+            parser = ThinkingParser(think.start, think.end, parser, opened=opened)
+    return parser

@@ -1,0 +1,167 @@
+"""Constrained decoding: a grammar (a JSON schema, or a Lark grammar for tool calls) masks the
+logits of one sequence, so its answer always parses.
+
+The grammar engine is llguidance, chosen over the others for what this project needs: it has
+no Python dependencies (a Rust core; numpy is all it asks), it computes a 49k-token mask in
+tens of microseconds (measured here: 0.02 ms per cached state on SmolLM2), it compiles a
+schema lazily (no upfront automaton, so a large schema costs nothing before its first
+token), and it embeds JSON schemas inside Lark grammars, which tool calls need (a fixed
+prefix, then arguments under the function's schema). Outlines builds whole automata up
+front (seconds for large schemas) and pulls in torch-era dependencies; xgrammar ships
+CUDA-first wheels; lm-format-enforcer walks the vocabulary in Python per token.
+
+MLX and numpy are imported where a mask is made: `features` checks schemas through this module
+on every request, MLX-free. The mask is applied with plain MLX operations (no Metal- or CUDA-only kernel), so it runs
+on every backend; each sequence has its own matcher, so constrained and free sequences
+share a batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from mlxollama.errors import InvalidOption
+
+# How the model writes JSON under a schema: one space after separators (what models trained
+# on JSON write), no free whitespace, which otherwise lets a small model emit newlines
+# until num_predict runs out.
+JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+ANY_OBJECT = {"type": "object"}  # Ollama's `format: "json"`: a JSON object
+
+
+def schema_of(format: Any) -> dict[str, Any] | None:
+    """A request's `format` (Ollama) as a JSON schema: None for no format, `{"type":
+    "object"}` for "json", the schema itself for an object.
+
+    Raises:
+        InvalidOption: another value.
+    """
+    if format in (None, ""):
+        return None
+    if format == "json":
+        return dict(ANY_OBJECT)
+    if isinstance(format, dict):
+        return format
+    raise InvalidOption(
+        f'invalid format: {format!r}: use "json" or a JSON schema object'
+        if isinstance(format, str)
+        else 'invalid request: "format" must be "json" or a JSON schema object'
+    )
+
+
+def json_grammar(schema: dict[str, Any]) -> str:
+    """The llguidance grammar for a JSON schema, checked now.
+
+    Raises:
+        InvalidOption: the schema uses a feature llguidance does not implement (the message
+            names it), or is not a valid schema.
+    """
+    import llguidance
+
+    styled = {**schema, "x-guidance": {**JSON_STYLE, **(schema.get("x-guidance") or {})}}
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(styled)
+    except Exception as e:  # a schema llguidance cannot even read
+        raise InvalidOption(f"invalid JSON schema in format: {e}") from None
+    return check(grammar, "JSON schema in format")
+
+
+def lark_grammar(lark: str, what: str) -> str:
+    """The llguidance grammar for a Lark grammar text (tool calls), checked now."""
+    import llguidance
+
+    return check(llguidance.LLMatcher.grammar_from_lark(lark), what)
+
+
+def check(grammar: str, what: str) -> str:
+    import llguidance
+
+    error = llguidance.LLMatcher.validate_grammar(grammar, None)
+    if error:
+        raise InvalidOption(f"unsupported {what}: {error}")
+    return grammar
+
+
+_tokenizers: dict[int, Any] = {}
+_tokenizers_lock = threading.Lock()
+
+
+def tokenizer_for(tokenizer: Any, vocab_size: int) -> Any:
+    """llguidance's view of an mlx-lm tokenizer (built once per tokenizer: ~0.4 s)."""
+    import llguidance.hf
+
+    key = id(tokenizer)
+    with _tokenizers_lock:
+        cached = _tokenizers.get(key)
+        if cached is not None and cached[0] is tokenizer:
+            return cached[1]
+        eos = sorted(tokenizer.eos_token_ids)
+        hf = getattr(tokenizer, "_tokenizer", tokenizer)
+        llt = llguidance.hf.from_tokenizer(hf, n_vocab=vocab_size, eos_token=eos or None)
+        _tokenizers[key] = (tokenizer, llt)
+        return llt
+
+
+class Constraint:
+    """One sequence's grammar as an mlx-lm logits processor: `(tokens, logits) -> logits`.
+
+    `tokens` is the sequence so far (prompt and answer); the first call sees the prompt,
+    each later one the token sampled under the previous mask, which the matcher consumes
+    first. A call at a position already seen (a sequence moved from solo into the batch is
+    fed its last token again) reuses the mask. Once the grammar is complete only an end
+    token is allowed.
+
+    Raises (at sampling time, caught by the sequence's `sampling.Guard`): the sampled token
+    was not allowed, which cannot happen unless a later processor undid the mask.
+    """
+
+    def __init__(self, llg_tokenizer: Any, grammar: str, vocab_size: int):
+        import llguidance
+        import numpy as np
+
+        self.matcher = llguidance.LLMatcher(llg_tokenizer, grammar)
+        if self.matcher.is_error():
+            raise InvalidOption(f"grammar error: {self.matcher.get_error()}")
+        self.vocab_size = vocab_size
+        self.words = (vocab_size + 31) // 32
+        self.bits = np.full((self.words,), -1, dtype=np.int32)
+        self.seen: int | None = None
+        self.mask: Any = None  # an mx.array of bools, the allowed tokens
+
+    def __call__(self, tokens: Any, logits: Any) -> Any:
+        import mlx.core as mx
+
+        n = tokens.shape[-1]
+        if self.seen is None or n > self.seen:
+            if self.seen is not None:
+                token = int(tokens[-1].item())
+                if not self.matcher.consume_token(token):
+                    raise RuntimeError(
+                        f"constrained decoding: token {token} is not allowed by the grammar "
+                        f"({self.matcher.get_error()})"
+                    )
+            self.seen = n
+            self.mask = self._compute_mask()
+        vocab = logits.shape[-1]
+        mask = self.mask
+        if vocab != mask.shape[0]:  # logits padded past the tokenizer: the extra ids stay off
+            mask = mx.concatenate([mask, mx.zeros(vocab - mask.shape[0], dtype=mx.bool_)])[:vocab]
+        return mx.where(mask, logits, mx.array(-mx.inf, dtype=logits.dtype))
+
+    def _compute_mask(self) -> Any:
+        import mlx.core as mx
+        import numpy as np
+
+        self.matcher.unsafe_compute_mask_ptr(self.bits.ctypes.data, self.bits.nbytes)
+        if self.matcher.is_error():
+            raise RuntimeError(f"constrained decoding: {self.matcher.get_error()}")
+        words = mx.array(self.bits.view(np.uint32))
+        bits = (words[:, None] >> mx.arange(32, dtype=mx.uint32)) & 1
+        return bits.reshape(-1)[: self.vocab_size].astype(mx.bool_)
+
+
+def constraint(lm: Any, grammar: str) -> Constraint:
+    """A fresh Constraint for one sequence of loaded model `lm`."""
+    vocab = int(lm.model_config.get("vocab_size") or len(lm.tokenizer.get_vocab()))
+    return Constraint(tokenizer_for(lm.tokenizer, vocab), grammar, vocab)

@@ -1,0 +1,172 @@
+"""Output parsers: the answer's text, as the decoder releases it, split into reasoning,
+content and tool calls (`Chunk.thinking`, `Chunk.text`, `Chunk.tool_calls`).
+
+Both are marker-delimited: thinking sits between a start and an end marker (`<think>` and
+`</think>`), a tool call between its family's markers (`<tool_call>` and `</tool_call>`;
+`[TOOL_CALLS]` runs to the end of the answer). A marker may arrive split over several
+pieces of text, so text that could be the start of one is held back until it cannot be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mlxollama.api import Chunk
+from mlxollama.engine.decoder import OutputParser, TextParser
+
+
+def held_back(text: str, marker: str) -> int:
+    """How many characters at the end of `text` could begin `marker`."""
+    for n in range(min(len(marker) - 1, len(text)), 0, -1):
+        if text.endswith(marker[:n]):
+            return n
+    return 0
+
+
+class Splitter:
+    """Cuts a stream of text at a marker: `feed` returns (text before the marker, whether the
+    marker was seen); what follows a seen marker stays in `rest`."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+        self.pending = ""
+        self.rest = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        self.pending += text
+        i = self.pending.find(self.marker)
+        if i >= 0:
+            out, self.rest = self.pending[:i], self.pending[i + len(self.marker) :]
+            self.pending = ""
+            return out, True
+        keep = held_back(self.pending, self.marker)
+        cut = len(self.pending) - keep
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+class ThinkingParser:
+    """Reasoning between `start` and `end` becomes `Chunk.thinking`; the rest goes to
+    `inner` (content, tool calls). Reasoning only comes first: a start marker after the
+    answer began is content.
+
+    Args:
+        opened: the prompt already opened the reasoning (the template ends with `start`).
+    """
+
+    def __init__(self, start: str, end: str, inner: OutputParser | None = None, opened=False):
+        self.inner = inner or TextParser()
+        self.state = "thinking" if opened else "before"
+        self.start, self.end = Splitter(start), Splitter(end)
+        self.stripping = False  # whitespace right after the end marker is not content
+
+    def feed(self, text: str) -> list[Chunk]:
+        chunks: list[Chunk] = []
+        while text:
+            if self.state == "before":
+                stripped = text.lstrip()
+                if not stripped:
+                    return chunks
+                before, seen = self.start.feed(stripped)
+                if seen:
+                    self.state, text = "thinking", self.start.rest
+                    continue
+                if before or not self.start.pending:  # not a start marker: all content
+                    self.state = "content"
+                    text = before + self.start.flush()
+                    continue
+                return chunks
+            if self.state == "thinking":
+                thought, seen = self.end.feed(text)
+                if thought:
+                    chunks.append(Chunk(thinking=thought))
+                if not seen:
+                    return chunks
+                self.state, text, self.stripping = "content", self.end.rest, True
+                continue
+            if self.stripping:
+                text = text.lstrip()
+                if not text:
+                    return chunks
+                self.stripping = False
+            return chunks + self.inner.feed(text)
+        return chunks
+
+    def close(self) -> list[Chunk]:
+        chunks: list[Chunk] = []
+        if self.state == "thinking":
+            thought = self.end.flush()
+            if thought:
+                chunks.append(Chunk(thinking=thought))
+        elif self.state == "before" and self.start.pending:
+            chunks += self.inner.feed(self.start.flush())
+        return chunks + self.inner.close()
+
+
+ParseCalls = Callable[[str], list[dict[str, Any]]]
+"""The text of one tool-call section → Ollama tool calls (`{"function": {"name",
+"arguments"}}`); raises ValueError when it is not a call."""
+
+
+class ToolCallParser:
+    """Text between `start` and `end` is parsed into `Chunk.tool_calls`; the rest is content.
+    An empty `end` means the call runs to the end of the answer. A section that does not
+    parse is given back as content, so nothing the model wrote is lost.
+    """
+
+    def __init__(self, start: str, end: str, parse: ParseCalls):
+        self.start_marker, self.end_marker = start, end
+        self.parse = parse
+        self.start = Splitter(start)
+        self.end = Splitter(end) if end else None
+        self.inside = False
+        self.body = ""
+        self.index = 0  # calls emitted so far (`function.index`)
+
+    def feed(self, text: str) -> list[Chunk]:
+        chunks: list[Chunk] = []
+        while text:
+            if not self.inside:
+                before, seen = self.start.feed(text)
+                if before:
+                    chunks.append(Chunk(text=before))
+                if not seen:
+                    return chunks
+                self.inside, text, self.body = True, self.start.rest, ""
+                continue
+            if self.end is None:
+                self.body += text
+                return chunks
+            body, seen = self.end.feed(text)
+            self.body += body
+            if not seen:
+                return chunks
+            chunks += self._emit(self.start_marker + self.body + self.end_marker)
+            self.inside, text = False, self.end.rest
+        return chunks
+
+    def close(self) -> list[Chunk]:
+        if self.inside:
+            tail = self.end.flush() if self.end is not None else ""
+            self.body += tail
+            self.inside = False
+            return self._emit(self.start_marker + self.body + self.end_marker)
+        rest = self.start.flush()
+        return [Chunk(text=rest)] if rest else []
+
+    def _emit(self, raw: str) -> list[Chunk]:
+        try:
+            calls = self.parse(self.body)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return [Chunk(text=raw)]
+        if not calls:
+            return [Chunk(text=raw)]
+        for call in calls:
+            call["function"].setdefault("index", self.index)
+            self.index += 1
+        return [Chunk(tool_calls=calls)]
