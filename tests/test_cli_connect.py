@@ -7,6 +7,7 @@ import datetime as dt
 import re
 import time
 
+import orjson
 import pytest
 from click.testing import CliRunner
 
@@ -105,7 +106,8 @@ def test_chat_commands_in_process(store_root):
     assert re.search(r"User defined parameters:\n  temperature\s+0\.0\n", text)
     assert "No system message was specified for this model." in text
     assert "Cleared session context" in text
-    assert "Error: format (structured output) is not supported yet" in text
+    json_answer = text.split("Set format to 'json' mode.\n>>> ", 1)[1].split("\n")[0]
+    assert isinstance(orjson.loads(json_answer), dict)  # constrained: always a JSON object
     assert "never read" not in text
     modelfile = mlxctl("show", "me/paris", "--modelfile").output
     assert "PARAMETER temperature 0" in modelfile
@@ -503,7 +505,8 @@ def test_live_chat_commands(on_live):
     out = mlxctl("chat", "smollm2", input="\n".join(lines) + "\n")
     assert out.exit_code == 0 and "no daemon" not in out.output
     assert "Paris" in out.output and "Created new model 'me/paris'" in out.output
-    assert "Error: format (structured output) is not supported yet" in out.output
+    json_answer = out.output.split("Set format to 'json' mode.\n>>> ", 1)[1].split("\n")[0]
+    assert isinstance(orjson.loads(json_answer), dict)  # constrained: always a JSON object
     modelfile = mlxctl("show", "me/paris", "--modelfile").output
     assert (
         "PARAMETER temperature 0" in modelfile and "MESSAGE user What is the capital" in modelfile

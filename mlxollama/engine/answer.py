@@ -77,7 +77,8 @@ def prepare(lm: Any, request: api.InferenceRequest, num_ctx: int) -> Prepared:
     if request.kind == "generate" and request.raw:
         tokens = lm.tokenizer.encode(text)
     else:
-        jinja = not go and not request.suffix
+        # a Jinja template writes the BOS itself; a Go template leaves it to the tokenizer
+        jinja = prompt.uses_jinja(lm, request.template) and not request.suffix
         tokens = lm.tokenizer.encode(text, add_special_tokens=not jinja)
 
     processors = []
