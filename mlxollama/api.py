@@ -322,6 +322,9 @@ class Chunk:
     prompt_eval_duration: int = 0
     eval_duration: int = 0
     context: list[int] = dataclasses.field(default_factory=list)
+    # prompt tokens whose KV state came from the prompt cache (not in prompt_eval_count;
+    # OpenAI's usage.prompt_tokens_details.cached_tokens)
+    prompt_cached_count: int = 0
     thinking: str = ""  # reasoning, apart from the answer's text
     tool_calls: list[dict[str, Any]] | None = None  # Ollama's shape (Message.tool_calls)
     # one entry per token this chunk came from, in Ollama's shape (`token`, `logprob`,

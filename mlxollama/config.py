@@ -53,6 +53,12 @@ SETTINGS = (
         "of the device's memory (the machine's RAM on CPU).",
     ),
     Setting(
+        "MLXOLLAMA_PROMPT_CACHE",
+        "1GB",
+        "KV cache kept per loaded model for prompts that start the same way (a chat's earlier "
+        "turns, a shared system prompt), counted in the memory budget; 0: off.",
+    ),
+    Setting(
         "MLXOLLAMA_MAX_BODY",
         "64MB",
         "Largest JSON request body (blob uploads are not limited); larger gets 413.",
@@ -128,6 +134,7 @@ class Config:
     max_memory: int | None  # bytes; None: auto
     max_body: int
     context_length: int
+    prompt_cache: int = 2**30  # bytes of KV cache kept per model for prompt reuse; 0: off
     registry_username: str | None = None
     registry_password: str | None = field(default=None, repr=False)
     registry_token: str | None = field(default=None, repr=False)
@@ -151,6 +158,7 @@ class Config:
             load_timeout=_seconds("LOAD_TIMEOUT", get["LOAD_TIMEOUT"]),
             max_memory=None if memory == "auto" else _bytes("MAX_MEMORY", memory),
             max_body=_bytes("MAX_BODY", get["MAX_BODY"]),
+            prompt_cache=_bytes("PROMPT_CACHE", get["PROMPT_CACHE"]),
             context_length=_positive("CONTEXT_LENGTH", get["CONTEXT_LENGTH"]),
             registry_username=get["REGISTRY_USERNAME"] or None,
             registry_password=get["REGISTRY_PASSWORD"] or None,

@@ -43,6 +43,7 @@ class Embedded:
         self.config = Config.from_env()
         self.store = Store(models if models is not None else self.config.models)
         self._loaded: dict[str, Any] = {}  # name -> LoadedModel (one at a time)
+        self._prompt_cache = None  # the loaded model's (engine.prompt_cache.PromptCache)
 
     # -- the store -------------------------------------------------------------------------
 
@@ -185,8 +186,13 @@ class Embedded:
         if lm is not None and lm.digest == stored.digest:
             return lm, 0
         self._loaded.clear()  # one model at a time in-process: free the old one first
+        self._prompt_cache = None
         lm = load(self.store, name)
         self._loaded[name] = lm
+        if kind != "embed":
+            from mlxollama.engine.prompt_cache import PromptCache
+
+            self._prompt_cache = PromptCache(self.config.prompt_cache)
         return lm, int(lm.load_duration * 1e9)
 
     def _run(self, lm, request: api.InferenceRequest, load_ns: int):
@@ -201,7 +207,13 @@ class Embedded:
         num_ctx = context_window(opts, self.config.context_length, lm.context_length)
         prepared = prepare(lm, request, num_ctx)
         started = time.perf_counter_ns() - load_ns
-        yield from stream(lm.model, prepared, started_ns=started, load_ns=load_ns)
+        yield from stream(
+            lm.model,
+            prepared,
+            started_ns=started,
+            load_ns=load_ns,
+            prompt_cache=self._prompt_cache,
+        )
 
     def _answer(self, request: api.InferenceRequest, kind: str, stream: bool, render):
         """Validate `request` as the daemon does (before the model loads), then run it."""

@@ -435,6 +435,7 @@ class GovernorActor(pykka.ThreadingActor):
             self.actor_ref,
             self.config.num_parallel,
             self.config.max_queue,
+            self.config.prompt_cache,
         )
         keep_alive = adm.request.keep_alive
         entry = Entry(

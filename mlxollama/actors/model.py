@@ -58,10 +58,14 @@ class ModelActor(pykka.ThreadingActor):
         `ModelDied`).
     num_parallel: sequences generated at once.
     max_waiting: sessions that may wait for a slot; more get Busy.
+    prompt_cache_bytes: the model's prompt cache cap (`engine.prompt_cache`); 0: none.
     """
 
-    def __init__(self, name, load, store, governor, num_parallel, max_waiting):
+    def __init__(
+        self, name, load, store, governor, num_parallel, max_waiting, prompt_cache_bytes=0
+    ):
         super().__init__()
+        self.prompt_cache_bytes = prompt_cache_bytes
         self.name, self._load, self.store, self.governor = name, load, store, governor
         self.num_parallel, self.max_waiting = num_parallel, max_waiting
         self.active: dict[int, Admission] = {}  # admission id -> admission
@@ -74,13 +78,15 @@ class ModelActor(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         from mlxollama.engine.batch import Batch
+        from mlxollama.engine.prompt_cache import PromptCache
 
         tic = time.perf_counter()
         try:
             self.lm = self._load(self.store, self.name)
             if "completion" in self.lm.capabilities:
                 eos = self.lm.tokenizer.eos_token_ids
-                self.batch = Batch(self.lm.model, eos, self.num_parallel)
+                cache = PromptCache(self.prompt_cache_bytes)
+                self.batch = Batch(self.lm.model, eos, self.num_parallel, cache)
         except Exception as e:  # reported, not raised: the governor fails the waiting requests
             log.warning("model.load_failed", model=self.name, error=str(e))
             tell(self.governor, LoadFailed(self.name, e, self.actor_ref))
@@ -134,7 +140,12 @@ class ModelActor(pykka.ThreadingActor):
             case Unload():
                 self.stop()
             case Stats():
-                return {"active": len(self.active), "waiting": len(self.waiting)}
+                cache = self.batch.prompt_cache if self.batch is not None else None
+                return {
+                    "active": len(self.active),
+                    "waiting": len(self.waiting),
+                    "prompt_cache_bytes": cache.nbytes if cache is not None else 0,
+                }
         return None
 
     def _submit(self, adm: Admission) -> None:
@@ -161,19 +172,19 @@ class ModelActor(pykka.ThreadingActor):
             self._release()
             return
         seq = prepared.sequence
-        decoder = prepared.decoder(started_ns=adm.started_ns, load_ns=adm.load_ns)
-        tell(adm.session, Begin(decoder))
-        if seq.max_tokens <= 0:
-            tell(adm.session, Ended("length"))  # no room left: an empty answer
+        if seq.max_tokens <= 0:  # no room left: an empty answer
+            tell(adm.session, Begin(prepared.decoder(adm.started_ns, adm.load_ns)))
+            tell(adm.session, Ended("length"))
             self._release()
             return
         try:
-            self.batch.add(adm.id, seq)
+            cached = self.batch.add(adm.id, seq)
         except Exception as e:  # this request only; the model keeps serving the others
             log.error("model.admit_failed", model=self.name, error=str(e), exc_info=True)
             tell(adm.session, Fail(RuntimeError(f"generation failed: {e}")))
             self._release()
             return
+        tell(adm.session, Begin(prepared.decoder(adm.started_ns, adm.load_ns, cached)))
         self.active[adm.id] = adm
         self._kick()
 

@@ -205,10 +205,12 @@ class Runtime:
         params = text_layers(self._store, stored)["parameters"]
         opts = api.merge_options(params, request.options)
         num_ctx = context_window(opts, self.config.context_length, info.get("context_length"))
-        # an encoder keeps no KV cache between steps: its weights are what stays resident
+        # an encoder keeps no KV cache between steps: its weights are what stays resident;
+        # a generative model also holds its prompt cache, up to its cap
         size = stored.size
         if request.kind != "embed":
             size = estimate_size(info, stored.size, self.config.num_parallel, num_ctx)
+            size += self.config.prompt_cache
         facts = {
             "digest": stored.digest,
             "size": size,

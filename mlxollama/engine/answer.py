@@ -37,11 +37,13 @@ class Prepared:
     parser: OutputParser
     tokenizer: Any
 
-    def decoder(self, started_ns: int | None = None, load_ns: int = 0) -> Decoder:
+    def decoder(self, started_ns: int | None = None, load_ns: int = 0, cached: int = 0):
+        """The sequence's Decoder; `cached` prompt tokens came from the prompt cache."""
         return Decoder(
             self.tokenizer,
             self.stop,
-            prompt_count=len(self.sequence.prompt),
+            prompt_count=len(self.sequence.prompt) - cached,
+            cached=cached,
             started_ns=started_ns,
             load_ns=load_ns,
             parser=self.parser,

@@ -25,6 +25,7 @@ from mlxollama.api import SamplingOptions
 from mlxollama.engine import sampling
 from mlxollama.engine.context import fit_context
 from mlxollama.engine.decoder import TokenLogprob
+from mlxollama.engine.prompt_cache import PromptCache, cached_tokens
 
 # A sequence alone on its model, with a prompt no longer than one prefill step, runs solo.
 SOLO_MAX_PROMPT = 512
@@ -76,22 +77,40 @@ class Solo:
     Args:
         eos: the end-of-generation token ids.
         prefill_step_size: prompt tokens per prefill step.
+        cache: a KV cache already holding the first `cached` prompt tokens (from the
+            prompt cache); only the rest is prefilled. Default: a fresh one.
     """
 
-    def __init__(self, model, seq: Sequence, eos: Iterable[int], prefill_step_size: int):
+    def __init__(
+        self,
+        model,
+        seq: Sequence,
+        eos: Iterable[int],
+        prefill_step_size: int,
+        cache: list[Any] | None = None,
+        cached: int = 0,
+    ):
         self.seq = seq
         self.eos = frozenset(eos)
-        self.cache = make_prompt_cache(model)
+        self.cache = cache if cache is not None else make_prompt_cache(model)
         self.generated: list[int] = []
+        processors = seq.processors
+        if cached and processors:  # they see the whole text, as without the cache
+            prefix = mx.array(seq.prompt[:cached])
+            processors = [_after(prefix, p) for p in processors]
         self.steps = generate_step(
-            mx.array(seq.prompt),
+            mx.array(seq.prompt[cached:]),
             model,
             max_tokens=seq.max_tokens,
             sampler=seq.sampler,
-            logits_processors=seq.processors,
+            logits_processors=processors,
             prompt_cache=self.cache,
             prefill_step_size=prefill_step_size,
         )
+
+    def held(self) -> list[int] | None:
+        """The tokens its KV cache holds now (None when the cache does not say)."""
+        return cached_tokens(self.cache, self.seq.prompt + self.generated)
 
     def next(self) -> tuple[int | None, str | None, TokenLogprob | None]:
         """The next token, its finish reason ("stop" for an end token, "length" at
@@ -123,6 +142,15 @@ class Solo:
         self.steps.close()
 
 
+def _after(prefix: mx.array, processor: LogitsProcessor) -> LogitsProcessor:
+    """`processor` fed the cached prefix before the tokens `generate_step` gives it."""
+
+    def processed(tokens: mx.array, logits: mx.array) -> mx.array:
+        return processor(mx.concatenate([prefix, tokens.astype(prefix.dtype)]), logits)
+
+    return processed
+
+
 @dataclass
 class Step:
     """What one `Batch.step` produced: `tokens` as (key, token or None, finish reason or
@@ -142,12 +170,15 @@ class Batch:
         model: an mlx-lm model.
         eos: its end-of-generation token ids.
         size: sequences generated at once.
+        prompt_cache: where finished sequences leave their KV caches and new ones look for
+            their prompt's prefix. Default: none (every prompt is prefilled whole).
     """
 
-    def __init__(self, model, eos: Iterable[int], size: int):
+    def __init__(self, model, eos: Iterable[int], size: int, prompt_cache=None):
         self.model = model
         self.eos = sorted(eos)
         self.size = size
+        self.prompt_cache: PromptCache | None = prompt_cache
         self.gen = self._new_generator()
         self.solo: tuple[int, Solo] | None = None
         self.uids: dict[int, int] = {}  # BatchGenerator uid -> key
@@ -163,23 +194,56 @@ class Batch:
             prefill_step_size=PREFILL_STEP,
         )
 
-    def add(self, key: int, seq: Sequence) -> None:
-        """Start generating `seq`. Raises what mlx-lm raises (nothing was added then)."""
-        if not self.seqs and len(seq.prompt) <= SOLO_MAX_PROMPT:
-            self.solo = (key, Solo(self.model, seq, self.eos, SOLO_MAX_PROMPT))
+    def add(self, key: int, seq: Sequence) -> int:
+        """Start generating `seq`; returns how many of its prompt tokens came from the prompt
+        cache (they are not evaluated again). Raises what mlx-lm raises (nothing was added
+        then)."""
+        cache, cached = None, 0
+        if self.prompt_cache is not None:
+            cache, cached = self.prompt_cache.fetch(seq.prompt)
+        if not self.seqs and len(seq.prompt) - cached <= SOLO_MAX_PROMPT:
+            solo = Solo(self.model, seq, self.eos, SOLO_MAX_PROMPT, cache, cached)
+            self.solo = (key, solo)
         else:
             self._to_batch()  # a second sequence: the solo one joins the batch first
-            self._insert(key, seq, [seq.prompt], seq.max_tokens)
+            self._insert(
+                key,
+                seq,
+                [seq.prompt[cached:]],
+                seq.max_tokens,
+                cache=cache,
+                seen=seq.prompt[:cached] if cache is not None else None,
+            )
         self.seqs[key] = seq
+        return cached
 
     def remove(self, key: int) -> None:
-        """Stop generating `key`'s sequence (nothing happens for an unknown key)."""
+        """Stop generating `key`'s sequence (nothing happens for an unknown key); what its
+        KV cache holds goes to the prompt cache."""
         if self.solo is not None and self.solo[0] == key:
-            self.solo[1].close()
-            self.solo = None
+            self._close_solo()
         elif key in self.keys:
-            self.gen.remove([self.keys[key]])  # a uid the batch has already let go is ignored
+            uid = self.keys[key]
+            # a uid the batch has already let go is ignored
+            kept = self.gen.remove([uid], return_prompt_caches=self.prompt_cache is not None)
+            if kept and uid in kept:
+                cache, tokens = kept[uid]
+                self._keep(tokens, cache)
         self._forget(key)
+
+    def _keep(self, tokens, cache) -> None:
+        if self.prompt_cache is not None and tokens and cache:
+            self.prompt_cache.store(list(tokens), cache)
+
+    def _close_solo(self) -> None:
+        """End the solo sequence; its KV cache goes to the prompt cache."""
+        _, solo = self.solo
+        self.solo = None
+        solo.close()
+        if self.prompt_cache is not None:
+            held = solo.held()
+            if held is not None:
+                self._keep(held, solo.cache)
 
     def step(self) -> Step:
         """One token for every sequence.
@@ -209,6 +273,7 @@ class Batch:
                 lp = sampling.token_logprob(r.logprobs, r.token, seq.logprobs)
             out.tokens.append((key, r.token, r.finish_reason, lp))
             if r.finish_reason is not None:
+                self._keep(r.all_tokens, r.prompt_cache)
                 self._forget(key)
         for key in out.failed:
             self.remove(key)
@@ -232,6 +297,8 @@ class Batch:
             self.solo[1].close()
             self.solo = None
         self.gen.close()
+        if self.prompt_cache is not None:
+            self.prompt_cache.clear()
 
     def _solo_step(self) -> Step:
         key, solo = self.solo
@@ -246,8 +313,7 @@ class Batch:
             self.reset()
             raise
         if finish is not None:
-            solo.close()
-            self.solo = None
+            self._close_solo()
             self._forget(key)
         return Step(tokens=[(key, token, finish, lp)])
 

@@ -104,7 +104,9 @@ class Decoder:
     Args:
         tokenizer: the model's mlx-lm TokenizerWrapper (its detokenizer is copied).
         stop: stop strings.
-        prompt_count: prompt tokens evaluated (after fitting the context).
+        prompt_count: prompt tokens evaluated (after fitting the context, without those
+            the prompt cache held).
+        cached: prompt tokens the prompt cache held.
         started_ns: when the request began (`time.perf_counter_ns`), for total_duration.
             Default: now.
         load_ns: the model load this request waited for.
@@ -117,6 +119,7 @@ class Decoder:
         stop: Sequence[str] = (),
         *,
         prompt_count: int = 0,
+        cached: int = 0,
         started_ns: int | None = None,
         load_ns: int = 0,
         parser: OutputParser | None = None,
@@ -133,7 +136,11 @@ class Decoder:
         self.started_ns = self.admitted_ns if started_ns is None else started_ns
         self.first_ns: int | None = None
         self.final = Chunk(
-            done=True, done_reason="length", prompt_eval_count=prompt_count, load_duration=load_ns
+            done=True,
+            done_reason="length",
+            prompt_eval_count=prompt_count,
+            prompt_cached_count=cached,
+            load_duration=load_ns,
         )
         self.done = False
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from mlxollama.api import Chunk
 from mlxollama.engine.answer import Prepared
 from mlxollama.engine.batch import PREFILL_STEP, Solo
+from mlxollama.engine.prompt_cache import PromptCache
 from mlxollama.engine.sampling import restore_random_state
 
 
@@ -19,6 +20,7 @@ def stream(
     cancelled: Callable[[], bool] | None = None,
     started_ns: int | None = None,
     load_ns: int = 0,
+    prompt_cache: PromptCache | None = None,
 ) -> Iterator[Chunk]:
     """Generate a prepared request (`engine.answer.prepare`), yielding its chunks and a final
     chunk with metrics.
@@ -31,13 +33,20 @@ def stream(
         started_ns: when the request began (`time.perf_counter_ns`), for total_duration.
             Default: now.
         load_ns: the model load this request waited for (load_duration).
+        prompt_cache: where the prompt's prefix is looked for, and where the sequence's KV
+            cache is kept when it ends (the daemon's ModelActor keeps one per model).
     """
     seq = prepared.sequence
-    decoder = prepared.decoder(started_ns=started_ns, load_ns=load_ns)
+    cache, cached = None, 0
+    if prompt_cache is not None and seq.max_tokens > 0:
+        cache, cached = prompt_cache.fetch(seq.prompt)
+    decoder = prepared.decoder(started_ns=started_ns, load_ns=load_ns, cached=cached)
     if seq.max_tokens <= 0:
         yield from decoder.end("length")
         return
-    solo = Solo(model, seq, prepared.tokenizer.eos_token_ids, prefill_step_size)
+    eos = prepared.tokenizer.eos_token_ids
+    solo = Solo(model, seq, eos, prefill_step_size, cache, cached)
+    failed = False
     try:
         while not decoder.done:
             token, finish, logprob = solo.next()
@@ -48,7 +57,11 @@ def stream(
             if not decoder.done and cancelled is not None and cancelled():
                 yield from decoder.end("stop")
     except Exception:
+        failed = True
         restore_random_state()  # the next generation on this thread must not inherit it
         raise
     finally:
         solo.close()
+        held = solo.held() if prompt_cache is not None and not failed else None
+        if held is not None:
+            prompt_cache.store(held, solo.cache)

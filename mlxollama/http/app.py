@@ -85,7 +85,7 @@ def _log_end(
         fields["model"] = ctx.model
     if chunk is not None:  # a final Chunk, or an Embeddings answer (no eval counts)
         fields["done_reason"] = chunk.done_reason
-        for name in ("prompt_eval_count", "eval_count"):
+        for name in ("prompt_eval_count", "prompt_cached_count", "eval_count"):
             if hasattr(chunk, name):
                 fields[name] = getattr(chunk, name)
         for name in ("total", "load", "prompt_eval", "eval"):

@@ -288,12 +288,16 @@ def finish_reason(final: api.Chunk) -> str:
     return "length" if final.done_reason == "length" else "stop"  # load/unload: "stop"
 
 
-def usage(final: api.Chunk) -> dict[str, int]:
-    prompt, completion = final.prompt_eval_count, final.eval_count
+def usage(final: api.Chunk) -> dict[str, Any]:
+    """OpenAI's usage: `prompt_tokens` counts the whole prompt, the part the prompt cache
+    held too (`prompt_tokens_details.cached_tokens`), unlike `prompt_eval_count`."""
+    prompt = final.prompt_eval_count + final.prompt_cached_count
+    completion = final.eval_count
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": final.prompt_cached_count},
     }
 
 
