@@ -59,6 +59,12 @@ SETTINGS = (
         "turns, a shared system prompt), counted in the memory budget; 0: off.",
     ),
     Setting(
+        "MLXOLLAMA_PROMPT_CACHE_DISK",
+        "4GB",
+        "Disk kept per model for long prompts' KV caches (under the store's cache/prompts/), "
+        "so they survive a restart; 0: off.",
+    ),
+    Setting(
         "MLXOLLAMA_MAX_BODY",
         "64MB",
         "Largest JSON request body (blob uploads are not limited); larger gets 413.",
@@ -135,6 +141,7 @@ class Config:
     max_body: int
     context_length: int
     prompt_cache: int = 2**30  # bytes of KV cache kept per model for prompt reuse; 0: off
+    prompt_cache_disk: int = 4 * 10**9  # bytes of it kept on disk per model; 0: off
     registry_username: str | None = None
     registry_password: str | None = field(default=None, repr=False)
     registry_token: str | None = field(default=None, repr=False)
@@ -159,6 +166,7 @@ class Config:
             max_memory=None if memory == "auto" else _bytes("MAX_MEMORY", memory),
             max_body=_bytes("MAX_BODY", get["MAX_BODY"]),
             prompt_cache=_bytes("PROMPT_CACHE", get["PROMPT_CACHE"]),
+            prompt_cache_disk=_bytes("PROMPT_CACHE_DISK", get["PROMPT_CACHE_DISK"]),
             context_length=_positive("CONTEXT_LENGTH", get["CONTEXT_LENGTH"]),
             registry_username=get["REGISTRY_USERNAME"] or None,
             registry_password=get["REGISTRY_PASSWORD"] or None,

@@ -190,9 +190,13 @@ class Embedded:
         lm = load(self.store, name)
         self._loaded[name] = lm
         if kind != "embed":
-            from mlxollama.engine.prompt_cache import PromptCache
+            from mlxollama.engine.prompt_cache import DiskTier, PromptCache
 
-            self._prompt_cache = PromptCache(self.config.prompt_cache)
+            disk = None
+            if self.config.prompt_cache_disk > 0:
+                folder = self.store.prompt_cache_dir(lm.digest)
+                disk = DiskTier(folder, self.config.prompt_cache_disk)
+            self._prompt_cache = PromptCache(self.config.prompt_cache, disk)
         return lm, int(lm.load_duration * 1e9)
 
     def _run(self, lm, request: api.InferenceRequest, load_ns: int):

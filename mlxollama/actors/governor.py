@@ -436,6 +436,7 @@ class GovernorActor(pykka.ThreadingActor):
             self.config.num_parallel,
             self.config.max_queue,
             self.config.prompt_cache,
+            self.config.prompt_cache_disk,
         )
         keep_alive = adm.request.keep_alive
         entry = Entry(

@@ -59,13 +59,23 @@ class ModelActor(pykka.ThreadingActor):
     num_parallel: sequences generated at once.
     max_waiting: sessions that may wait for a slot; more get Busy.
     prompt_cache_bytes: the model's prompt cache cap (`engine.prompt_cache`); 0: none.
+    prompt_cache_disk: the cap of its disk tier, under the store's `cache/prompts/`; 0: none.
     """
 
     def __init__(
-        self, name, load, store, governor, num_parallel, max_waiting, prompt_cache_bytes=0
+        self,
+        name,
+        load,
+        store,
+        governor,
+        num_parallel,
+        max_waiting,
+        prompt_cache_bytes=0,
+        prompt_cache_disk=0,
     ):
         super().__init__()
         self.prompt_cache_bytes = prompt_cache_bytes
+        self.prompt_cache_disk = prompt_cache_disk
         self.name, self._load, self.store, self.governor = name, load, store, governor
         self.num_parallel, self.max_waiting = num_parallel, max_waiting
         self.active: dict[int, Admission] = {}  # admission id -> admission
@@ -78,14 +88,18 @@ class ModelActor(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         from mlxollama.engine.batch import Batch
-        from mlxollama.engine.prompt_cache import PromptCache
+        from mlxollama.engine.prompt_cache import DiskTier, PromptCache
 
         tic = time.perf_counter()
         try:
             self.lm = self._load(self.store, self.name)
             if "completion" in self.lm.capabilities:
                 eos = self.lm.tokenizer.eos_token_ids
-                cache = PromptCache(self.prompt_cache_bytes)
+                disk = None
+                if self.prompt_cache_disk > 0:
+                    folder = self.store.prompt_cache_dir(self.lm.digest)
+                    disk = DiskTier(folder, self.prompt_cache_disk)
+                cache = PromptCache(self.prompt_cache_bytes, disk)
                 self.batch = Batch(self.lm.model, eos, self.num_parallel, cache)
         except Exception as e:  # reported, not raised: the governor fails the waiting requests
             log.warning("model.load_failed", model=self.name, error=str(e))

@@ -228,12 +228,12 @@ class Batch:
             kept = self.gen.remove([uid], return_prompt_caches=self.prompt_cache is not None)
             if kept and uid in kept:
                 cache, tokens = kept[uid]
-                self._keep(tokens, cache)
+                self._keep(tokens, cache, len(self.seqs[key].prompt))
         self._forget(key)
 
-    def _keep(self, tokens, cache) -> None:
+    def _keep(self, tokens, cache, prompt: int) -> None:
         if self.prompt_cache is not None and tokens and cache:
-            self.prompt_cache.store(list(tokens), cache)
+            self.prompt_cache.store(list(tokens), cache, prompt)
 
     def _close_solo(self) -> None:
         """End the solo sequence; its KV cache goes to the prompt cache."""
@@ -243,7 +243,7 @@ class Batch:
         if self.prompt_cache is not None:
             held = solo.held()
             if held is not None:
-                self._keep(held, solo.cache)
+                self._keep(held, solo.cache, len(solo.seq.prompt))
 
     def step(self) -> Step:
         """One token for every sequence.
@@ -273,7 +273,7 @@ class Batch:
                 lp = sampling.token_logprob(r.logprobs, r.token, seq.logprobs)
             out.tokens.append((key, r.token, r.finish_reason, lp))
             if r.finish_reason is not None:
-                self._keep(r.all_tokens, r.prompt_cache)
+                self._keep(r.all_tokens, r.prompt_cache, len(self.seqs[key].prompt))
                 self._forget(key)
         for key in out.failed:
             self.remove(key)

@@ -64,4 +64,4 @@ def stream(
         solo.close()
         held = solo.held() if prompt_cache is not None and not failed else None
         if held is not None:
-            prompt_cache.store(held, solo.cache)
+            prompt_cache.store(held, solo.cache, len(seq.prompt))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import threading
 import time
 from collections import Counter
@@ -267,6 +268,7 @@ class Store:
         with self.lock():
             count, freed = self.recover()
             self._clean_partials()
+            self._clean_prompt_caches()
             cutoff = self.clock() - grace
             old = set()
             for digest in self.blobs.digests() - self._claimed():
@@ -277,6 +279,20 @@ class Store:
                     continue
             more, more_freed = self.remove_unreferenced(old)
             return count + more, freed + more_freed
+
+    def prompt_cache_dir(self, digest: str) -> Path:
+        """Where the prompt cache of the model with manifest `digest` keeps its files."""
+        return self.root / "cache" / "prompts" / digest.replace(":", "-")
+
+    def _clean_prompt_caches(self) -> None:
+        """Remove the prompt caches of models no manifest names any more."""
+        folder = self.root / "cache" / "prompts"
+        if not folder.is_dir():
+            return
+        live = {self.prompt_cache_dir(m.digest).name for m in self.list()}
+        for entry in folder.iterdir():
+            if entry.name not in live:
+                shutil.rmtree(entry, ignore_errors=True)
 
     # -- what killed writers leave ----------------------------------------------------------
 
