@@ -900,7 +900,10 @@ class ProcessModel(Wire):
     expires_at: str
     size_vram: int
     context_length: int
+    # mlxollama's: bytes of KV cache the model's prompt cache holds (absent when none)
+    prompt_cache_size: int | None = None
     _nested: ClassVar[dict[str, type[Wire]]] = {"details": ModelDetails}
+    _omit = frozenset({"prompt_cache_size"})
 
 
 @dataclass

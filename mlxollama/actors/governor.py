@@ -63,6 +63,7 @@ class Entry:
     timer: threading.Timer | None = None
     load_timer: threading.Timer | None = None
     generation: int = 0  # bumps whenever the keep-alive timer is reset
+    prompt_cache: int = 0  # bytes its prompt cache holds (as of its last finished request)
 
 
 def device_memory() -> int:
@@ -246,6 +247,7 @@ class GovernorActor(pykka.ThreadingActor):
                     "expires_at": expires,
                     "context_length": e.context_length,
                     "active": e.refs,
+                    "prompt_cache": e.prompt_cache,
                     "state": e.state,
                     "on_gpu": self.on_gpu,
                 }
@@ -300,7 +302,8 @@ class GovernorActor(pykka.ThreadingActor):
                 for adm in entry.pending:
                     tell(adm.session, Fail(error))
                 self._start_waiting_loads()
-            case Release():
+            case Release(prompt_cache=held):
+                entry.prompt_cache = held
                 entry.refs = max(0, entry.refs - 1)
                 entry.last_used = self.clock()
                 self._maybe_idle(entry)

@@ -155,10 +155,12 @@ class ModelDied:
 
 @dataclass(frozen=True, slots=True)
 class Release:
-    """A request of model `name` has finished."""
+    """A request of model `name` has finished; `prompt_cache` is the bytes its prompt cache
+    holds now (for `/api/ps`)."""
 
     name: str
     ref: Any
+    prompt_cache: int = 0
 
 
 # -- to the GovernorActor, from its timers -----------------------------------------------------

@@ -253,7 +253,9 @@ class ModelActor(pykka.ThreadingActor):
             self._admit(self.waiting.popleft())
 
     def _release(self) -> None:
-        tell(self.governor, Release(self.name, self.actor_ref))
+        cache = self.batch.prompt_cache if self.batch is not None else None
+        held = cache.nbytes if cache is not None else 0
+        tell(self.governor, Release(self.name, self.actor_ref, held))
 
     def _kick(self) -> None:
         if not self.stepping:

@@ -100,6 +100,7 @@ class RunningModel:
     context_length: int
     active: int  # sessions generating or waiting
     on_gpu: bool = True  # False on MLX's CPU backend: /api/ps then shows size_vram 0
+    prompt_cache: int = 0  # bytes of KV cache its prompt cache holds
 
 
 class Runtime:
@@ -283,6 +284,7 @@ class Runtime:
                 context_length=m["context_length"],
                 active=m["active"],
                 on_gpu=m["on_gpu"],
+                prompt_cache=m.get("prompt_cache", 0),
             )
             for m in self._governor.ps().get(timeout=30)
         ]
