@@ -30,10 +30,10 @@ def sequence(lm, question: str, history: tuple = (), n: int = 12):
     return prepare(lm, request, 4096).sequence
 
 
-def run(lm, seqs, cache: PromptCache | None) -> tuple[list[list[int]], list[int]]:
+def run(lm, seqs, cache: PromptCache | None, batch: Batch | None = None):
     """Every sequence through one Batch at once: their tokens, and how many prompt tokens
     each took from the cache."""
-    batch = Batch(lm.model, lm.tokenizer.eos_token_ids, 8, cache)
+    batch = batch or Batch(lm.model, lm.tokenizer.eos_token_ids, 8, cache)
     cached = [batch.add(i, s) for i, s in enumerate(seqs)]
     out: list[list[int]] = [[] for _ in seqs]
     while batch.seqs:
@@ -67,9 +67,14 @@ def test_a_shared_system_prompt_is_reused_inside_the_batch(smollm2_loaded):
     cache = PromptCache(2**30)
     run(lm, [sequence(lm, "Hello!")], cache)  # leaves the system prompt in the cache
     seqs = [sequence(lm, q) for q in QUESTIONS]
-    with_cache, hits = run(lm, seqs, cache)
+    batch = Batch(lm.model, lm.tokenizer.eos_token_ids, 8, cache)
+    with_cache, hits = run(lm, seqs, cache, batch)
     system_len = len(sequence(lm, "").prompt) - 8
     assert all(h >= system_len for h in hits), hits
+    # what the batch prefilled (mlx-lm's own count): only the questions, even for the one
+    # that started alone and moved into the batch before its first token
+    rest = sum(len(s.prompt) - h for s, h in zip(seqs, hits, strict=True))
+    assert batch.gen._counters.prompt_tokens <= rest
     without, _ = run(lm, [sequence(lm, q) for q in QUESTIONS], None)
     assert with_cache == without
 

@@ -93,6 +93,7 @@ class Solo:
         self.seq = seq
         self.eos = frozenset(eos)
         self.cache = cache if cache is not None else make_prompt_cache(model)
+        self.cached = cached if cache is not None else 0
         self.generated: list[int] = []
         processors = seq.processors
         if cached and processors:  # they see the whole text, as without the cache
@@ -341,8 +342,11 @@ class Batch:
         (key, solo), self.solo = self.solo, None
         solo.close()
         seq = solo.seq
-        if not solo.generated:  # nothing ran yet: start over in the batch
-            self._insert(key, seq, [seq.prompt], seq.max_tokens)
+        if not solo.generated:  # nothing ran yet: start in the batch, with its cached prefix
+            cached = solo.cached
+            cache = solo.cache if cached else None
+            seen = seq.prompt[:cached] if cached else None
+            self._insert(key, seq, [seq.prompt[cached:]], seq.max_tokens, cache=cache, seen=seen)
             return
         mx.eval([c.state for c in solo.cache])
         for c in solo.cache:
