@@ -157,7 +157,7 @@ class ToolCallParser:
             tail = self.end.flush() if self.end is not None else ""
             self.body += tail
             self.inside = False
-            return self._emit(self.start_marker + self.body + self.end_marker)
+            return self._emit(self.start_marker + self.body)  # the end marker never came
         rest = self.start.flush()
         return [Chunk(text=rest)] if rest else []
 
