@@ -435,3 +435,22 @@ def test_openai_tool_choice_forms():
     assert oa.tool_choice(None) == "auto"
     assert oa.tool_choice("required") == "required"
     assert oa.tool_choice({"type": "function", "function": {"name": "f"}}) == {"name": "f"}
+
+
+def test_forced_arguments_are_the_functions_own():
+    nested = {
+        "type": "object",
+        "properties": {
+            "where": {"type": "object", "properties": {"city": {"type": "string"}}},
+            "tags": {"type": "array", "items": {"type": "object", "properties": {}}},
+            "extra": {"type": "object", "additionalProperties": True, "properties": {}},
+        },
+    }
+    out = tools.closed(nested)
+    assert out["additionalProperties"] is False
+    assert out["properties"]["where"]["additionalProperties"] is False
+    assert out["properties"]["tags"]["items"]["additionalProperties"] is False
+    assert out["properties"]["extra"]["additionalProperties"] is True
+    assert "additionalProperties" not in nested  # the request's schema is not changed
+    fn = {"type": "function", "function": {"name": "f", "parameters": nested}}
+    assert '"additionalProperties": false' in tools.required_lark(tools.LLAMA3, [fn], None)

@@ -280,6 +280,8 @@ def required_lark(fmt: ToolFormat, tools: Tools, name: str | None, marker: Marke
 
     One call, not several: OpenAI's `required` asks for at least one, and with one the
     grammar ends the answer right after it (a small model would otherwise go on calling).
+    The arguments are the function's own (`closed`): a model that invents more arguments
+    until `num_predict` runs out is what a forced call would otherwise get.
 
     Args:
         marker: writes a marker into the grammar (`quoted`, or the model's special token
@@ -295,10 +297,33 @@ def required_lark(fmt: ToolFormat, tools: Tools, name: str | None, marker: Marke
         )
     rules = []
     for fn in _functions(tools, name):
-        params = fn.get("parameters") or {"type": "object"}
+        params = closed(fn.get("parameters") or {"type": "object"})
         rules.append(fmt.call_lark(fn["name"], params, marker))
     alternatives = "\n".join(f"call_{i}: {rule}" for i, rule in enumerate(rules))
     return "start: " + " | ".join(f"call_{i}" for i in range(len(rules))) + "\n" + alternatives
+
+
+def closed(schema: Any) -> Any:
+    """`schema` with `additionalProperties: false` on each object that lists its properties
+    and says nothing of others (OpenAI's strict mode). What validates against the result
+    validates against `schema`."""
+    if isinstance(schema, list):
+        return [closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in ("properties", "$defs", "definitions", "patternProperties"):
+            out[key] = (
+                {k: closed(v) for k, v in value.items()} if isinstance(value, dict) else value
+            )
+        elif key in ("items", "anyOf", "oneOf", "allOf", "prefixItems", "not"):
+            out[key] = closed(value)
+        else:
+            out[key] = value
+    if "properties" in out and "additionalProperties" not in out and "patternProperties" not in out:
+        out["additionalProperties"] = False
+    return out
 
 
 def special_marker(tokenizer: Any) -> Marker:
