@@ -454,3 +454,20 @@ def test_forced_arguments_are_the_functions_own():
     assert "additionalProperties" not in nested  # the request's schema is not changed
     fn = {"type": "function", "function": {"name": "f", "parameters": nested}}
     assert '"additionalProperties": false' in tools.required_lark(tools.LLAMA3, [fn], None)
+
+
+def test_a_forced_choice_the_format_cannot_enforce_is_refused_before_decoding():
+    from mlxollama.engine.answer import _grammar
+    from mlxollama.http.errors import status_of
+
+    gemma4, _ = TEMPLATES["gemma4-jinja"]
+    required = api.InferenceRequest(model="m", kind="chat", tools=TOOLS, tool_choice="required")
+    with pytest.raises(InvalidOption) as refused:
+        _grammar(required, gemma4, TOOLS)
+    assert status_of(refused.value)[0] == 400
+    auto = api.InferenceRequest(model="m", kind="chat", tools=TOOLS)
+    assert _grammar(auto, gemma4, TOOLS) is None  # "auto" parses what the model writes
+    named = api.InferenceRequest(
+        model="m", kind="chat", tools=TOOLS, tool_choice={"name": "get_time"}
+    )
+    assert "get_time" in _grammar(named, HERMES_TEMPLATE, TOOLS)
