@@ -256,16 +256,6 @@ def tool_format(template: str | None) -> ToolFormat | None:
     return None
 
 
-def call_schema(tools: Tools, name: str | None = None) -> dict[str, Any]:
-    """The JSON schema of one call `{"name": ..., "arguments": {...}}` to any of `tools` (or
-    to the one named)."""
-    options = [
-        _call_object(fn.get("name"), fn.get("parameters") or {"type": "object"}, "arguments")
-        for fn in _functions(tools, name)
-    ]
-    return options[0] if len(options) == 1 else {"anyOf": options}
-
-
 def _functions(tools: Tools, name: str | None) -> list[dict[str, Any]]:
     fns = [tool.get("function") or {} for tool in tools]
     fns = [fn for fn in fns if name is None or fn.get("name") == name]
