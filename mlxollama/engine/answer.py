@@ -16,7 +16,7 @@ from mlxollama.engine import grammar, prompt, thinking, tools
 from mlxollama.engine.batch import Sequence, plan
 from mlxollama.engine.decoder import Decoder, OutputParser, TextParser
 from mlxollama.engine.features import capabilities, check
-from mlxollama.engine.output import ThinkingParser, ToolCallParser
+from mlxollama.engine.output import ThinkingParser
 from mlxollama.errors import InvalidOption
 
 
@@ -82,7 +82,7 @@ def prepare(lm: Any, request: api.InferenceRequest, num_ctx: int) -> Prepared:
         tokens = lm.tokenizer.encode(text, add_special_tokens=not jinja)
 
     processors = []
-    rule = _grammar(request, template, offered)
+    rule = _grammar(request, template, offered, lm.tokenizer)
     if rule is not None:
         processors.append(grammar.constraint(lm, rule))
     seq = plan(tokens, sampling, num_ctx, opts["num_keep"], processors)
@@ -95,7 +95,9 @@ def prepare(lm: Any, request: api.InferenceRequest, num_ctx: int) -> Prepared:
     )
 
 
-def _grammar(request: api.InferenceRequest, template: str | None, offered: list) -> str | None:
+def _grammar(
+    request: api.InferenceRequest, template: str | None, offered: list, tokenizer: Any = None
+) -> str | None:
     """The grammar the answer must follow: a forced tool call, else the format's schema."""
     choice = request.tool_choice
     if offered and choice != "auto":
@@ -103,7 +105,8 @@ def _grammar(request: api.InferenceRequest, template: str | None, offered: list)
         if fmt is None:
             raise InvalidOption("tool_choice: this model's template has no tool-call format")
         name = choice.get("name") if isinstance(choice, dict) else None
-        return grammar.lark_grammar(tools.required_lark(fmt, offered, name), "tool_choice")
+        marker = tools.special_marker(tokenizer) if tokenizer is not None else tools.quoted
+        return grammar.lark_grammar(tools.required_lark(fmt, offered, name, marker), "tool_choice")
     if request.format is not None:
         return grammar.json_grammar(request.format)
     return None
@@ -113,7 +116,7 @@ def _parser(request: api.InferenceRequest, template: str | None, text: str, offe
     parser: OutputParser = TextParser()
     fmt = tools.tool_format(template) if offered else None
     if fmt is not None:
-        parser = ToolCallParser(fmt.start, fmt.end, fmt.parse)
+        parser = fmt.parser(offered)
     think = thinking.think_format(template)
     if think is not None and request.think is not False and not request.raw:
         opened = text.rstrip().endswith(think.start)

@@ -9,6 +9,8 @@ pieces of text, so text that could be the start of one is held back until it can
 
 from __future__ import annotations
 
+import secrets
+import string
 from collections.abc import Callable
 from typing import Any
 
@@ -155,7 +157,7 @@ class ToolCallParser:
             tail = self.end.flush() if self.end is not None else ""
             self.body += tail
             self.inside = False
-            return self._emit(self.start_marker + self.body + self.end_marker)
+            return self._emit(self.start_marker + self.body)  # the end marker never came
         rest = self.start.flush()
         return [Chunk(text=rest)] if rest else []
 
@@ -166,7 +168,71 @@ class ToolCallParser:
             return [Chunk(text=raw)]
         if not calls:
             return [Chunk(text=raw)]
-        for call in calls:
-            call["function"].setdefault("index", self.index)
-            self.index += 1
+        self.index = number_calls(calls, self.index)
         return [Chunk(tool_calls=calls)]
+
+
+def call_id() -> str:
+    """A tool call id as Ollama makes them: `call_` and 8 lower-case letters or digits."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "call_" + "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def number_calls(calls: list[dict[str, Any]], first: int) -> int:
+    """Give each call Ollama's `id` (`call_...`) and `function.index` (its place among the
+    answer's calls, from `first`); the next index."""
+    for call in calls:
+        call.setdefault("id", call_id())
+        call["function"]["index"] = first
+        first += 1
+    return first
+
+
+class LeadingCallParser:
+    """An answer that is itself the tool call (Llama 3's bare JSON): when the answer begins
+    with `start` (after white space and `<|python_tag|>`), all of it is held until it parses
+    as calls or the answer ends; an answer that begins otherwise, or whose text does not
+    parse into calls, is content, as Ollama treats it."""
+
+    TAG = "<|python_tag|>"
+
+    def __init__(self, start: str, parse: ParseCalls):
+        self.start = start
+        self.parse = parse
+        self.state = "before"  # "before", "call" (holding), "content"
+        self.held = ""
+        self.index = 0
+
+    def feed(self, text: str) -> list[Chunk]:
+        if self.state == "content":
+            return [Chunk(text=text)] if text else []
+        self.held += text
+        if self.state == "before":
+            head = self.held.lstrip()
+            if head.startswith(self.TAG):
+                head = head[len(self.TAG) :].lstrip()
+            elif self.TAG.startswith(head):
+                return []  # white space, or a part of the tag: not known yet
+            if not head:
+                return []
+            if not head.startswith(self.start):
+                return self._content()
+            self.state = "call"
+        return []
+
+    def close(self) -> list[Chunk]:
+        if self.state != "call":
+            return self._content() if self.held.strip() else []
+        try:
+            calls = self.parse(self.held)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            calls = []
+        if not calls:
+            return self._content()
+        self.index = number_calls(calls, self.index)
+        self.held = ""
+        return [Chunk(tool_calls=calls)]
+
+    def _content(self) -> list[Chunk]:
+        self.state, text, self.held = "content", self.held, ""
+        return [Chunk(text=text)] if text else []

@@ -28,6 +28,7 @@ import structlog
 from mlxollama import api
 from mlxollama.api import field, json_type
 from mlxollama.engine.grammar import schema_of
+from mlxollama.engine.output import call_id
 from mlxollama.errors import InvalidName, ModelNotFound
 from mlxollama.http import embed
 from mlxollama.http.errors import bad_request, log_failure, openai_error, status_of
@@ -156,6 +157,10 @@ def content_text(content: Any) -> Any:
 
 
 def chat_messages(raw: Any) -> list[api.Message]:
+    """OpenAI's messages as the native ones: `developer` is `system`; an assistant's
+    `tool_calls` (arguments as JSON strings, content possibly null) and a `tool` message's
+    `tool_call_id` are kept, so the template renders the conversation's tool history (a
+    tool message without `name` gets the name of the call it answers, as Ollama does)."""
     if raw is None:
         raise bad_request("'messages' is a required property")
     if not isinstance(raw, list):
@@ -163,12 +168,24 @@ def chat_messages(raw: Any) -> list[api.Message]:
     if not raw:
         raise bad_request("[] is too short - 'messages'")
     messages = []
+    names: dict[str, str] = {}  # tool call id -> function name
     for m in raw:
         if not isinstance(m, dict):
             raise bad_request("each message must be an object")
         role = "system" if m.get("role") == "developer" else m.get("role")
-        content = content_text(m.get("content"))
-        messages.append(api.Message.from_dict({"role": role, "content": content}))
+        message = {"role": role, "content": content_text(m.get("content"))}
+        if role == "assistant" and m.get("tool_calls"):
+            message["tool_calls"] = m["tool_calls"]
+        elif role == "tool":
+            call = m.get("tool_call_id")
+            message["tool_call_id"] = call
+            name = m.get("name")
+            message["tool_name"] = name if name is not None else names.get(call or "")
+        msg = api.Message.from_dict(message)
+        for tc in msg.tool_calls or ():
+            if tc.get("id"):
+                names[tc["id"]] = tc["function"]["name"]
+        messages.append(msg)
     return messages
 
 
@@ -284,8 +301,32 @@ def event(obj: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-def finish_reason(final: api.Chunk) -> str:
-    return "length" if final.done_reason == "length" else "stop"  # load/unload: "stop"
+def finish_reason(final: api.Chunk, called: bool = False) -> str:
+    """`length`, `tool_calls` when the answer called a tool (as Ollama: it replaces `stop`),
+    else `stop` (load/unload too)."""
+    if final.done_reason == "length":
+        return "length"
+    return "tool_calls" if called else "stop"
+
+
+def tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ollama's tool calls in OpenAI's shape: `id`, `index`, `type`, and `function` with the
+    arguments as a JSON string (what the `openai` client hands to `json.loads`)."""
+    out = []
+    for i, call in enumerate(calls):
+        fn = call["function"]
+        out.append(
+            {
+                "id": call.get("id") or call_id(),
+                "index": fn.get("index", i),
+                "type": "function",
+                "function": {
+                    "name": fn["name"],
+                    "arguments": orjson.dumps(fn.get("arguments") or {}).decode(),
+                },
+            }
+        )
+    return out
 
 
 def usage(final: api.Chunk) -> dict[str, int]:
@@ -348,6 +389,7 @@ class ChatOutput(_Output):
     def __init__(self, request: api.InferenceRequest, include_usage: bool):
         super().__init__(request, include_usage)
         self.started = False
+        self.called = False  # a tool call went out: the finish reason is `tool_calls`
 
     def chunk(self, chunk: api.Chunk) -> bytes:
         data = b""
@@ -357,14 +399,22 @@ class ChatOutput(_Output):
                 delta = {"role": "assistant", **delta}
                 self.started = True
             data += event(self.envelope([{"index": 0, "delta": delta, "finish_reason": None}]))
+        if chunk.tool_calls:  # tools: each call whole in one delta, with its index and id
+            self.called = True
+            delta = {"tool_calls": tool_calls(chunk.tool_calls)}
+            data += event(self.envelope([{"index": 0, "delta": delta, "finish_reason": None}]))
         if chunk.done:
-            choice = {"index": 0, "delta": {}, "finish_reason": finish_reason(chunk)}
+            reason = finish_reason(chunk, self.called)
+            choice = {"index": 0, "delta": {}, "finish_reason": reason}
             data += event(self.envelope([choice])) + self.ending(chunk)
         return data
 
     def whole(self, final: api.Chunk) -> dict[str, Any]:
-        message = {"role": "assistant", "content": final.text}
-        choice = {"index": 0, "message": message, "finish_reason": finish_reason(final)}
+        message: dict[str, Any] = {"role": "assistant", "content": final.text}
+        if final.tool_calls:  # tools
+            message["tool_calls"] = tool_calls(final.tool_calls)
+        reason = finish_reason(final, bool(final.tool_calls))
+        choice = {"index": 0, "message": message, "finish_reason": reason}
         return self.envelope([choice], object="chat.completion", usage=usage(final))
 
 
