@@ -60,9 +60,11 @@ def prepare(lm: Any, request: api.InferenceRequest, num_ctx: int) -> Prepared:
     template, go = model_template(lm, request.template)
     check(request, lm.name, capabilities(lm.capabilities, template, go))
     offered = request.tools if request.tool_choice != "none" else []
+    fmt = thinking.think_format(template, go) if not request.raw else None
+    think = thinking.effective_think(request.think, fmt)
     if request.kind == "chat":
         text = prompt.chat_text(
-            lm, request.messages, template=request.template, tools=offered, think=request.think
+            lm, request.messages, template=request.template, tools=offered, think=think
         )
     else:
         text = prompt.generate_text(
@@ -72,7 +74,7 @@ def prepare(lm: Any, request: api.InferenceRequest, num_ctx: int) -> Prepared:
             template=request.template,
             raw=request.raw,
             suffix=request.suffix,
-            think=request.think,
+            think=think,
         )
     if request.kind == "generate" and request.raw:
         tokens = lm.tokenizer.encode(text)
@@ -89,7 +91,7 @@ def prepare(lm: Any, request: api.InferenceRequest, num_ctx: int) -> Prepared:
     return Prepared(
         sequence=seq,
         stop=sampling.stop,
-        parser=_parser(request, template, text, offered),
+        parser=_parser(template, text, offered, fmt, think),
         tokenizer=lm.tokenizer,
     )
 
@@ -108,14 +110,21 @@ def _grammar(request: api.InferenceRequest, template: str | None, offered: list)
     return None
 
 
-def _parser(request: api.InferenceRequest, template: str | None, text: str, offered: list):
+def _parser(
+    template: str | None,
+    text: str,
+    offered: list,
+    fmt: thinking.ThinkFormat | None,
+    think: bool | str | None,
+) -> OutputParser:
+    """Tool calls inside, reasoning around them: the reasoning is separated only when the
+    request thinks (as in Ollama, `think: false` leaves whatever the model writes in the
+    content); harmony's channels are always parsed, its markup is never content."""
     parser: OutputParser = TextParser()
-    fmt = tools.tool_format(template) if offered else None
-    if fmt is not None:
-        parser = ToolCallParser(fmt.start, fmt.end, fmt.parse)
-    think = thinking.think_format(template)
-    if think is not None and request.think is not False and not request.raw:
-        opened = text.rstrip().endswith(think.start)
-        if request.think or opened:
-            parser = ThinkingParser(think.start, think.end, parser, opened=opened)
-    return parser
+    calls = tools.tool_format(template) if offered else None
+    if calls is not None:
+        parser = ToolCallParser(calls.start, calls.end, calls.parse)
+    if fmt is None or (think is False and not fmt.answer):
+        return parser
+    opened = text.rstrip().endswith(fmt.start)
+    return ThinkingParser(fmt.start, fmt.end, parser, opened=opened, answer=fmt.answer)
