@@ -168,7 +168,10 @@ def chat_messages(raw: Any) -> list[api.Message]:
             raise bad_request("each message must be an object")
         role = "system" if m.get("role") == "developer" else m.get("role")
         content = content_text(m.get("content"))
-        messages.append(api.Message.from_dict({"role": role, "content": content}))
+        message = {"role": role, "content": content}
+        if isinstance(m.get("reasoning"), str) and m["reasoning"]:  # Ollama's name for it
+            message["thinking"] = m["reasoning"]
+        messages.append(api.Message.from_dict(message))
     return messages
 
 
