@@ -324,3 +324,106 @@ def test_openai_completion_logprobs_is_a_count():
     assert (request.logprobs, request.top_logprobs) == (True, 3)
     request = from_completion_request({"model": "m", "prompt": "x"}, "r")
     assert (request.logprobs, request.top_logprobs) == (False, 0)
+
+
+# -- the CLI -------------------------------------------------------------------------------
+
+
+class StreamingClient:
+    """A ModelClient's `chat` that streams a fixed answer and records what it was asked."""
+
+    def __init__(self, pieces):
+        self.pieces = pieces
+        self.asked = []
+
+    def chat(self, model, messages, **kwargs):
+        self.asked.append(kwargs)
+        return iter(
+            {"message": {"role": "assistant", "content": c, **({"thinking": t} if t else {})}}
+            for t, c in self.pieces
+        )
+
+
+PIECES = [("I ", ""), ("ponder.", ""), ("", "The "), ("", "answer.")]
+
+
+def test_cli_shows_thinking_as_ollama_does(capsys):
+    from mlxollama.cli.repl import Conversation
+
+    client = StreamingClient(PIECES)
+    reply = Conversation(client, "m", think="high").ask("Why?")
+    out = capsys.readouterr().out
+    assert out == "Thinking...\nI ponder.\n...done thinking.\n\nThe answer.\n\n"
+    assert reply == "The answer." and client.asked[0]["think"] == "high"
+
+    Conversation(StreamingClient(PIECES), "m", hidethinking=True).ask("Why?")
+    assert capsys.readouterr().out == "The answer.\n\n"
+
+
+def test_cli_dims_thinking_on_a_terminal():
+    import click
+    from click.testing import CliRunner
+
+    from mlxollama.cli.repl import ThinkingDisplay
+
+    runner = CliRunner()
+
+    def show():
+        shown = ThinkingDisplay(tty=True)
+        shown.thinking("hmm\n")
+        shown.done()
+
+    out = runner.invoke(click.command()(show), color=True).output
+    assert out == (
+        click.style("Thinking...\n", dim=True, bold=True)
+        + click.style("hmm\n", dim=True)
+        + click.style("...done thinking.\n\n", dim=True, bold=True)
+    )
+
+
+def test_repl_set_think(capsys):
+    from mlxollama.cli.repl import Conversation, command
+
+    conv = Conversation(StreamingClient([]), "m")
+    command(conv, "/set think")
+    assert conv.think is True and "Set 'think' mode." in capsys.readouterr().out
+    command(conv, "/set think low")
+    assert conv.think == "low" and "Set 'think' mode to 'low'." in capsys.readouterr().out
+    command(conv, "/set think loud")
+    assert conv.think == "low" and "Invalid think level" in capsys.readouterr().out
+    command(conv, "/set nothink")
+    assert conv.think is False and "Set 'nothink' mode." in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "think"),
+    [([], None), (["--think"], True), (["--think=false"], False), (["--think=max"], "max")],
+)
+def test_cli_think_flag(monkeypatch, args, think):
+    from click.testing import CliRunner
+
+    from mlxollama.cli import main
+
+    seen = {}
+
+    class Client:
+        def show(self, model):
+            return {"capabilities": ["completion", "thinking"]}
+
+        def chat(self, model, messages, **kwargs):
+            seen.update(kwargs)
+            return iter([{"message": {"role": "assistant", "content": "ok"}}])
+
+    monkeypatch.setattr(main, "connect", lambda embedded, announce=False: Client())
+    out = CliRunner().invoke(main.cli, ["run", "m", *args, "--hidethinking", "hi"])
+    assert out.exit_code == 0, out.output
+    assert seen["think"] == think and out.output == "ok\n\n"
+
+
+def test_cli_think_flag_refuses_other_values():
+    from click.testing import CliRunner
+
+    from mlxollama.cli import main
+
+    out = CliRunner().invoke(main.cli, ["run", "m", "--think=loud", "hi"])
+    assert out.exit_code == 2 and 'invalid value for --think: "loud"' in out.output

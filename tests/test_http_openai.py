@@ -288,7 +288,7 @@ def test_bad_requests_raise_the_sdks_typed_errors(client):
         ({"messages": []}, "[] is too short - 'messages'"),
         ({"tools": [tool]}, "registry.ollama.ai/library/smollm2:latest does not support tools"),
         ({"response_format": {"type": "json_object"}}, "response_format 'json_object'"),
-        ({"logprobs": True}, "logprobs are not supported"),
+        ({"top_logprobs": 2}, "only allowed when 'logprobs' is enabled"),
         ({"stop": 5}, '"stop" must be a string or an array of strings'),
         ({"temperature": "hot"}, '"temperature" must be a number'),
         ({"messages": [{"role": "user", "content": [image]}]}, "images are not supported"),

@@ -185,7 +185,7 @@ class ThinkingDisplay:
         self.last = ""
 
     def _style(self, text: str, bold: bool = False) -> str:
-        return click.style(text, dim=True, bold=bold) if self.tty else text
+        return click.style(text, dim=True, bold=bold or None) if self.tty else text
 
     def thinking(self, piece: str) -> None:
         if not piece or self.hide:
