@@ -427,3 +427,9 @@ def test_cli_think_flag_refuses_other_values():
 
     out = CliRunner().invoke(main.cli, ["run", "m", "--think=loud", "hi"])
     assert out.exit_code == 2 and 'invalid value for --think: "loud"' in out.output
+
+
+def test_a_grammar_leaves_no_room_to_think():
+    # format or a forced tool call: a thinking model is told not to think unless asked
+    assert thinking.effective_think(None, THINK_TAGS, constrained=True) is False
+    assert thinking.effective_think("low", THINK_TAGS, constrained=True) == "low"

@@ -109,6 +109,18 @@ def test_think_false_is_not_separated_and_the_template_is_told(d):
     assert off.message.content.strip()
 
 
+def test_format_on_a_thinking_model_answers_in_the_content(d):
+    """A grammar binds the answer from its first token: the model is told not to think
+    (think omitted) and the JSON is the content, not taken for reasoning."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    r = d.client().chat("thinker", EXAMPLES, format=schema, options={**GREEDY, "num_predict": 16})
+    assert r.message.thinking is None
+    if r.done_reason == "stop":
+        assert isinstance(orjson.loads(r.message.content)["city"], str)
+    else:
+        assert r.message.content.startswith("{")
+
+
 def test_generate_has_thinking(d):
     client = d.client()
     r = client.generate("thinker", "Why is the sky blue?", options={**GREEDY, "num_predict": 8})

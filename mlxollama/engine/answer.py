@@ -61,7 +61,12 @@ def prepare(lm: Any, request: api.InferenceRequest, num_ctx: int) -> Prepared:
     check(request, lm.name, capabilities(lm.capabilities, template, go))
     offered = request.tools if request.tool_choice != "none" else []
     fmt = thinking.think_format(template, go) if not request.raw else None
-    think = thinking.effective_think(request.think, fmt)
+    rule = _grammar(request, template, offered)
+    # a grammar binds the answer from its first token: there is no room to reason first, so
+    # a thinking model is told not to (unless the request insists), and nothing is taken
+    # for reasoning that the prompt opened
+    constrained = rule is not None and fmt is not None and not fmt.answer
+    think = thinking.effective_think(request.think, fmt, constrained=constrained)
     if request.kind == "chat":
         text = prompt.chat_text(
             lm, request.messages, template=request.template, tools=offered, think=think
@@ -83,7 +88,6 @@ def prepare(lm: Any, request: api.InferenceRequest, num_ctx: int) -> Prepared:
         tokens = lm.tokenizer.encode(text, add_special_tokens=not jinja)
 
     processors = []
-    rule = _grammar(request, template, offered)
     if rule is not None:
         processors.append(grammar.constraint(lm, rule))
     seq = plan(tokens, sampling, num_ctx, opts["num_keep"], processors)
@@ -91,7 +95,7 @@ def prepare(lm: Any, request: api.InferenceRequest, num_ctx: int) -> Prepared:
     return Prepared(
         sequence=seq,
         stop=sampling.stop,
-        parser=_parser(template, text, offered, fmt, think),
+        parser=_parser(template, text, offered, fmt, think, constrained),
         tokenizer=lm.tokenizer,
     )
 
@@ -116,6 +120,7 @@ def _parser(
     offered: list,
     fmt: thinking.ThinkFormat | None,
     think: bool | str | None,
+    constrained: bool = False,
 ) -> OutputParser:
     """Tool calls inside, reasoning around them: the reasoning is separated only when the
     request thinks (as in Ollama, `think: false` leaves whatever the model writes in the
@@ -126,5 +131,5 @@ def _parser(
         parser = ToolCallParser(calls.start, calls.end, calls.parse)
     if fmt is None or (think is False and not fmt.answer):
         return parser
-    opened = text.rstrip().endswith(fmt.start)
+    opened = text.rstrip().endswith(fmt.start) and not constrained
     return ThinkingParser(fmt.start, fmt.end, parser, opened=opened, answer=fmt.answer)

@@ -131,14 +131,17 @@ def infer_tags(nodes: list[Any]) -> tuple[str, str]:
     return found[0], found[1]
 
 
-def effective_think(think: bool | str | None, fmt: ThinkFormat | None) -> bool | str | None:
+def effective_think(
+    think: bool | str | None, fmt: ThinkFormat | None, constrained: bool = False
+) -> bool | str | None:
     """The `think` a request is rendered and parsed with: a thinking model thinks when the
-    request does not say (Ollama's default since thinking became a capability); a level
-    above the template's highest becomes that one (harmony has no "max")."""
+    request does not say (Ollama's default since thinking became a capability), unless a
+    grammar binds the answer from its first token (`constrained`: a `format`, a forced tool
+    call); a level above the template's highest becomes that one (harmony has no "max")."""
     if fmt is None:
         return think
     if think is None:
-        return True
+        return not constrained
     if think == "max" and fmt.max_level != "max":
         return fmt.max_level
     return think
