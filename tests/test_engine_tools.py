@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from mlxollama import api, gotemplate
-from mlxollama.engine import grammar, tools
+from mlxollama.engine import grammar, thinking, tools
 from mlxollama.engine.answer import _parser
 from mlxollama.errors import InvalidOption
 from mlxollama.http import openai as oa
@@ -285,8 +285,8 @@ def test_llama3_text_answers_stream_and_json_that_is_no_call_is_content():
 
 def test_the_answer_parser_splits_thinking_then_tool_calls():
     template = HERMES_TEMPLATE + "{{ if .Think }}<think>{{ end }}"
-    request = api.InferenceRequest(model="m", kind="chat", tools=TOOLS, think=True)
-    parser = _parser(request, template, "prompt", TOOLS)
+    fmt = thinking.think_format(template, True)
+    parser = _parser(template, "prompt", TOOLS, fmt, True)
     answer = "<think>need weather</think>" + ANSWERS[tools.HERMES][1]
     chunks = []
     for piece in random_pieces(answer, random.Random(3)):

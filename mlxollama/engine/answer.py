@@ -60,9 +60,16 @@ def prepare(lm: Any, request: api.InferenceRequest, num_ctx: int) -> Prepared:
     template, go = model_template(lm, request.template)
     check(request, lm.name, capabilities(lm.capabilities, template, go))
     offered = request.tools if request.tool_choice != "none" else []
+    fmt = thinking.think_format(template, go) if not request.raw else None
+    rule = _grammar(request, template, offered, lm.tokenizer)
+    # a grammar binds the answer from its first token: there is no room to reason first, so
+    # a thinking model is told not to (unless the request insists), and nothing is taken
+    # for reasoning that the prompt opened
+    constrained = rule is not None and fmt is not None and not fmt.answer
+    think = thinking.effective_think(request.think, fmt, constrained=constrained)
     if request.kind == "chat":
         text = prompt.chat_text(
-            lm, request.messages, template=request.template, tools=offered, think=request.think
+            lm, request.messages, template=request.template, tools=offered, think=think
         )
     else:
         text = prompt.generate_text(
@@ -72,7 +79,7 @@ def prepare(lm: Any, request: api.InferenceRequest, num_ctx: int) -> Prepared:
             template=request.template,
             raw=request.raw,
             suffix=request.suffix,
-            think=request.think,
+            think=think,
         )
     if request.kind == "generate" and request.raw:
         tokens = lm.tokenizer.encode(text)
@@ -82,7 +89,6 @@ def prepare(lm: Any, request: api.InferenceRequest, num_ctx: int) -> Prepared:
         tokens = lm.tokenizer.encode(text, add_special_tokens=not jinja)
 
     processors = []
-    rule = _grammar(request, template, offered, lm.tokenizer)
     if rule is not None:
         processors.append(grammar.constraint(lm, rule))
     seq = plan(tokens, sampling, num_ctx, opts["num_keep"], processors)
@@ -90,7 +96,7 @@ def prepare(lm: Any, request: api.InferenceRequest, num_ctx: int) -> Prepared:
     return Prepared(
         sequence=seq,
         stop=sampling.stop,
-        parser=_parser(request, template, text, offered),
+        parser=_parser(template, text, offered, fmt, think, constrained),
         tokenizer=lm.tokenizer,
     )
 
@@ -112,14 +118,22 @@ def _grammar(
     return None
 
 
-def _parser(request: api.InferenceRequest, template: str | None, text: str, offered: list):
+def _parser(
+    template: str | None,
+    text: str,
+    offered: list,
+    fmt: thinking.ThinkFormat | None,
+    think: bool | str | None,
+    constrained: bool = False,
+) -> OutputParser:
+    """Tool calls inside, reasoning around them: the reasoning is separated only when the
+    request thinks (as in Ollama, `think: false` leaves whatever the model writes in the
+    content); harmony's channels are always parsed, its markup is never content."""
     parser: OutputParser = TextParser()
-    fmt = tools.tool_format(template) if offered else None
-    if fmt is not None:
-        parser = fmt.parser(offered)
-    think = thinking.think_format(template)
-    if think is not None and request.think is not False and not request.raw:
-        opened = text.rstrip().endswith(think.start)
-        if request.think or opened:
-            parser = ThinkingParser(think.start, think.end, parser, opened=opened)
-    return parser
+    calls = tools.tool_format(template) if offered else None
+    if calls is not None:
+        parser = calls.parser(offered)
+    if fmt is None or (think is False and not fmt.answer):
+        return parser
+    opened = text.rstrip().endswith(fmt.start) and not constrained
+    return ThinkingParser(fmt.start, fmt.end, parser, opened=opened, answer=fmt.answer)

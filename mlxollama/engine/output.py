@@ -52,52 +52,104 @@ class Splitter:
         return out
 
 
+HEADER_SLACK = 32
+"""How much text (the role header, `<|start|>assistant`) may precede the answer's header."""
+
+
 class ThinkingParser:
     """Reasoning between `start` and `end` becomes `Chunk.thinking`; the rest goes to
     `inner` (content, tool calls). Reasoning only comes first: a start marker after the
-    answer began is content.
+    answer began is content. Whitespace right after either marker is dropped (as Ollama's
+    parser does), so neither the reasoning nor the answer begins with the newline the model
+    writes after a tag.
 
     Args:
+        start, end: the markers around the reasoning.
+        inner: the parser of what follows the reasoning. Default: all content.
         opened: the prompt already opened the reasoning (the template ends with `start`).
+        answer: what the model writes between its reasoning and its answer (harmony's
+            `<|channel|>final<|message|>`, after a short role header), dropped; text that turns out
+            not to be it is content. An answer that starts with it has no reasoning.
     """
 
-    def __init__(self, start: str, end: str, inner: OutputParser | None = None, opened=False):
+    def __init__(
+        self,
+        start: str,
+        end: str,
+        inner: OutputParser | None = None,
+        opened: bool = False,
+        answer: str = "",
+    ):
         self.inner = inner or TextParser()
         self.state = "thinking" if opened else "before"
         self.start, self.end = Splitter(start), Splitter(end)
-        self.stripping = False  # whitespace right after the end marker is not content
+        self.answer = answer
+        self.header = ""  # text after the end marker that may be `answer`
+        self.stripping = opened  # whitespace right after a marker is not part of anything
 
     def feed(self, text: str) -> list[Chunk]:
         chunks: list[Chunk] = []
         while text:
-            if self.state == "before":
-                stripped = text.lstrip()
-                if not stripped:
-                    return chunks
-                before, seen = self.start.feed(stripped)
-                if seen:
-                    self.state, text = "thinking", self.start.rest
-                    continue
-                if before or not self.start.pending:  # not a start marker: all content
-                    self.state = "content"
-                    text = before + self.start.flush()
-                    continue
-                return chunks
-            if self.state == "thinking":
-                thought, seen = self.end.feed(text)
-                if thought:
-                    chunks.append(Chunk(thinking=thought))
-                if not seen:
-                    return chunks
-                self.state, text, self.stripping = "content", self.end.rest, True
-                continue
             if self.stripping:
                 text = text.lstrip()
                 if not text:
                     return chunks
                 self.stripping = False
-            return chunks + self.inner.feed(text)
+            if self.state == "before":
+                text = self._before(text)
+            elif self.state == "thinking":
+                thought, seen = self.end.feed(text)
+                if thought:
+                    chunks.append(Chunk(thinking=thought))
+                if not seen:
+                    return chunks
+                self.state, text, self.stripping = "header", self.end.rest, True
+            elif self.state == "header":
+                text = self._header(text)
+            else:
+                return chunks + self.inner.feed(text)
         return chunks
+
+    def _before(self, text: str) -> str:
+        """Before anything but whitespace: a start marker, the answer's header, or content.
+        Returns the text still to read (in the new state)."""
+        pending = (self.start.pending + text).lstrip()
+        self.start.pending = ""
+        if not pending:
+            return ""
+        if self.answer and pending.startswith(self.answer):
+            self.state, self.stripping = "content", True
+            return pending[len(self.answer) :]
+        before, seen = self.start.feed(pending)
+        if seen and not before.strip():
+            self.state, self.stripping = "thinking", True
+            return self.start.rest
+        if self.answer and self.answer.startswith(pending):
+            self.start.pending = pending  # it may still be the answer's header
+            return ""
+        if seen or before or not self.start.pending:  # not a start marker: all content
+            self.state = "content"
+            return before + (self.start.marker + self.start.rest if seen else self.start.flush())
+        return ""
+
+    def _header(self, text: str) -> str:
+        """After the reasoning: drop the answer's header if the model writes one (harmony's
+        `<|start|>assistant` then `answer`); any other text is content."""
+        if not self.answer:
+            self.state = "content"
+            return text
+        self.header += text
+        i = self.header.find(self.answer)
+        if 0 <= i <= HEADER_SLACK:
+            self.state, self.stripping = "content", True
+            rest, self.header = self.header[i + len(self.answer) :], ""
+            return rest
+        special = self.header.startswith("<|") or "<|".startswith(self.header)
+        if special and len(self.header) < len(self.answer) + HEADER_SLACK:
+            return ""  # a special-token header, not complete yet
+        self.state = "content"  # not the header: nothing is lost
+        rest, self.header = self.header, ""
+        return rest
 
     def close(self) -> list[Chunk]:
         chunks: list[Chunk] = []
@@ -107,6 +159,9 @@ class ThinkingParser:
                 chunks.append(Chunk(thinking=thought))
         elif self.state == "before" and self.start.pending:
             chunks += self.inner.feed(self.start.flush())
+        elif self.state == "header" and self.header:
+            chunks += self.inner.feed(self.header)
+            self.header = ""
         return chunks + self.inner.close()
 
 
