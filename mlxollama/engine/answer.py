@@ -58,7 +58,8 @@ def prepare(lm: Any, request: api.InferenceRequest, num_ctx: int) -> Prepared:
     opts = api.merge_options(lm.parameters, request.options)
     sampling = api.SamplingOptions.from_options(opts)
     template, go = model_template(lm, request.template)
-    check(request, lm.name, capabilities(lm.capabilities, template, go))
+    # what the model can do is its own template's, as the daemon checked before it loaded
+    check(request, lm.name, capabilities(lm.capabilities, *model_template(lm)))
     offered = request.tools if request.tool_choice != "none" else []
     fmt = thinking.think_format(template, go) if not request.raw else None
     rule = _grammar(request, template, offered, lm.tokenizer)
