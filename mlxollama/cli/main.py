@@ -437,10 +437,43 @@ def chat_options(f):
                 help="How long the daemon keeps the model loaded: 10m, 1h30m, 300 (seconds), -1 (forever).",
             ),
             embedded_option,
+            *think_options,
         ]
     ):
         f = option(f)
     return f
+
+
+THINK_VALUES = ("true", "false", "high", "medium", "low", "max")
+
+
+def _think_value(ctx, param, value: str | None) -> bool | str | None:
+    """`--think` (true), `--think=false`, `--think=high`...: the request's `think`."""
+    if value is None:
+        return None
+    if value not in THINK_VALUES:
+        raise click.BadParameter(
+            f'invalid value for --think: "{value}" (must be true, false, high, medium, low, '
+            "or max; give a level as --think=LEVEL)"
+        )
+    return {"true": True, "false": False}.get(value, value)
+
+
+think_options = [
+    click.option(
+        "--think",
+        is_flag=False,
+        flag_value="true",
+        default=None,
+        callback=_think_value,
+        metavar="[=LEVEL]",
+        help="Think before answering: --think, --think=false, or a level "
+        "(--think=high|medium|low|max). Default: the model's (thinking models think).",
+    ),
+    click.option(
+        "--hidethinking", is_flag=True, help="Do not show the reasoning of a thinking model."
+    ),
+]
 
 
 def _parameters(params) -> dict:

@@ -22,6 +22,8 @@ from mlxollama.cli.interrupt import Terminated
 from mlxollama.errors import MlxOllamaError, ModelNotFound
 from mlxollama.interface import ModelClient
 
+THINK_LEVELS = ("high", "medium", "low", "max")
+
 HELP = """Available Commands:
   /set            Set session variables
   /show           Show model information
@@ -40,6 +42,8 @@ HELP_SET = """Available Commands:
   /set system <string>   Set system message
   /set format json       Enable JSON mode
   /set noformat          Disable formatting
+  /set think [level]     Enable thinking (level: high, medium, low or max)
+  /set nothink           Disable thinking
   /set verbose           Show LLM stats
   /set quiet             Disable LLM stats
 """
@@ -85,6 +89,8 @@ class Conversation:
         keep_alive: how long the daemon keeps the model loaded (in-process: checked, no
             effect). Default: the daemon's.
         verbose: print Ollama's timing block after each answer. Default: False.
+        think: the requests' `think` (True, False, a level). Default: None (the model's).
+        hidethinking: do not show the reasoning. Default: False.
     """
 
     def __init__(
@@ -97,6 +103,8 @@ class Conversation:
         format: str | None = None,
         keep_alive: str | None = None,
         verbose: bool = False,
+        think: bool | str | None = None,
+        hidethinking: bool = False,
     ):
         self.client = client
         self.model = model
@@ -105,6 +113,8 @@ class Conversation:
         self.format = format
         self.keep_alive = keep_alive
         self.verbose = verbose
+        self.think = think
+        self.hidethinking = hidethinking
         self.history: list[dict[str, str]] = []
 
     def messages(self, *more: dict[str, str]) -> list[dict[str, str]]:
@@ -132,12 +142,22 @@ class Conversation:
         final: dict[str, Any] = {}
         try:
             stream = self.client.chat(
-                self.model, messages, options=self.options, stream=True, **self._fields()
+                self.model,
+                messages,
+                options=self.options,
+                stream=True,
+                think=self.think,
+                **self._fields(),
             )
+            shown = ThinkingDisplay(hide=self.hidethinking)
             for final in stream:
                 piece = final["message"]["content"]
+                shown.thinking(final["message"].get("thinking") or "")
+                if piece:
+                    shown.done()
                 parts.append(piece)
                 click.echo(piece, nl=False)
+            shown.done()
         except KeyboardInterrupt:
             if stream is not None:
                 stream.close()  # the daemon cancels on disconnect; a generator stops
@@ -152,6 +172,38 @@ class Conversation:
         """What each request carries besides the messages (both clients take them; the
         daemon and the embedded SDK refuse a `format` alike, for now)."""
         return {"format": self.format, "keep_alive": self.keep_alive}
+
+
+class ThinkingDisplay:
+    """Reasoning as Ollama's CLI shows it: `Thinking...`, the reasoning, then
+    `...done thinking.` and a blank line before the answer; dimmed on a terminal."""
+
+    def __init__(self, hide: bool = False, tty: bool | None = None):
+        self.hide = hide
+        self.tty = sys.stdout.isatty() if tty is None else tty
+        self.open = False
+        self.last = ""
+
+    def _style(self, text: str, bold: bool = False) -> str:
+        return click.style(text, dim=True, bold=bold or None) if self.tty else text
+
+    def thinking(self, piece: str) -> None:
+        if not piece or self.hide:
+            return
+        if not self.open:
+            click.echo(self._style("Thinking...\n", bold=True), nl=False)
+            self.open = True
+        click.echo(self._style(piece), nl=False)
+        self.last = piece
+
+    def done(self) -> None:
+        """The reasoning is over (the answer began, or ended)."""
+        if not self.open:
+            return
+        if not self.last.endswith("\n"):
+            click.echo()
+        click.echo(self._style("...done thinking.\n\n", bold=True), nl=False)
+        self.open = False
 
 
 def repl(conversation: Conversation) -> None:
@@ -229,6 +281,15 @@ def _set(conv: Conversation, line: str) -> None:
     elif sub == "noformat":
         conv.format = None
         click.echo("Disabled format.")
+    elif sub == "think":
+        if rest and rest not in THINK_LEVELS:
+            click.echo(f"Invalid think level '{rest}': use one of {', '.join(THINK_LEVELS)}")
+            return
+        conv.think = rest or True
+        click.echo(f"Set 'think' mode to '{rest}'." if rest else "Set 'think' mode.")
+    elif sub == "nothink":
+        conv.think = False
+        click.echo("Set 'nothink' mode.")
     elif sub in ("verbose", "quiet"):
         conv.verbose = sub == "verbose"
         click.echo(f"Set '{sub}' mode.")

@@ -16,7 +16,7 @@ from mlxollama.engine import grammar, prompt, thinking, tools
 from mlxollama.engine.batch import Sequence, plan
 from mlxollama.engine.decoder import Decoder, OutputParser, TextParser
 from mlxollama.engine.features import capabilities, check
-from mlxollama.engine.output import ThinkingParser, ToolCallParser
+from mlxollama.engine.output import ThinkingParser
 from mlxollama.errors import InvalidOption
 
 
@@ -60,11 +60,19 @@ def prepare(lm: Any, request: api.InferenceRequest, num_ctx: int) -> Prepared:
     opts = api.merge_options(lm.parameters, request.options)
     sampling = api.SamplingOptions.from_options(opts)
     template, go = model_template(lm, request.template)
-    check(request, lm.name, capabilities(lm.capabilities, template, go))
+    # what the model can do is its own template's, as the daemon checked before it loaded
+    check(request, lm.name, capabilities(lm.capabilities, *model_template(lm)))
     offered = request.tools if request.tool_choice != "none" else []
+    fmt = thinking.think_format(template, go) if not request.raw else None
+    rule = _grammar(request, template, offered, lm.tokenizer)
+    # a grammar binds the answer from its first token: there is no room to reason first, so
+    # a thinking model is told not to (unless the request insists), and nothing is taken
+    # for reasoning that the prompt opened
+    constrained = rule is not None and fmt is not None and not fmt.answer
+    think = thinking.effective_think(request.think, fmt, constrained=constrained)
     if request.kind == "chat":
         text = prompt.chat_text(
-            lm, request.messages, template=request.template, tools=offered, think=request.think
+            lm, request.messages, template=request.template, tools=offered, think=think
         )
     else:
         text = prompt.generate_text(
@@ -74,7 +82,7 @@ def prepare(lm: Any, request: api.InferenceRequest, num_ctx: int) -> Prepared:
             template=request.template,
             raw=request.raw,
             suffix=request.suffix,
-            think=request.think,
+            think=think,
         )
     if request.kind == "generate" and request.raw:
         tokens = lm.tokenizer.encode(text)
@@ -84,7 +92,6 @@ def prepare(lm: Any, request: api.InferenceRequest, num_ctx: int) -> Prepared:
         tokens = lm.tokenizer.encode(text, add_special_tokens=not jinja)
 
     processors = []
-    rule = _grammar(request, template, offered)
     if rule is not None:
         processors.append(grammar.constraint(lm, rule))
     seq = plan(tokens, sampling, num_ctx, opts["num_keep"], processors)
@@ -92,12 +99,14 @@ def prepare(lm: Any, request: api.InferenceRequest, num_ctx: int) -> Prepared:
     return Prepared(
         sequence=seq,
         stop=sampling.stop,
-        parser=_parser(request, template, text, offered),
+        parser=_parser(template, text, offered, fmt, think, constrained),
         tokenizer=lm.tokenizer,
     )
 
 
-def _grammar(request: api.InferenceRequest, template: str | None, offered: list) -> str | None:
+def _grammar(
+    request: api.InferenceRequest, template: str | None, offered: list, tokenizer: Any = None
+) -> str | None:
     """The grammar the answer must follow: a forced tool call, else the format's schema."""
     choice = request.tool_choice
     if offered and choice != "auto":
@@ -105,20 +114,29 @@ def _grammar(request: api.InferenceRequest, template: str | None, offered: list)
         if fmt is None:
             raise InvalidOption("tool_choice: this model's template has no tool-call format")
         name = choice.get("name") if isinstance(choice, dict) else None
-        return grammar.lark_grammar(tools.required_lark(fmt, offered, name), "tool_choice")
+        marker = tools.special_marker(tokenizer) if tokenizer is not None else tools.quoted
+        return grammar.lark_grammar(tools.required_lark(fmt, offered, name, marker), "tool_choice")
     if request.format is not None:
         return grammar.json_grammar(request.format)
     return None
 
 
-def _parser(request: api.InferenceRequest, template: str | None, text: str, offered: list):
+def _parser(
+    template: str | None,
+    text: str,
+    offered: list,
+    fmt: thinking.ThinkFormat | None,
+    think: bool | str | None,
+    constrained: bool = False,
+) -> OutputParser:
+    """Tool calls inside, reasoning around them: the reasoning is separated only when the
+    request thinks (as in Ollama, `think: false` leaves whatever the model writes in the
+    content); harmony's channels are always parsed, its markup is never content."""
     parser: OutputParser = TextParser()
-    fmt = tools.tool_format(template) if offered else None
-    if fmt is not None:
-        parser = ToolCallParser(fmt.start, fmt.end, fmt.parse)
-    think = thinking.think_format(template)
-    if think is not None and request.think is not False and not request.raw:
-        opened = text.rstrip().endswith(think.start)
-        if request.think or opened:
-            parser = ThinkingParser(think.start, think.end, parser, opened=opened)
-    return parser
+    calls = tools.tool_format(template) if offered else None
+    if calls is not None:
+        parser = calls.parser(offered)
+    if fmt is None or (think is False and not fmt.answer):
+        return parser
+    opened = text.rstrip().endswith(fmt.start) and not constrained
+    return ThinkingParser(fmt.start, fmt.end, parser, opened=opened, answer=fmt.answer)

@@ -29,16 +29,59 @@ TokenLogprob = tuple[float, list[tuple[int, float]]]
 
 
 def logprob_entry(tokenizer: Any, token: int, logprob: TokenLogprob) -> dict[str, Any]:
-    """Ollama's shape of one token's logprobs: `token`, `logprob`, `bytes`, `top_logprobs`."""
+    """Ollama's shape of one token's logprobs (its `api.Logprob`): `token` (the token's text),
+    `logprob`, `bytes` (the token's bytes as integers) and, when alternatives were asked for,
+    `top_logprobs` (the same fields, most likely first). Empty `bytes` and `top_logprobs` are
+    left out, as Ollama's `omitempty` does."""
     value, top = logprob
     entry = _token_entry(tokenizer, token, value)
-    entry["top_logprobs"] = [_token_entry(tokenizer, t, lp) for t, lp in top]
+    if top:
+        entry["top_logprobs"] = [_token_entry(tokenizer, t, lp) for t, lp in top]
     return entry
 
 
 def _token_entry(tokenizer: Any, token: int, logprob: float) -> dict[str, Any]:
     text = tokenizer.decode([token])
-    return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+    raw = token_bytes(tokenizer, token, text)
+    entry: dict[str, Any] = {"token": text, "logprob": logprob}
+    if raw:
+        entry["bytes"] = list(raw)
+    return entry
+
+
+def token_bytes(tokenizer: Any, token: int, text: str | None = None) -> bytes:
+    """The bytes one token stands for. A token that is part of a UTF-8 character decodes to
+    U+FFFD; its bytes are then read from the vocabulary (byte-level BPE pieces, SentencePiece
+    `<0xNN>` byte tokens), so the bytes of consecutive tokens join into the text."""
+    text = tokenizer.decode([token]) if text is None else text
+    if "\ufffd" not in text:
+        return text.encode()
+    piece = tokenizer.convert_ids_to_tokens(token)
+    if isinstance(piece, str):
+        if piece.startswith("<0x") and piece.endswith(">") and len(piece) == 6:
+            return bytes([int(piece[3:5], 16)])
+        decoder = _byte_decoder()
+        if all(c in decoder for c in piece):
+            return bytes(decoder[c] for c in piece)
+    return text.encode()
+
+
+_BYTE_DECODER: dict[str, int] = {}
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet, character → byte: the printable bytes stand for
+    themselves, the others are shifted to U+0100 and on, in byte order."""
+    if not _BYTE_DECODER:
+        printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+        shifted = 0
+        for b in range(256):
+            if b in printable:
+                _BYTE_DECODER[chr(b)] = b
+            else:
+                _BYTE_DECODER[chr(256 + shifted)] = b
+                shifted += 1
+    return _BYTE_DECODER
 
 
 class StopMatcher:

@@ -20,7 +20,7 @@ def capabilities(base: list[str], template: str | None, go: bool) -> list[str]:
     extra = []
     if tools.tool_format(template) is not None:
         extra.append("tools")
-    if thinking.think_format(template) is not None:
+    if thinking.think_format(template, go) is not None:
         extra.append("thinking")
     if go and template and ".Suffix" in template:
         extra.append("insert")

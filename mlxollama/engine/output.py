@@ -9,6 +9,8 @@ pieces of text, so text that could be the start of one is held back until it can
 
 from __future__ import annotations
 
+import secrets
+import string
 from collections.abc import Callable
 from typing import Any
 
@@ -50,52 +52,104 @@ class Splitter:
         return out
 
 
+HEADER_SLACK = 32
+"""How much text (the role header, `<|start|>assistant`) may precede the answer's header."""
+
+
 class ThinkingParser:
     """Reasoning between `start` and `end` becomes `Chunk.thinking`; the rest goes to
     `inner` (content, tool calls). Reasoning only comes first: a start marker after the
-    answer began is content.
+    answer began is content. Whitespace right after either marker is dropped (as Ollama's
+    parser does), so neither the reasoning nor the answer begins with the newline the model
+    writes after a tag.
 
     Args:
+        start, end: the markers around the reasoning.
+        inner: the parser of what follows the reasoning. Default: all content.
         opened: the prompt already opened the reasoning (the template ends with `start`).
+        answer: what the model writes between its reasoning and its answer (harmony's
+            `<|channel|>final<|message|>`, after a short role header), dropped; text that turns out
+            not to be it is content. An answer that starts with it has no reasoning.
     """
 
-    def __init__(self, start: str, end: str, inner: OutputParser | None = None, opened=False):
+    def __init__(
+        self,
+        start: str,
+        end: str,
+        inner: OutputParser | None = None,
+        opened: bool = False,
+        answer: str = "",
+    ):
         self.inner = inner or TextParser()
         self.state = "thinking" if opened else "before"
         self.start, self.end = Splitter(start), Splitter(end)
-        self.stripping = False  # whitespace right after the end marker is not content
+        self.answer = answer
+        self.header = ""  # text after the end marker that may be `answer`
+        self.stripping = opened  # whitespace right after a marker is not part of anything
 
     def feed(self, text: str) -> list[Chunk]:
         chunks: list[Chunk] = []
         while text:
-            if self.state == "before":
-                stripped = text.lstrip()
-                if not stripped:
-                    return chunks
-                before, seen = self.start.feed(stripped)
-                if seen:
-                    self.state, text = "thinking", self.start.rest
-                    continue
-                if before or not self.start.pending:  # not a start marker: all content
-                    self.state = "content"
-                    text = before + self.start.flush()
-                    continue
-                return chunks
-            if self.state == "thinking":
-                thought, seen = self.end.feed(text)
-                if thought:
-                    chunks.append(Chunk(thinking=thought))
-                if not seen:
-                    return chunks
-                self.state, text, self.stripping = "content", self.end.rest, True
-                continue
             if self.stripping:
                 text = text.lstrip()
                 if not text:
                     return chunks
                 self.stripping = False
-            return chunks + self.inner.feed(text)
+            if self.state == "before":
+                text = self._before(text)
+            elif self.state == "thinking":
+                thought, seen = self.end.feed(text)
+                if thought:
+                    chunks.append(Chunk(thinking=thought))
+                if not seen:
+                    return chunks
+                self.state, text, self.stripping = "header", self.end.rest, True
+            elif self.state == "header":
+                text = self._header(text)
+            else:
+                return chunks + self.inner.feed(text)
         return chunks
+
+    def _before(self, text: str) -> str:
+        """Before anything but whitespace: a start marker, the answer's header, or content.
+        Returns the text still to read (in the new state)."""
+        pending = (self.start.pending + text).lstrip()
+        self.start.pending = ""
+        if not pending:
+            return ""
+        if self.answer and pending.startswith(self.answer):
+            self.state, self.stripping = "content", True
+            return pending[len(self.answer) :]
+        before, seen = self.start.feed(pending)
+        if seen and not before.strip():
+            self.state, self.stripping = "thinking", True
+            return self.start.rest
+        if self.answer and self.answer.startswith(pending):
+            self.start.pending = pending  # it may still be the answer's header
+            return ""
+        if seen or before or not self.start.pending:  # not a start marker: all content
+            self.state = "content"
+            return before + (self.start.marker + self.start.rest if seen else self.start.flush())
+        return ""
+
+    def _header(self, text: str) -> str:
+        """After the reasoning: drop the answer's header if the model writes one (harmony's
+        `<|start|>assistant` then `answer`); any other text is content."""
+        if not self.answer:
+            self.state = "content"
+            return text
+        self.header += text
+        i = self.header.find(self.answer)
+        if 0 <= i <= HEADER_SLACK:
+            self.state, self.stripping = "content", True
+            rest, self.header = self.header[i + len(self.answer) :], ""
+            return rest
+        special = self.header.startswith("<|") or "<|".startswith(self.header)
+        if special and len(self.header) < len(self.answer) + HEADER_SLACK:
+            return ""  # a special-token header, not complete yet
+        self.state = "content"  # not the header: nothing is lost
+        rest, self.header = self.header, ""
+        return rest
 
     def close(self) -> list[Chunk]:
         chunks: list[Chunk] = []
@@ -105,6 +159,9 @@ class ThinkingParser:
                 chunks.append(Chunk(thinking=thought))
         elif self.state == "before" and self.start.pending:
             chunks += self.inner.feed(self.start.flush())
+        elif self.state == "header" and self.header:
+            chunks += self.inner.feed(self.header)
+            self.header = ""
         return chunks + self.inner.close()
 
 
@@ -155,7 +212,7 @@ class ToolCallParser:
             tail = self.end.flush() if self.end is not None else ""
             self.body += tail
             self.inside = False
-            return self._emit(self.start_marker + self.body + self.end_marker)
+            return self._emit(self.start_marker + self.body)  # the end marker never came
         rest = self.start.flush()
         return [Chunk(text=rest)] if rest else []
 
@@ -166,7 +223,71 @@ class ToolCallParser:
             return [Chunk(text=raw)]
         if not calls:
             return [Chunk(text=raw)]
-        for call in calls:
-            call["function"].setdefault("index", self.index)
-            self.index += 1
+        self.index = number_calls(calls, self.index)
         return [Chunk(tool_calls=calls)]
+
+
+def call_id() -> str:
+    """A tool call id as Ollama makes them: `call_` and 8 lower-case letters or digits."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "call_" + "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def number_calls(calls: list[dict[str, Any]], first: int) -> int:
+    """Give each call Ollama's `id` (`call_...`) and `function.index` (its place among the
+    answer's calls, from `first`); the next index."""
+    for call in calls:
+        call.setdefault("id", call_id())
+        call["function"]["index"] = first
+        first += 1
+    return first
+
+
+class LeadingCallParser:
+    """An answer that is itself the tool call (Llama 3's bare JSON): when the answer begins
+    with `start` (after white space and `<|python_tag|>`), all of it is held until it parses
+    as calls or the answer ends; an answer that begins otherwise, or whose text does not
+    parse into calls, is content, as Ollama treats it."""
+
+    TAG = "<|python_tag|>"
+
+    def __init__(self, start: str, parse: ParseCalls):
+        self.start = start
+        self.parse = parse
+        self.state = "before"  # "before", "call" (holding), "content"
+        self.held = ""
+        self.index = 0
+
+    def feed(self, text: str) -> list[Chunk]:
+        if self.state == "content":
+            return [Chunk(text=text)] if text else []
+        self.held += text
+        if self.state == "before":
+            head = self.held.lstrip()
+            if head.startswith(self.TAG):
+                head = head[len(self.TAG) :].lstrip()
+            elif self.TAG.startswith(head):
+                return []  # white space, or a part of the tag: not known yet
+            if not head:
+                return []
+            if not head.startswith(self.start):
+                return self._content()
+            self.state = "call"
+        return []
+
+    def close(self) -> list[Chunk]:
+        if self.state != "call":
+            return self._content() if self.held.strip() else []
+        try:
+            calls = self.parse(self.held)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            calls = []
+        if not calls:
+            return self._content()
+        self.index = number_calls(calls, self.index)
+        self.held = ""
+        return [Chunk(tool_calls=calls)]
+
+    def _content(self) -> list[Chunk]:
+        self.state, text, self.held = "content", self.held, ""
+        return [Chunk(text=text)] if text else []

@@ -55,7 +55,8 @@ def render_messages(
     joined_system, collated = _collate(msgs)
     think_values = {
         "Think": bool(think),
-        "ThinkLevel": think if isinstance(think, str) else "",
+        # Ollama's ThinkValue.String(): a level as is, true is "medium", false is ""
+        "ThinkLevel": think if isinstance(think, str) else ("medium" if think else ""),
         "IsThinkSet": think is not None,
     }
     if "messages" in tmpl.vars:

@@ -28,6 +28,7 @@ import structlog
 from mlxollama import api
 from mlxollama.api import field, json_type
 from mlxollama.engine.grammar import schema_of
+from mlxollama.engine.output import call_id
 from mlxollama.errors import InvalidName, ModelNotFound
 from mlxollama.http import embed
 from mlxollama.http.errors import bad_request, log_failure, openai_error, status_of
@@ -156,6 +157,10 @@ def content_text(content: Any) -> Any:
 
 
 def chat_messages(raw: Any) -> list[api.Message]:
+    """OpenAI's messages as the native ones: `developer` is `system`; an assistant's
+    `tool_calls` (arguments as JSON strings, content possibly null) and a `tool` message's
+    `tool_call_id` are kept, so the template renders the conversation's tool history (a
+    tool message without `name` gets the name of the call it answers, as Ollama does)."""
     if raw is None:
         raise bad_request("'messages' is a required property")
     if not isinstance(raw, list):
@@ -163,12 +168,26 @@ def chat_messages(raw: Any) -> list[api.Message]:
     if not raw:
         raise bad_request("[] is too short - 'messages'")
     messages = []
+    names: dict[str, str] = {}  # tool call id -> function name
     for m in raw:
         if not isinstance(m, dict):
             raise bad_request("each message must be an object")
         role = "system" if m.get("role") == "developer" else m.get("role")
-        content = content_text(m.get("content"))
-        messages.append(api.Message.from_dict({"role": role, "content": content}))
+        message = {"role": role, "content": content_text(m.get("content"))}
+        if isinstance(m.get("reasoning"), str) and m["reasoning"]:  # Ollama's name for it
+            message["thinking"] = m["reasoning"]
+        if role == "assistant" and m.get("tool_calls"):
+            message["tool_calls"] = m["tool_calls"]
+        elif role == "tool":
+            call = m.get("tool_call_id")
+            message["tool_call_id"] = call
+            name = m.get("name")
+            message["tool_name"] = name if name is not None else names.get(call or "")
+        msg = api.Message.from_dict(message)
+        for tc in msg.tool_calls or ():
+            if tc.get("id"):
+                names[tc["id"]] = tc["function"]["name"]
+        messages.append(msg)
     return messages
 
 
@@ -185,8 +204,7 @@ def from_chat_request(body: dict[str, Any], request_id: str) -> api.InferenceReq
         tools=field(body, "tools", list, []),
         tool_choice=tool_choice(body.get("tool_choice")),
         think=reasoning(body),
-        logprobs=field(body, "logprobs", bool, False),
-        top_logprobs=field(body, "top_logprobs", int, 0),
+        **chat_logprobs(body),
         **common(body, ("max_completion_tokens", "max_tokens")),
     )
 
@@ -241,15 +259,60 @@ EFFORTS = {
 
 
 def reasoning(body: dict[str, Any]) -> bool | str | None:
-    """`reasoning_effort` (or `reasoning.effort`) as `think`; None when absent."""
-    effort = field(body, "reasoning_effort", str)
+    """`reasoning.effort` (or `reasoning_effort`) as `think`; None when absent (the model's
+    default: a thinking model thinks). A model that does not think refuses any effort but
+    "none" with Ollama's 400 (`"<model>" does not support thinking`, from features.check)."""
+    effort = field(field(body, "reasoning", dict, {}), "effort", str)
     if effort is None:
-        effort = field(field(body, "reasoning", dict, {}), "effort", str)
-    if effort is None:
+        effort = field(body, "reasoning_effort", str)
+    if not effort:
         return None
     if effort not in EFFORTS:
-        raise bad_request(f"invalid reasoning_effort {effort!r}: use one of {', '.join(EFFORTS)}")
+        raise bad_request(
+            f'invalid reasoning value: "{effort}" (must be "minimal", "low", "medium", '
+            '"high", "xhigh", "ultra", "max", or "none")'
+        )
     return EFFORTS[effort]
+
+
+MAX_TOP_LOGPROBS = 20
+
+
+def chat_logprobs(body: dict[str, Any]) -> dict[str, Any]:
+    """`logprobs` (a boolean) and `top_logprobs` (0-20, only with `logprobs`), with OpenAI's
+    400s."""
+    logprobs = field(body, "logprobs", bool, False)
+    top = field(body, "top_logprobs", int)
+    if top is not None:
+        _top_range("top_logprobs", top)
+        if top > 0 and not logprobs:
+            raise bad_request(
+                "The 'top_logprobs' parameter is only allowed when 'logprobs' is enabled."
+            )
+    return {"logprobs": logprobs, "top_logprobs": top or 0}
+
+
+def completion_logprobs(body: dict[str, Any]) -> dict[str, Any]:
+    """The legacy `logprobs`: null (none), or how many alternatives to list per token (0-20;
+    0 is the chosen token's alone)."""
+    top = field(body, "logprobs", int)
+    if top is None:
+        return {"logprobs": False, "top_logprobs": 0}
+    _top_range("logprobs", top)
+    return {"logprobs": True, "top_logprobs": top}
+
+
+def _top_range(key: str, value: int) -> None:
+    if value < 0:
+        raise bad_request(
+            f"Invalid '{key}': integer below minimum value. "
+            f"Expected a value >= 0, but got {value} instead."
+        )
+    if value > MAX_TOP_LOGPROBS:
+        raise bad_request(
+            f"Invalid '{key}': integer above maximum value. "
+            f"Expected a value <= {MAX_TOP_LOGPROBS}, but got {value} instead."
+        )
 
 
 def from_completion_request(body: dict[str, Any], request_id: str) -> api.InferenceRequest:
@@ -273,6 +336,7 @@ def from_completion_request(body: dict[str, Any], request_id: str) -> api.Infere
         kind="generate",
         prompt=prompt,
         request_id=request_id,
+        **completion_logprobs(body),
         **common(body, ("max_tokens",)),
     )
 
@@ -284,8 +348,32 @@ def event(obj: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-def finish_reason(final: api.Chunk) -> str:
-    return "length" if final.done_reason == "length" else "stop"  # load/unload: "stop"
+def finish_reason(final: api.Chunk, called: bool = False) -> str:
+    """`length`, `tool_calls` when the answer called a tool (as Ollama: it replaces `stop`),
+    else `stop` (load/unload too)."""
+    if final.done_reason == "length":
+        return "length"
+    return "tool_calls" if called else "stop"
+
+
+def tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ollama's tool calls in OpenAI's shape: `id`, `index`, `type`, and `function` with the
+    arguments as a JSON string (what the `openai` client hands to `json.loads`)."""
+    out = []
+    for i, call in enumerate(calls):
+        fn = call["function"]
+        out.append(
+            {
+                "id": call.get("id") or call_id(),
+                "index": fn.get("index", i),
+                "type": "function",
+                "function": {
+                    "name": fn["name"],
+                    "arguments": orjson.dumps(fn.get("arguments") or {}).decode(),
+                },
+            }
+        )
+    return out
 
 
 def usage(final: api.Chunk) -> dict[str, Any]:
@@ -314,6 +402,7 @@ class _Output:
         self.created = int(time.time())
         self.model = request.model
         self.include_usage = include_usage
+        self.logprobs = request.logprobs
 
     def envelope(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         body = {
@@ -342,9 +431,46 @@ class _Output:
         return event(openai_error(status, message)), message
 
 
+def openai_logprobs(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ollama's logprob entries (`engine.decoder.logprob_entry`) in OpenAI's shape, where
+    `bytes` is always there (null when the token has none) and `top_logprobs` is a list
+    (empty when no alternatives were asked for)."""
+
+    def one(e: dict[str, Any]) -> dict[str, Any]:
+        return {"token": e["token"], "logprob": e["logprob"], "bytes": e.get("bytes")}
+
+    return [
+        {**one(e), "top_logprobs": [one(t) for t in e.get("top_logprobs", ())]} for e in entries
+    ]
+
+
+def legacy_logprobs(entries: list[dict[str, Any]], offset: int) -> tuple[dict[str, Any], int]:
+    """`/v1/completions` logprobs, OpenAI's legacy shape: `tokens`, `token_logprobs`,
+    `top_logprobs` (one `{token: logprob}` object per token) and `text_offset` (where each
+    token starts in the completion's text, from `offset`); plus `content`, the chat shape
+    Ollama's own /v1/completions sends. Returns them and the offset after the last token."""
+    offsets = []
+    for e in entries:
+        offsets.append(offset)
+        offset += len(e["token"])
+    body = {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [
+            {t["token"]: t["logprob"] for t in e.get("top_logprobs", ())} for e in entries
+        ],
+        "text_offset": offsets,
+        "content": openai_logprobs(entries),
+    }
+    return body, offset
+
+
 class ChatOutput(_Output):
     """`chat.completion`, or `chat.completion.chunk` events: a first delta with the role, then
-    content deltas, then a finish chunk with an empty delta (Ollama's v0.32.6 wire format)."""
+    content deltas, then a finish chunk with an empty delta (Ollama's v0.32.6 wire format).
+    Reasoning is `reasoning` (Ollama's name; in `message` and in deltas, a piece with both
+    reasoning and content becomes two deltas, as Ollama splits them); the logprobs of a
+    piece ride on its first delta (`choices[0].logprobs.content`)."""
 
     prefix = "chatcmpl"
     object = "chat.completion.chunk"
@@ -352,23 +478,51 @@ class ChatOutput(_Output):
     def __init__(self, request: api.InferenceRequest, include_usage: bool):
         super().__init__(request, include_usage)
         self.started = False
+        self.called = False  # a tool call went out: the finish reason is `tool_calls`
 
     def chunk(self, chunk: api.Chunk) -> bytes:
         data = b""
-        if chunk.text or not self.started:
-            delta = {"content": chunk.text}
+        for i, delta in enumerate(self.deltas(chunk)):
+            if not self.started:
+                delta = {"role": "assistant", **delta}
+                self.started = True
+            choice = {"index": 0, "delta": delta, "finish_reason": None}
+            if i == 0 and chunk.logprobs:
+                choice["logprobs"] = {"content": openai_logprobs(chunk.logprobs)}
+            data += event(self.envelope([choice]))
+        if chunk.tool_calls:  # tools: each call whole in one delta, with its index and id
+            self.called = True
+            delta = {"tool_calls": tool_calls(chunk.tool_calls)}
             if not self.started:
                 delta = {"role": "assistant", **delta}
                 self.started = True
             data += event(self.envelope([{"index": 0, "delta": delta, "finish_reason": None}]))
         if chunk.done:
-            choice = {"index": 0, "delta": {}, "finish_reason": finish_reason(chunk)}
+            reason = finish_reason(chunk, self.called)
+            choice = {"index": 0, "delta": {}, "finish_reason": reason}
             data += event(self.envelope([choice])) + self.ending(chunk)
         return data
 
+    def deltas(self, chunk: api.Chunk) -> list[dict[str, Any]]:
+        """The deltas one chunk makes: its reasoning, then its content (the first delta of
+        the stream always goes out, to carry the role; so does a piece's logprobs)."""
+        out: list[dict[str, Any]] = []
+        if chunk.thinking:
+            out.append({"reasoning": chunk.thinking})
+        if chunk.text or not (out or self.started) or (chunk.logprobs and not out):
+            out.append({"content": chunk.text})
+        return out
+
     def whole(self, final: api.Chunk) -> dict[str, Any]:
-        message = {"role": "assistant", "content": final.text}
-        choice = {"index": 0, "message": message, "finish_reason": finish_reason(final)}
+        message: dict[str, Any] = {"role": "assistant", "content": final.text}
+        if final.thinking:
+            message["reasoning"] = final.thinking
+        if final.tool_calls:  # tools
+            message["tool_calls"] = tool_calls(final.tool_calls)
+        reason = finish_reason(final, bool(final.tool_calls))
+        choice = {"index": 0, "message": message, "finish_reason": reason}
+        if self.logprobs:
+            choice["logprobs"] = {"content": openai_logprobs(final.logprobs or [])}
         return self.envelope([choice], object="chat.completion", usage=usage(final))
 
 
@@ -378,17 +532,26 @@ class CompletionOutput(_Output):
     prefix = "cmpl"
     object = "text_completion"
 
-    def choice(self, text: str, reason: str | None) -> dict[str, Any]:
-        return {"text": text, "index": 0, "finish_reason": reason, "logprobs": None}
+    def __init__(self, request: api.InferenceRequest, include_usage: bool):
+        super().__init__(request, include_usage)
+        self.offset = 0  # `text_offset` of the next token
+
+    def choice(self, chunk: api.Chunk, reason: str | None) -> dict[str, Any]:
+        logprobs = None
+        if self.logprobs:
+            logprobs, self.offset = legacy_logprobs(chunk.logprobs or [], self.offset)
+        return {"text": chunk.text, "index": 0, "finish_reason": reason, "logprobs": logprobs}
 
     def chunk(self, chunk: api.Chunk) -> bytes:
         if not chunk.done:
-            return event(self.envelope([self.choice(chunk.text, None)])) if chunk.text else b""
-        last = event(self.envelope([self.choice(chunk.text, finish_reason(chunk))]))
+            if not chunk.text and not chunk.logprobs:
+                return b""
+            return event(self.envelope([self.choice(chunk, None)]))
+        last = event(self.envelope([self.choice(chunk, finish_reason(chunk))]))
         return last + self.ending(chunk)
 
     def whole(self, final: api.Chunk) -> dict[str, Any]:
-        choices = [self.choice(final.text, finish_reason(final))]
+        choices = [self.choice(final, finish_reason(final))]
         return self.envelope(choices, usage=usage(final))
 
 
