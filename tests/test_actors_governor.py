@@ -42,7 +42,7 @@ class FakeModel(pykka.ThreadingActor):
     """A ModelActor stand-in: loads through the fake loader, holds what is submitted until
     `FinishAll`, and tells the governor what the real one would."""
 
-    def __init__(self, name, load, store, governor, num_parallel, max_waiting, cache_bytes=0):
+    def __init__(self, name, load, store, governor, num_parallel, max_waiting, *caches):
         super().__init__()
         self.name, self.load, self.store, self.governor = name, load, store, governor
         self.held: list[Admission] = []

@@ -167,7 +167,9 @@ def test_the_daemon_continues_greedily_as_the_reference(gemma3_daemon):
     answer = gemma3_daemon.client().generate(
         "gemma3", REFERENCE["prompt"], options={"temperature": 0, "num_predict": 16}
     )
-    assert answer.eval_count == 16 and answer.prompt_eval_count == len(REFERENCE["prompt_ids"])
+    # the `run` above left the prompt in the prompt cache: at most its last token is evaluated
+    # again, and the continuation is the same
+    assert answer.eval_count == 16 and 1 <= answer.prompt_eval_count <= len(REFERENCE["prompt_ids"])
     words = REFERENCE["text"].split()
     assert answer.response.split()[:9] == words[:9], answer.response
     assert out.output.strip().split()[:9] == words[:9], out.output

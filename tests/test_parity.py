@@ -31,14 +31,18 @@ def root(tmp_path_factory, smollm2_store):
 @pytest.fixture(scope="module")
 def d(root):
     assert not pykka.ActorRegistry.get_all(), actor_classes()
-    daemon = start_daemon(root)
+    daemon = start_daemon(root, prompt_cache="0", prompt_cache_disk="0")
     yield daemon
     shutdown(daemon.srv, daemon.runtime)
 
 
 @pytest.fixture(scope="module")
-def sdk(root) -> Embedded:
-    return Embedded(root)
+def sdk(root):
+    """The SDK without a prompt cache, as the daemon: the prompt counts are compared."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLXOLLAMA_PROMPT_CACHE", "0")
+        env.setenv("MLXOLLAMA_PROMPT_CACHE_DISK", "0")
+        yield Embedded(root)
 
 
 def a_stop_in(text: str) -> str:

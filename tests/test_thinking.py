@@ -45,7 +45,8 @@ def d(tmp_path_factory, smollm2_store):
     assert not pykka.ActorRegistry.get_all(), actor_classes()
     root = tmp_path_factory.mktemp("thinking") / "store"
     shutil.copytree(smollm2_store, root, symlinks=True)
-    daemon = start_daemon(root, num_parallel=2)
+    # prompt_eval_count compares prompt lengths here: nothing may come from the prompt cache
+    daemon = start_daemon(root, num_parallel=2, prompt_cache="0", prompt_cache_disk="0")
     client = daemon.client()
     client.create(model="thinker", from_="smollm2", template=THINKER)
     client.create(model="fim", from_="smollm2", template=FIM)

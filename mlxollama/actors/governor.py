@@ -51,6 +51,7 @@ class Entry:
     digest: str
     ref: pykka.ActorRef
     size: int  # bytes: weights + KV estimate
+    reserve: int  # bytes the memory budget counts: size + the prompt cache's cap
     context_length: int
     details: dict[str, Any]
     keep_alive: float
@@ -242,7 +243,7 @@ class GovernorActor(pykka.ThreadingActor):
                 {
                     "name": e.name,
                     "digest": e.digest,
-                    "size": e.size,
+                    "size": e.size + e.prompt_cache,
                     "details": e.details,
                     "expires_at": expires,
                     "context_length": e.context_length,
@@ -408,7 +409,7 @@ class GovernorActor(pykka.ThreadingActor):
             entry = self.loaded.get(adm.name)
             if entry is not None:  # another request started this load meanwhile
                 self._route(entry, adm)
-            elif self._make_room(facts["size"]):
+            elif self._make_room(facts.get("reserve", facts["size"])):
                 entry = self._start_load(adm, facts)
                 self._route(entry, adm)
             else:
@@ -417,7 +418,7 @@ class GovernorActor(pykka.ThreadingActor):
 
     def _make_room(self, size: int) -> bool:
         def fits() -> bool:
-            used = sum(e.size for e in self.loaded.values())
+            used = sum(e.reserve for e in self.loaded.values())
             return len(self.loaded) < self.config.max_loaded_models and (
                 used + size <= self.budget or not self.loaded
             )
@@ -447,6 +448,7 @@ class GovernorActor(pykka.ThreadingActor):
             digest=facts["digest"],
             ref=ref,
             size=facts["size"],
+            reserve=facts.get("reserve", facts["size"]),
             context_length=facts["context_length"],
             details=facts["details"],
             keep_alive=self.config.keep_alive if keep_alive is None else keep_alive,

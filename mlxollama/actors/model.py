@@ -154,12 +154,7 @@ class ModelActor(pykka.ThreadingActor):
             case Unload():
                 self.stop()
             case Stats():
-                cache = self.batch.prompt_cache if self.batch is not None else None
-                return {
-                    "active": len(self.active),
-                    "waiting": len(self.waiting),
-                    "prompt_cache_bytes": cache.nbytes if cache is not None else 0,
-                }
+                return {"active": len(self.active), "waiting": len(self.waiting)}
         return None
 
     def _submit(self, adm: Admission) -> None:

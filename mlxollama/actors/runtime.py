@@ -207,14 +207,16 @@ class Runtime:
         opts = api.merge_options(params, request.options)
         num_ctx = context_window(opts, self.config.context_length, info.get("context_length"))
         # an encoder keeps no KV cache between steps: its weights are what stays resident;
-        # a generative model also holds its prompt cache, up to its cap
-        size = stored.size
+        # a generative model may also fill its prompt cache, up to its cap: the budget
+        # reserves that much (`reserve`), `/api/ps` shows what it holds
+        size = reserve = stored.size
         if request.kind != "embed":
             size = estimate_size(info, stored.size, self.config.num_parallel, num_ctx)
-            size += self.config.prompt_cache
+            reserve = size + self.config.prompt_cache
         facts = {
             "digest": stored.digest,
             "size": size,
+            "reserve": reserve,
             "context_length": num_ctx,
             "details": _details(info),
         }
