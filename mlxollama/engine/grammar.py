@@ -10,10 +10,10 @@ prefix, then arguments under the function's schema). Outlines builds whole autom
 front (seconds for large schemas) and pulls in torch-era dependencies; xgrammar ships
 CUDA-first wheels; lm-format-enforcer walks the vocabulary in Python per token.
 
-MLX and numpy are imported where a mask is made: `features` checks schemas through this module
-on every request, MLX-free. The mask is applied with plain MLX operations (no Metal- or CUDA-only kernel), so it runs
-on every backend; each sequence has its own matcher, so constrained and free sequences
-share a batch.
+MLX and numpy are imported where a mask is made: `features` checks schemas through this
+module on every request, MLX-free. The mask is applied with plain MLX operations (no Metal-
+or CUDA-only kernel), so it runs on every backend; each sequence has its own matcher, so
+constrained and free sequences share a batch.
 """
 
 from __future__ import annotations
@@ -112,6 +112,13 @@ class Constraint:
     fed its last token again) reuses the mask. Once the grammar is complete only an end
     token is allowed.
 
+    mlx-lm builds step n+1's forward pass before step n's token is known, and samples it
+    without waiting; the matcher needs that token, so a call starts evaluating `logits`
+    (the forward pass, which does not depend on the mask) before it waits for the token,
+    and computes the mask on the CPU while the model runs. The mask is unpacked from
+    llguidance's bitmask in numpy and uploaded once per token: plain arrays, no Metal- or
+    CUDA-only kernel, so it runs on every MLX backend.
+
     Raises (at sampling time, caught by the sequence's `sampling.Guard`): the sampled token
     was not allowed, which cannot happen unless a later processor undid the mask.
     """
@@ -124,16 +131,16 @@ class Constraint:
         if self.matcher.is_error():
             raise InvalidOption(f"grammar error: {self.matcher.get_error()}")
         self.vocab_size = vocab_size
-        self.words = (vocab_size + 31) // 32
-        self.bits = np.full((self.words,), -1, dtype=np.int32)
+        self.bits = np.full(((vocab_size + 31) // 32,), -1, dtype=np.int32)
         self.seen: int | None = None
-        self.mask: Any = None  # an mx.array of bools, the allowed tokens
+        self.mask: Any = None  # an mx.array of bools as wide as the logits: the allowed ids
 
     def __call__(self, tokens: Any, logits: Any) -> Any:
         import mlx.core as mx
 
         n = tokens.shape[-1]
         if self.seen is None or n > self.seen:
+            mx.async_eval(logits)  # the model runs while the matcher waits and masks
             if self.seen is not None:
                 token = int(tokens[-1].item())
                 if not self.matcher.consume_token(token):
@@ -142,23 +149,29 @@ class Constraint:
                         f"({self.matcher.get_error()})"
                     )
             self.seen = n
-            self.mask = self._compute_mask()
-        vocab = logits.shape[-1]
-        mask = self.mask
-        if vocab != mask.shape[0]:  # logits padded past the tokenizer: the extra ids stay off
-            mask = mx.concatenate([mask, mx.zeros(vocab - mask.shape[0], dtype=mx.bool_)])[:vocab]
-        return mx.where(mask, logits, mx.array(-mx.inf, dtype=logits.dtype))
+            self.mask = None
+        width = logits.shape[-1]
+        if self.mask is None or self.mask.shape[0] != width:
+            self.mask = self._compute_mask(width)
+        return mx.where(self.mask, logits, mx.array(-mx.inf, dtype=logits.dtype))
 
-    def _compute_mask(self) -> Any:
+    def _compute_mask(self, width: int) -> Any:
+        """The allowed ids as `width` bools (ids past the tokenizer's vocabulary, where the
+        logits are padded, stay off)."""
         import mlx.core as mx
         import numpy as np
 
         self.matcher.unsafe_compute_mask_ptr(self.bits.ctypes.data, self.bits.nbytes)
         if self.matcher.is_error():
             raise RuntimeError(f"constrained decoding: {self.matcher.get_error()}")
-        words = mx.array(self.bits.view(np.uint32))
-        bits = (words[:, None] >> mx.arange(32, dtype=mx.uint32)) & 1
-        return bits.reshape(-1)[: self.vocab_size].astype(mx.bool_)
+        # bit i of word w allows id 32w+i: little-endian words, so little bit order per byte
+        allowed = np.unpackbits(self.bits.view(np.uint8), bitorder="little")[: self.vocab_size]
+        if width != allowed.shape[0]:
+            allowed = np.concatenate(
+                [allowed, np.zeros(max(width - allowed.shape[0], 0), np.uint8)]
+            )
+            allowed = allowed[:width]
+        return mx.array(allowed.view(np.bool_))
 
 
 def constraint(lm: Any, grammar: str) -> Constraint:
