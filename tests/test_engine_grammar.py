@@ -212,3 +212,50 @@ def test_constraint_pads_wider_logits_and_reuses_a_position(lm):
     assert np.array_equal(after, again) and not np.array_equal(after, narrow)
     out = c(mx.array([*prompt, brace]), mx.ones((1, c.vocab_size), dtype=mx.float16))
     assert out.dtype == mx.float16
+
+
+def test_closed_allows_only_the_named_keys_as_ollama_does():
+    schema = {
+        "$defs": {"Pet": {"type": "object", "properties": {"kind": {"type": "string"}}}},
+        "type": "object",
+        "properties": {
+            "pets": {"type": "array", "items": {"$ref": "#/$defs/Pet"}},
+            "home": {"anyOf": [{"type": "object", "properties": {"city": {}}}, {"type": "null"}]},
+            "open": {"type": "object", "properties": {"a": {}}, "additionalProperties": True},
+            "typed": {
+                "type": "object",
+                "properties": {},
+                "additionalProperties": {"type": "string"},
+            },
+            "patterned": {"type": "object", "properties": {}, "patternProperties": {"^x": {}}},
+            "merged": {"allOf": [{"properties": {"a": {}}}, {"properties": {"b": {}}}]},
+            "properties": {"type": "object", "properties": {"properties": {}}},  # names only
+        },
+        "default": {"properties": {}},  # a value, not a schema
+    }
+    out = grammar.closed(schema)
+    assert out["additionalProperties"] is False
+    assert out["$defs"]["Pet"]["additionalProperties"] is False
+    props = out["properties"]
+    assert props["home"]["anyOf"][0]["additionalProperties"] is False
+    assert props["open"]["additionalProperties"] is True
+    assert props["typed"]["additionalProperties"] == {"type": "string"}
+    assert "additionalProperties" not in props["patterned"]
+    assert all("additionalProperties" not in b for b in props["merged"]["allOf"])
+    assert props["properties"]["additionalProperties"] is False
+    assert set(props["properties"]["properties"]) == {"properties"}
+    assert out["default"] == {"properties": {}}
+    assert "additionalProperties" not in schema  # the caller's schema is untouched
+    assert grammar.closed({"type": "object"}) == {"type": "object"}  # format "json": any object
+
+
+@pytest.mark.model
+def test_constraint_refuses_keys_the_schema_does_not_name(lm):
+    c = grammar.constraint(lm, grammar.json_grammar({"type": "object", "properties": {"a": {}}}))
+    seen = [1]
+    step(c, seen, c.vocab_size)
+    for token in lm.tokenizer.encode('{"a": 1'):
+        seen.append(token)
+        mask = step(c, seen, c.vocab_size)
+    comma, close = lm.tokenizer.encode(","), lm.tokenizer.encode("}")
+    assert mask[close[0]] and not mask[comma[0]]

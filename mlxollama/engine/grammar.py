@@ -59,12 +59,47 @@ def json_grammar(schema: dict[str, Any]) -> str:
     """
     import llguidance
 
+    schema = closed(schema)
     styled = {**schema, "x-guidance": {**JSON_STYLE, **(schema.get("x-guidance") or {})}}
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(styled)
     except Exception as e:  # a schema llguidance cannot even read
         raise InvalidOption(f"invalid JSON schema in format: {e}") from None
     return check(grammar, "JSON schema in format")
+
+
+# Where a schema holds other schemas: by name, in a list, or one.
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")
+_SCHEMA_ONE = ("items", "additionalProperties", "not", "if", "then", "else", "contains")
+
+
+def closed(schema: Any, *, close: bool = True) -> Any:
+    """`schema` with `additionalProperties: false` on every object schema that lists
+    `properties` and says nothing of other keys, as Ollama's grammar (llama.cpp's schema
+    converter) reads it: the answer has the keys the schema names and no others. Without
+    this a small model invents keys until `num_predict` runs out. An explicit
+    `additionalProperties` or `patternProperties` is kept; the branches of an `allOf` are
+    left open (each would refuse the keys the others add). The caller's dict is untouched.
+    """
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in _SCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: closed(sub) for name, sub in out[key].items()}
+    for key in _SCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [closed(sub) for sub in out[key]]
+    if isinstance(out.get("allOf"), list):
+        out["allOf"] = [closed(sub, close=False) for sub in out["allOf"]]
+    for key in _SCHEMA_ONE:
+        if isinstance(out.get(key), dict):
+            out[key] = closed(out[key])
+    opened = "additionalProperties" in out or "patternProperties" in out
+    if close and isinstance(out.get("properties"), dict) and not opened:
+        out["additionalProperties"] = False
+    return out
 
 
 def lark_grammar(lark: str, what: str) -> str:
@@ -113,9 +148,11 @@ class Constraint:
     token is allowed.
 
     mlx-lm builds step n+1's forward pass before step n's token is known, and samples it
-    without waiting; the matcher needs that token, so a call starts evaluating `logits`
-    (the forward pass, which does not depend on the mask) before it waits for the token,
-    and computes the mask on the CPU while the model runs. The mask is unpacked from
+    without waiting; the matcher needs that token. A call queues the token first, then the
+    forward pass (which does not depend on the mask), and only then waits for the token:
+    where evaluation is asynchronous (GPUs) the mask is computed on the CPU while the model
+    runs; on MLX's CPU backend, which throttles queued work, it costs what the matcher
+    costs (`benchmarks/bench_structured.py`). The mask is unpacked from
     llguidance's bitmask in numpy and uploaded once per token: plain arrays, no Metal- or
     CUDA-only kernel, so it runs on every MLX backend.
 
@@ -140,9 +177,13 @@ class Constraint:
 
         n = tokens.shape[-1]
         if self.seen is None or n > self.seen:
-            mx.async_eval(logits)  # the model runs while the matcher waits and masks
+            last = None
             if self.seen is not None:
-                token = int(tokens[-1].item())
+                last = tokens[-1]
+                mx.async_eval(last)  # queued ahead of the forward pass, so not behind it
+            mx.async_eval(logits)  # the model runs while the matcher waits and masks
+            if last is not None:
+                token = int(last.item())
                 if not self.matcher.consume_token(token):
                     raise RuntimeError(
                         f"constrained decoding: token {token} is not allowed by the grammar "
