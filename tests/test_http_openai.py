@@ -287,7 +287,7 @@ def test_bad_requests_raise_the_sdks_typed_errors(client):
         ({"n": 2}, "n: only 1 choice is supported"),
         ({"messages": []}, "[] is too short - 'messages'"),
         ({"tools": [tool]}, "registry.ollama.ai/library/smollm2:latest does not support tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format 'json_object'"),
+        ({"response_format": {"type": "yaml"}}, "Invalid value for 'response_format.type'"),
         ({"logprobs": True}, "logprobs are not supported"),
         ({"stop": 5}, '"stop" must be a string or an array of strings'),
         ({"temperature": "hot"}, '"temperature" must be a number'),

@@ -20,8 +20,10 @@ import openai
 import pydantic
 import pykka
 import pytest
+from click.testing import CliRunner
 from pydantic import BaseModel, Field
 
+from mlxollama.cli.main import cli
 from mlxollama.http.server import shutdown
 from tests.daemons import actor_classes, start_daemon
 
@@ -259,6 +261,21 @@ def test_constrained_and_free_requests_share_a_batch(d, native, oa):
     assert len(free_answers) == 4 and all(free_answers)
     assert not all(a.lstrip().startswith("{") for a in free_answers)  # free ones are free
     assert max(seen_active) >= 6, max(seen_active)  # they did run together
+
+
+# -- the CLI ------------------------------------------------------------------------------
+
+
+def test_mlxctl_run_format_json_through_the_daemon_and_in_process(d, monkeypatch):
+    monkeypatch.setenv("MLXOLLAMA_HOST", f"127.0.0.1:{d.port}")
+    monkeypatch.setenv("MLXOLLAMA_MODELS", str(d.root))
+    args = ["run", "smollm2", "--format", "json", "-p", "temperature=0", prompt(2)]
+    daemon = CliRunner().invoke(cli, args, input="", catch_exceptions=False)
+    assert daemon.exit_code == 0 and "no daemon" not in daemon.output
+    assert isinstance(json.loads(daemon.output), dict), daemon.output
+    embedded = CliRunner().invoke(cli, [*args, "--embedded"], input="", catch_exceptions=False)
+    assert embedded.exit_code == 0
+    assert embedded.output == daemon.output  # greedy: the same constrained answer
 
 
 # -- what is refused ------------------------------------------------------------------------
