@@ -24,6 +24,7 @@ from click.testing import CliRunner
 from pydantic import BaseModel, Field
 
 from mlxollama.cli.main import cli
+from mlxollama.engine import grammar
 from mlxollama.http.server import shutdown
 from tests.daemons import actor_classes, start_daemon
 
@@ -45,6 +46,7 @@ class Person(BaseModel):
 
 
 SCHEMA = Person.model_json_schema()  # $defs and $ref, as apps send it
+CLOSED = grammar.closed(SCHEMA)
 
 PEOPLE = [
     ("Ann", 31, "Paris", "France", "cat"),
@@ -67,12 +69,14 @@ def options(i: int, sampled: bool) -> dict:
 
 def check_person(reason: str, content: str) -> str:
     """`reason` if the answer stopped at the length limit, else the answer validates (as a
-    pydantic model and against the JSON schema it sent) and "stop"."""
+    pydantic model, against the JSON schema it sent, and with no key the schema does not
+    name, as Ollama's grammar has it) and "stop"."""
     if reason == "length":
         return reason
     assert reason == "stop", reason
     Person.model_validate_json(content)
     jsonschema.validate(json.loads(content), SCHEMA)
+    jsonschema.validate(json.loads(content), CLOSED)
     return reason
 
 
