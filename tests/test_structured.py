@@ -1,4 +1,4 @@
-"""Structured output end to end: a real daemon on SmolLM2 (eight slots), driven by the official
+"""Structured output end to end: a real daemon on SmolLM2 (sixteen slots), driven by the official
 `ollama` and `openai` clients with a nested pydantic schema (objects, arrays, enums, required
 fields, bounded numbers). Every answer parses and validates, or stopped at `num_predict`
 (`done_reason` / `finish_reason` "length"), greedy and sampled, alone on the model and inside a
@@ -85,7 +85,7 @@ def d(tmp_path_factory, smollm2_store):
     assert not pykka.ActorRegistry.get_all(), actor_classes()
     root = tmp_path_factory.mktemp("structured") / "store"
     shutil.copytree(smollm2_store, root, symlinks=True)
-    daemon = start_daemon(root, num_parallel=8)
+    daemon = start_daemon(root, num_parallel=16)  # 16 at once decode 40 requests faster
     yield daemon
     shutdown(daemon.srv, daemon.runtime)
 
@@ -156,8 +156,8 @@ def openai_request(client: openai.OpenAI, i: int, sampled: bool) -> str:
 
 
 def run_all(calls) -> list[str]:
-    """The calls eight at a time (the daemon batches them); their finish reasons."""
-    with ThreadPoolExecutor(8) as pool:
+    """The calls sixteen at a time (the daemon batches them); their finish reasons."""
+    with ThreadPoolExecutor(16) as pool:
         return list(pool.map(lambda call: call(), calls))
 
 
@@ -184,7 +184,7 @@ def test_alone_on_the_model_each_answer_validates(native, oa):
 
 
 def twenty_and_twenty(request) -> dict[str, list[str]]:
-    """20 greedy and 20 sampled requests (temperature 1), eight at a time: batched."""
+    """20 greedy and 20 sampled requests (temperature 1), batched sixteen at a time."""
     calls = [lambda i=i, s=s: request(i, s) for s in (False, True) for i in range(20)]
     reasons = run_all(calls)
     return {"greedy": reasons[:20], "sampled": reasons[20:]}
