@@ -106,8 +106,8 @@ def test_chat_commands_in_process(store_root):
     assert re.search(r"User defined parameters:\n  temperature\s+0\.0\n", text)
     assert "No system message was specified for this model." in text
     assert "Cleared session context" in text
-    json_answer = text.split("Set format to 'json' mode.\n>>> ", 1)[1].split("\n")[0]
-    assert isinstance(orjson.loads(json_answer), dict)  # constrained: always a JSON object
+    answer = text.split("Set format to 'json' mode.\n")[1].split("\n")[0].removeprefix(">>> ")
+    assert isinstance(orjson.loads(answer), dict)  # "Hello" answered as a JSON object
     assert "never read" not in text
     modelfile = mlxctl("show", "me/paris", "--modelfile").output
     assert "PARAMETER temperature 0" in modelfile
@@ -136,9 +136,11 @@ def echo_chat(body):
     """A chat route: loads, or streams back 'echo: <last message>' in two pieces."""
     if not body["messages"]:
         return 200, {"model": body["model"], "done": True, "done_reason": "load", "message": {}}
-    if body.get("format"):
-        return 400, {"error": "format is not supported yet"}
     last = body["messages"][-1]["content"]
+    if body.get("format") == "json":  # the answer as a JSON object, in one piece
+        done = {"message": {"content": ""}, "done": True, "done_reason": "stop"}
+        piece = {"message": {"content": orjson.dumps({"echo": last}).decode()}, "done": False}
+        return 200, [piece, done]
     final = {"message": {"content": ""}, "done": True, "done_reason": "stop"}
     final.update(eval_count=3, eval_duration=1_500_000_000, total_duration=2_000_000_000)
     return 200, [
@@ -305,7 +307,7 @@ def test_chat_commands_over_the_daemon(daemon):
     assert "Available Parameters:" in text
     assert 'Couldn\'t set parameter: option "temperature" must be of type float32' in text
     assert "... echo: first\nsecond\n" in text
-    assert "Error: format is not supported yet" in text
+    assert '>>> {"echo":"again"}\n' in text
     assert "echo: third" in text and "eval count:           3 token(s)" in text
     assert "{{ .Prompt }}" in text and "No license was specified for this model." in text
     assert "You are terse." in text
@@ -322,8 +324,11 @@ def test_chat_commands_over_the_daemon(daemon):
         "You are terse.",
         "first\nsecond",
         "echo: first\nsecond",
+        "again",
+        '{"echo":"again"}',  # the JSON turn joined the history
         "third",
     ]
+    assert "format" not in asked[2] or asked[2]["format"] is None  # /set noformat
     assert chats[-1] == {"model": "ghost", "messages": [], "stream": False}
 
 
@@ -505,8 +510,8 @@ def test_live_chat_commands(on_live):
     out = mlxctl("chat", "smollm2", input="\n".join(lines) + "\n")
     assert out.exit_code == 0 and "no daemon" not in out.output
     assert "Paris" in out.output and "Created new model 'me/paris'" in out.output
-    json_answer = out.output.split("Set format to 'json' mode.\n>>> ", 1)[1].split("\n")[0]
-    assert isinstance(orjson.loads(json_answer), dict)  # constrained: always a JSON object
+    answer = out.output.split("Set format to 'json' mode.\n")[1].split("\n")[0]
+    assert isinstance(orjson.loads(answer.removeprefix(">>> ")), dict)
     modelfile = mlxctl("show", "me/paris", "--modelfile").output
     assert (
         "PARAMETER temperature 0" in modelfile and "MESSAGE user What is the capital" in modelfile

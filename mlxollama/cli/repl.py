@@ -85,7 +85,8 @@ class Conversation:
         model: the model's name.
         system: a system message for every request. Default: None (the model's own).
         options: request options (`/set parameter`). Default: none.
-        format: "json" or a JSON schema (refused until structured output lands). Default: None.
+        format: "json" (`--format json`, `/set format json`: the answer is a JSON object,
+            by constrained decoding) or a JSON schema. Default: None.
         keep_alive: how long the daemon keeps the model loaded (in-process: checked, no
             effect). Default: the daemon's.
         verbose: print Ollama's timing block after each answer. Default: False.
@@ -169,8 +170,8 @@ class Conversation:
         return "".join(parts)
 
     def _fields(self) -> dict[str, Any]:
-        """What each request carries besides the messages (both clients take them; the
-        daemon and the embedded SDK refuse a `format` alike, for now)."""
+        """What each request carries besides the messages (both clients take them, and the
+        daemon and the embedded SDK constrain a `format` alike)."""
         return {"format": self.format, "keep_alive": self.keep_alive}
 
 

@@ -2,18 +2,17 @@
 logits of one sequence, so its answer always parses.
 
 The grammar engine is llguidance, chosen over the others for what this project needs: it has
-no Python dependencies (a Rust core; numpy is all it asks), it computes a 49k-token mask in
-tens of microseconds (measured here: 0.02 ms per cached state on SmolLM2), it compiles a
-schema lazily (no upfront automaton, so a large schema costs nothing before its first
-token), and it embeds JSON schemas inside Lark grammars, which tool calls need (a fixed
-prefix, then arguments under the function's schema). Outlines builds whole automata up
-front (seconds for large schemas) and pulls in torch-era dependencies; xgrammar ships
-CUDA-first wheels; lm-format-enforcer walks the vocabulary in Python per token.
+no Python dependencies (a Rust core; numpy is all it asks), it compiles a schema lazily (no
+upfront automaton: about a millisecond per request), it computes a 49k-token mask in a
+tenth of a millisecond or so on SmolLM2 (`benchmarks/bench_structured.py`), it names the
+schema features it lacks, and it embeds JSON schemas inside Lark grammars, which tool calls
+need. `docs/structured-output.md` compares it with outlines, xgrammar (its wheel requires
+torch) and lm-format-enforcer.
 
-MLX and numpy are imported where a mask is made: `features` checks schemas through this module
-on every request, MLX-free. The mask is applied with plain MLX operations (no Metal- or CUDA-only kernel), so it runs
-on every backend; each sequence has its own matcher, so constrained and free sequences
-share a batch.
+MLX and numpy are imported where a mask is made: `features` checks schemas through this
+module on every request, MLX-free. The mask is applied with plain MLX operations (no Metal-
+or CUDA-only kernel), so it runs on every backend; each sequence has its own matcher, so
+constrained and free sequences share a batch.
 """
 
 from __future__ import annotations
@@ -59,12 +58,47 @@ def json_grammar(schema: dict[str, Any]) -> str:
     """
     import llguidance
 
+    schema = closed(schema)
     styled = {**schema, "x-guidance": {**JSON_STYLE, **(schema.get("x-guidance") or {})}}
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(styled)
     except Exception as e:  # a schema llguidance cannot even read
         raise InvalidOption(f"invalid JSON schema in format: {e}") from None
     return check(grammar, "JSON schema in format")
+
+
+# Where a schema holds other schemas: by name, in a list, or one.
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")
+_SCHEMA_ONE = ("items", "additionalProperties", "not", "if", "then", "else", "contains")
+
+
+def closed(schema: Any, *, close: bool = True) -> Any:
+    """`schema` with `additionalProperties: false` on every object schema that lists
+    `properties` and says nothing of other keys, as Ollama's grammar (llama.cpp's schema
+    converter) reads it: the answer has the keys the schema names and no others. Without
+    this a small model invents keys until `num_predict` runs out. An explicit
+    `additionalProperties` or `patternProperties` is kept; the branches of an `allOf` are
+    left open (each would refuse the keys the others add). The caller's dict is untouched.
+    """
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in _SCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: closed(sub) for name, sub in out[key].items()}
+    for key in _SCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [closed(sub) for sub in out[key]]
+    if isinstance(out.get("allOf"), list):
+        out["allOf"] = [closed(sub, close=False) for sub in out["allOf"]]
+    for key in _SCHEMA_ONE:
+        if isinstance(out.get(key), dict):
+            out[key] = closed(out[key])
+    opened = "additionalProperties" in out or "patternProperties" in out
+    if close and isinstance(out.get("properties"), dict) and not opened:
+        out["additionalProperties"] = False
+    return out
 
 
 def lark_grammar(lark: str, what: str) -> str:
@@ -112,6 +146,15 @@ class Constraint:
     fed its last token again) reuses the mask. Once the grammar is complete only an end
     token is allowed.
 
+    mlx-lm builds step n+1's forward pass before step n's token is known, and samples it
+    without waiting; the matcher needs that token. A call queues the token first, then the
+    forward pass (which does not depend on the mask), and only then waits for the token:
+    where evaluation is asynchronous (GPUs) the mask is computed on the CPU while the model
+    runs; on MLX's CPU backend, which throttles queued work, it costs what the matcher
+    costs (`benchmarks/bench_structured.py`). The mask is unpacked from
+    llguidance's bitmask in numpy and uploaded once per token: plain arrays, no Metal- or
+    CUDA-only kernel, so it runs on every MLX backend.
+
     Raises (at sampling time, caught by the sequence's `sampling.Guard`): the sampled token
     was not allowed, which cannot happen unless a later processor undid the mask.
     """
@@ -124,41 +167,51 @@ class Constraint:
         if self.matcher.is_error():
             raise InvalidOption(f"grammar error: {self.matcher.get_error()}")
         self.vocab_size = vocab_size
-        self.words = (vocab_size + 31) // 32
-        self.bits = np.full((self.words,), -1, dtype=np.int32)
+        self.bits = np.full(((vocab_size + 31) // 32,), -1, dtype=np.int32)
         self.seen: int | None = None
-        self.mask: Any = None  # an mx.array of bools, the allowed tokens
+        self.mask: Any = None  # an mx.array of bools as wide as the logits: the allowed ids
 
     def __call__(self, tokens: Any, logits: Any) -> Any:
         import mlx.core as mx
 
         n = tokens.shape[-1]
         if self.seen is None or n > self.seen:
+            last = None
             if self.seen is not None:
-                token = int(tokens[-1].item())
+                last = tokens[-1]
+                mx.async_eval(last)  # queued ahead of the forward pass, so not behind it
+            mx.async_eval(logits)  # the model runs while the matcher waits and masks
+            if last is not None:
+                token = int(last.item())
                 if not self.matcher.consume_token(token):
                     raise RuntimeError(
                         f"constrained decoding: token {token} is not allowed by the grammar "
                         f"({self.matcher.get_error()})"
                     )
             self.seen = n
-            self.mask = self._compute_mask()
-        vocab = logits.shape[-1]
-        mask = self.mask
-        if vocab != mask.shape[0]:  # logits padded past the tokenizer: the extra ids stay off
-            mask = mx.concatenate([mask, mx.zeros(vocab - mask.shape[0], dtype=mx.bool_)])[:vocab]
-        return mx.where(mask, logits, mx.array(-mx.inf, dtype=logits.dtype))
+            self.mask = None
+        width = logits.shape[-1]
+        if self.mask is None or self.mask.shape[0] != width:
+            self.mask = self._compute_mask(width)
+        return mx.where(self.mask, logits, mx.array(-mx.inf, dtype=logits.dtype))
 
-    def _compute_mask(self) -> Any:
+    def _compute_mask(self, width: int) -> Any:
+        """The allowed ids as `width` bools (ids past the tokenizer's vocabulary, where the
+        logits are padded, stay off)."""
         import mlx.core as mx
         import numpy as np
 
         self.matcher.unsafe_compute_mask_ptr(self.bits.ctypes.data, self.bits.nbytes)
         if self.matcher.is_error():
             raise RuntimeError(f"constrained decoding: {self.matcher.get_error()}")
-        words = mx.array(self.bits.view(np.uint32))
-        bits = (words[:, None] >> mx.arange(32, dtype=mx.uint32)) & 1
-        return bits.reshape(-1)[: self.vocab_size].astype(mx.bool_)
+        # bit i of word w allows id 32w+i: little-endian words, so little bit order per byte
+        allowed = np.unpackbits(self.bits.view(np.uint8), bitorder="little")[: self.vocab_size]
+        if width != allowed.shape[0]:
+            allowed = np.concatenate(
+                [allowed, np.zeros(max(width - allowed.shape[0], 0), np.uint8)]
+            )
+            allowed = allowed[:width]
+        return mx.array(allowed.view(np.bool_))
 
 
 def constraint(lm: Any, grammar: str) -> Constraint:
