@@ -183,6 +183,22 @@ def test_alone_on_the_model_each_answer_validates(native, oa):
     assert_mostly_complete(reasons)
 
 
+def test_twenty_greedy_and_twenty_sampled_alone_in_process_all_validate(d):
+    """The 20 + 20 one at a time on the single-sequence path, through the embedded SDK (the
+    engine both APIs share; the daemon's way of asking is the test above)."""
+    from mlxollama.sdk import Embedded
+
+    sdk = Embedded(d.root)
+    reasons = []
+    for sampled in (False, True):
+        for i in range(20):
+            user = [{"role": "user", "content": prompt(i)}]
+            r = sdk.chat("smollm2", user, format=SCHEMA, options=options(i, sampled))
+            reasons.append(check_person(r["done_reason"], r["message"]["content"]))
+    assert_mostly_complete(reasons[:20])
+    assert_mostly_complete(reasons[20:])
+
+
 def twenty_and_twenty(request) -> dict[str, list[str]]:
     """20 greedy and 20 sampled requests (temperature 1), batched sixteen at a time."""
     calls = [lambda i=i, s=s: request(i, s) for s in (False, True) for i in range(20)]
