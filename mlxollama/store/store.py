@@ -45,6 +45,10 @@ from mlxollama.store.names import ModelName, parse_name
 PARTIAL_KEEP = 7 * 24 * 3600.0  # seconds an untouched partial download is kept for a resume
 
 
+# seconds a killed build's last blob may postdate its journal (see _undo_dead_builds)
+JOURNAL_SLACK = 2.0
+
+
 class BuildJournal:
     """The blobs one build adds, in a file its writer holds locked: each digest is written
     before its blob, and the file is touched after it, so its mtime is never older than a
@@ -347,11 +351,14 @@ class Store:
                 # a blob written again after the build died (an upload for the next create)
                 # is newer than the journal's last line, and stays
                 ended = os.fstat(fd).st_mtime
-                named = {d for d in journal.read_text().split() if len(d) == 71}
+                lines = [d for d in journal.read_text().split() if len(d) == 71]
                 dead = set()
-                for digest in named:
+                for digest in set(lines):
+                    # the last one may have been killed between its blob's rename and the
+                    # journal's touch: its blob is then a moment newer than the journal
+                    slack = JOURNAL_SLACK if digest == lines[-1] else 0.0
                     with contextlib.suppress(FileNotFoundError):
-                        if self.blobs.path(digest).stat().st_mtime <= ended:
+                        if self.blobs.path(digest).stat().st_mtime <= ended + slack:
                             dead.add(digest)
                 removed, size = self.remove_unreferenced(dead)
                 count, freed = count + removed, freed + size
