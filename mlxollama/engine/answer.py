@@ -84,12 +84,8 @@ def prepare(lm: Any, request: api.InferenceRequest, num_ctx: int) -> Prepared:
             suffix=request.suffix,
             think=think,
         )
-    if request.kind == "generate" and request.raw:
-        tokens = lm.tokenizer.encode(text)
-    else:
-        # a Jinja template writes the BOS itself; a Go template leaves it to the tokenizer
-        jinja = prompt.uses_jinja(lm, request.template) and not request.suffix
-        tokens = lm.tokenizer.encode(text, add_special_tokens=not jinja)
+    raw = request.kind == "generate" and request.raw
+    tokens = prompt.encode(lm, text, request.template, raw=raw, suffix=request.suffix)
 
     processors = []
     if rule is not None:

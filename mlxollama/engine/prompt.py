@@ -34,8 +34,7 @@ def chat_tokens(
         think: the request's `think` (None: the template's default).
     """
     text = chat_text(lm, messages, system=system, template=template, tools=tools, think=think)
-    # a Jinja template writes the BOS itself; a Go template leaves it to the tokenizer
-    return lm.tokenizer.encode(text, add_special_tokens=not uses_jinja(lm, template))
+    return encode(lm, text, template)
 
 
 def chat_text(
@@ -74,12 +73,14 @@ def generate_text(
     return _render(lm, [Message("user", prompt)], system, template, None, think)
 
 
-def generate_tokens(lm: Any, prompt: str, **kwargs: Any) -> list[int]:
-    """The tokens of `generate_text` (the same keywords)."""
-    if kwargs.get("raw"):
-        return lm.tokenizer.encode(prompt)
-    jinja = uses_jinja(lm, kwargs.get("template")) and not kwargs.get("suffix")
-    return lm.tokenizer.encode(generate_text(lm, prompt, **kwargs), add_special_tokens=not jinja)
+def encode(
+    lm: Any, text: str, template: str | None = None, *, raw: bool = False, suffix: str = ""
+) -> list[int]:
+    """A rendered prompt's token ids. A Jinja template writes the BOS itself, so its text is
+    encoded without special tokens; a Go template (a `suffix` is always one) and a raw prompt
+    leave the BOS to the tokenizer."""
+    jinja = not raw and not suffix and uses_jinja(lm, template)
+    return lm.tokenizer.encode(text, add_special_tokens=not jinja)
 
 
 def uses_jinja(lm: Any, template: str | None = None) -> bool:
