@@ -84,6 +84,14 @@ def _byte_decoder() -> dict[str, int]:
     return _BYTE_DECODER
 
 
+def held_back(text: str, marker: str) -> int:
+    """How many characters at the end of `text` could begin `marker`."""
+    for n in range(min(len(marker) - 1, len(text)), 0, -1):
+        if text.endswith(marker[:n]):
+            return n
+    return 0
+
+
 class StopMatcher:
     """Holds back text that may be the start of a stop string.
 
@@ -104,12 +112,7 @@ class StopMatcher:
         if hits:
             out, self.pending = self.pending[: min(hits)], ""
             return out, True
-        keep = 0
-        for stop in self.stops:
-            for n in range(min(len(stop) - 1, len(self.pending)), 0, -1):
-                if self.pending.endswith(stop[:n]):
-                    keep = max(keep, n)
-                    break
+        keep = max(held_back(self.pending, stop) for stop in self.stops)
         cut = len(self.pending) - keep
         out, self.pending = self.pending[:cut], self.pending[cut:]
         return out, False

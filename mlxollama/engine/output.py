@@ -15,15 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mlxollama.api import Chunk
-from mlxollama.engine.decoder import OutputParser, TextParser
-
-
-def held_back(text: str, marker: str) -> int:
-    """How many characters at the end of `text` could begin `marker`."""
-    for n in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:n]):
-            return n
-    return 0
+from mlxollama.engine.decoder import OutputParser, TextParser, held_back
 
 
 class Splitter:
