@@ -8,6 +8,12 @@ decoded one SmolLM2-sized sequence at 0.65 of `generate_step`'s speed), and when
 arrives the solo one moves into the BatchGenerator with its KV cache. The ModelActor only
 schedules: it admits, cancels and steps a `Batch` and tells the sessions what came out.
 
+Hybrid models (recurrent layers beside attention: mlx-lm's `ArraysCache`, whose state cannot
+be rewound) never run solo, because moving a solo sequence into the batch rewinds its cache
+by one token; and since their finished caches cannot be trimmed back to a shorter prefix,
+the batch keeps each prompt's state as it ends (mlx-lm's end-of-segment checkpoint, one
+token before the prompt's last) for the prompt cache.
+
 Everything here runs on the model's thread (MLX streams are thread-local).
 """
 
@@ -19,7 +25,7 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, generate_step
-from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache
 
 from mlxollama.api import SamplingOptions
 from mlxollama.engine import sampling
@@ -185,6 +191,8 @@ class Batch:
         self.uids: dict[int, int] = {}  # BatchGenerator uid -> key
         self.keys: dict[int, int] = {}  # key -> BatchGenerator uid
         self.seqs: dict[int, Sequence] = {}
+        # False for hybrid models: no solo, and a checkpoint at the end of every prompt
+        self.trimmable = can_trim_prompt_cache(make_prompt_cache(model))
 
     def _new_generator(self) -> BatchGenerator:
         return BatchGenerator(
@@ -202,7 +210,7 @@ class Batch:
         cache, cached = None, 0
         if self.prompt_cache is not None:
             cache, cached = self.prompt_cache.fetch(seq.prompt)
-        if not self.seqs and len(seq.prompt) - cached <= SOLO_MAX_PROMPT:
+        if self.trimmable and not self.seqs and len(seq.prompt) - cached <= SOLO_MAX_PROMPT:
             solo = Solo(self.model, seq, self.eos, SOLO_MAX_PROMPT, cache, cached)
             self.solo = (key, solo)
         else:
@@ -256,7 +264,9 @@ class Batch:
         if self.solo is not None:
             return self._solo_step()
         try:
-            _, responses = self.gen.next()
+            prefilled, responses = self.gen.next()
+            if not self.trimmable:
+                self._checkpoint(prefilled)
         except Exception:
             self.reset()
             raise
@@ -279,6 +289,15 @@ class Batch:
         for key in out.failed:
             self.remove(key)
         return out
+
+    def _checkpoint(self, prefilled) -> None:
+        """Keep the state of each prompt whose prefill just ended (all but its last token),
+        for a model whose caches cannot be trimmed back to a prefix later."""
+        if self.prompt_cache is None:
+            return
+        ended = [r.uid for r in prefilled if r.end_of_segment and not r.end_of_prompt]
+        for cache, tokens in self.gen.extract_cache(ended).values():
+            self._keep(tokens, cache, len(tokens))
 
     def reset(self) -> None:
         """Drop every sequence; a new BatchGenerator replaces the old one."""
