@@ -25,8 +25,8 @@ import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
