@@ -9,11 +9,14 @@ import http.client
 import shutil
 import threading
 
+import openai
 import orjson
 import pykka
 import pytest
+from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
+from mlxollama.cli.main import cli
 from mlxollama.client import Client
 from mlxollama.errors import ModelNotFound
 from mlxollama.http.server import shutdown
@@ -197,6 +200,23 @@ def test_stop_unloads_an_idle_model_at_once_despite_its_keep_alive(daemon, tiny_
 
 
 @pytest.mark.model
+def test_mlxctl_stop_unloads_through_the_route(daemon, tiny_store, monkeypatch):
+    d = daemon(tiny_store)
+    monkeypatch.setenv("MLXOLLAMA_HOST", f"127.0.0.1:{d.port}")
+    assert d.client().generate("tiny-b", "").done_reason == "load"
+    out = CliRunner().invoke(cli, ["stop", "tiny-b"])
+    assert out.exit_code == 0, out.output
+    assert d.runtime.ps() == []
+    out = CliRunner().invoke(cli, ["stop", "tiny-b"])
+    assert out.exit_code == 1 and 'couldn\'t find model "tiny-b" to stop' in out.output
+    samples = scrape(d)  # both went through /api/stop
+    for status in ("200", "404"):
+        assert value(
+            samples, "mlxollama_requests_total", route="/api/stop", method="POST", status=status
+        )
+
+
+@pytest.mark.model
 def test_stop_lets_a_running_request_finish_then_unloads(daemon, tiny_store):
     d = daemon(tiny_store)
     conn, resp = stream(d, {"model": "tiny-a", "prompt": "hi", "options": LONG})
@@ -269,3 +289,48 @@ def test_cancel_answers_a_non_streamed_request_with_its_done_reason(daemon, tiny
     assert answer["status"] == 200 and answer["id"] == running[0]
     final = orjson.loads(answer["body"])
     assert final["done"] is True and final["done_reason"] == "cancel"
+
+
+@pytest.mark.model
+def test_cancel_ends_a_queued_request_and_an_openai_stream(daemon, tiny_store):
+    d = daemon(tiny_store, num_parallel=1)
+    assert d.client().generate("tiny-a", "").done_reason == "load"
+    oa = openai.OpenAI(base_url=f"http://127.0.0.1:{d.port}/v1", api_key="x", max_retries=0)
+    running = oa.chat.completions.with_raw_response.create(
+        model="tiny-a",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        max_tokens=4000,
+        temperature=0,
+    )
+    chunks = running.parse()
+    next(iter(chunks))
+    answer: dict = {}
+
+    def queued() -> None:  # waits for the only slot
+        conn, resp = stream(d, {"model": "tiny-a", "prompt": "hi", "options": LONG})
+        answer.update(id=resp.getheader("X-Request-Id"), lines=lines(resp))
+        conn.close()
+
+    thread = threading.Thread(target=queued)
+    thread.start()
+    assert wait_until(lambda: d.active() == 2, 30)
+    waiting = [
+        rid
+        for rid, s in list(d.runtime._running.items())
+        if not s.finished and rid != running.headers["x-request-id"]
+    ]
+    assert len(waiting) == 1
+    assert d.call("DELETE", f"/api/requests/{waiting[0]}")[0] == 204
+    thread.join(30)
+    # the queued one ends with only its final chunk; the OpenAI stream runs on, until it is
+    # cancelled too and finishes with OpenAI's "stop"
+    assert answer["id"] == waiting[0]
+    assert [(x["done"], x["done_reason"], x["response"]) for x in answer["lines"]] == [
+        (True, "cancel", "")
+    ]
+    assert wait_until(lambda: d.active() == 1, 10)  # the model let go of it too
+    assert d.call("DELETE", f"/api/requests/{running.headers['x-request-id']}")[0] == 204
+    rest = list(chunks)
+    assert rest[-1].choices[0].finish_reason == "stop"
+    assert wait_until(lambda: d.active() == 0, 10)
