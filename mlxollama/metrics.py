@@ -195,32 +195,40 @@ class Metrics:
 
 class StreamTimer:
     """Times one request's answer as its handler reads it: time to the first piece, the
-    gaps between pieces, and the token counts of its final chunk (or of its embeddings)."""
+    gaps between pieces, and the token counts of its final chunk (or of its embeddings).
+    The labelled gap histogram is looked up once per request, not once per token (and
+    only when there is a gap: an embedding model gets no token series)."""
 
     def __init__(self, metrics: Metrics, model: str, started: float):
         self.metrics = metrics
         self.model = model
         self.started = started
         self.last: float | None = None
+        self._gap: Any = None
 
     def seen(self, item: Any) -> None:
         """Account for one item of a session's queue (a `Chunk` or an `Embeddings`)."""
         now = time.perf_counter()
-        m = self.metrics
         done = getattr(item, "done", True)  # Embeddings carry no `done`: one answer
         eval_count = getattr(item, "eval_count", 0)
         if not done or eval_count:  # a load/unload answer (no tokens) is not timed
             if self.last is None:
-                m.first_token.labels(self.model).observe(now - self.started)
+                self.metrics.first_token.labels(self.model).observe(now - self.started)
             elif not done:
-                m.inter_token.labels(self.model).observe(now - self.last)
+                if self._gap is None:
+                    self._gap = self.metrics.inter_token.labels(self.model)
+                self._gap.observe(now - self.last)
             self.last = now
         if done:
-            if eval_count:
-                m.generated.labels(self.model).inc(eval_count)
-            evaluated = getattr(item, "prompt_eval_count", 0)
-            cached = getattr(item, "prompt_cached_count", 0)
-            if evaluated:
-                m.prompt.labels(self.model, "evaluated").inc(evaluated)
-            if cached:
-                m.prompt.labels(self.model, "cached").inc(cached)
+            self._count(item, eval_count)
+
+    def _count(self, final: Any, eval_count: int) -> None:
+        m = self.metrics
+        if eval_count:
+            m.generated.labels(self.model).inc(eval_count)
+        evaluated = getattr(final, "prompt_eval_count", 0)
+        cached = getattr(final, "prompt_cached_count", 0)
+        if evaluated:
+            m.prompt.labels(self.model, "evaluated").inc(evaluated)
+        if cached:
+            m.prompt.labels(self.model, "cached").inc(cached)

@@ -334,3 +334,23 @@ def test_cancel_ends_a_queued_request_and_an_openai_stream(daemon, tiny_store):
     rest = list(chunks)
     assert rest[-1].choices[0].finish_reason == "stop"
     assert wait_until(lambda: d.active() == 0, 10)
+
+
+@pytest.mark.model
+def test_metrics_count_embeddings(daemon, minilm_store):
+    d = daemon(minilm_store)
+    answer = d.client().embed("all-minilm", ["one sentence", "and another"])
+    assert len(answer.embeddings) == 2
+    samples = scrape(d)
+    model = "all-minilm:latest"
+    assert value(
+        samples, "mlxollama_requests_total", route="/api/embed", method="POST", status="200"
+    )
+    assert value(samples, "mlxollama_prompt_tokens_total", model=model, source="evaluated") == (
+        answer.prompt_eval_count
+    )
+    assert value(samples, "mlxollama_model_load_seconds_count", model=model) == 1
+    assert not any(
+        name.startswith("mlxollama_time_to_first_token") and ("model", model) in labels
+        for name, labels in samples
+    )
