@@ -70,6 +70,18 @@ def stream(d: Daemon, body: dict) -> tuple[http.client.HTTPConnection, http.clie
     return conn, resp
 
 
+def unanswered(d: Daemon, path: str) -> list[str]:
+    """The request ids of `path` requests whose `request.end` is not logged yet (a
+    non-streamed answer sends its `X-Request-Id` only with the answer)."""
+    events = d.events()
+    ended = {e["request_id"] for e in events if e["event"] == "request.end"}
+    return [
+        e["request_id"]
+        for e in events
+        if e["event"] == "request.start" and e["path"] == path and e["request_id"] not in ended
+    ]
+
+
 def lines(resp: http.client.HTTPResponse) -> list[dict]:
     return [orjson.loads(line) for line in resp.read().splitlines() if line.strip()]
 
@@ -282,7 +294,7 @@ def test_cancel_answers_a_non_streamed_request_with_its_done_reason(daemon, tiny
     thread = threading.Thread(target=ask)
     thread.start()
     assert wait_until(lambda: d.active() == 1, 30)
-    running = [rid for rid, s in list(d.runtime._running.items()) if not s.finished]
+    running = unanswered(d, "/api/generate")
     assert len(running) == 1
     assert d.call("DELETE", f"/api/requests/{running[0]}")[0] == 204
     thread.join(60)
@@ -315,12 +327,8 @@ def test_cancel_ends_a_queued_request_and_an_openai_stream(daemon, tiny_store):
     thread = threading.Thread(target=queued)
     thread.start()
     assert wait_until(lambda: d.active() == 2, 30)
-    waiting = [
-        rid
-        for rid, s in list(d.runtime._running.items())
-        if not s.finished and rid != running.headers["x-request-id"]
-    ]
-    assert len(waiting) == 1
+    waiting = unanswered(d, "/api/generate")
+    assert len(waiting) == 1 and waiting[0] != running.headers["x-request-id"]
     assert d.call("DELETE", f"/api/requests/{waiting[0]}")[0] == 204
     thread.join(30)
     # the queued one ends with only its final chunk; the OpenAI stream runs on, until it is
