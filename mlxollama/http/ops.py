@@ -18,7 +18,7 @@ from mlxollama.http.native import loggable_model, model_field, read_json
 from mlxollama.metrics import CONTENT_TYPE
 
 
-class Metrics:
+class MetricsPage:
     """GET /metrics: Prometheus's text format, from this daemon's own registry."""
 
     def __init__(self, runtime):
@@ -29,7 +29,7 @@ class Metrics:
         resp.data = self.runtime.metrics.exposition()
 
 
-class Health:
+class Readiness:
     """GET/HEAD /api/health: 200 when ready; 503 while the runtime stops or when the store
     cannot be written (pulls, creates and the prompt cache's disk tier would fail)."""
 
@@ -79,7 +79,7 @@ class Stop:
         }
 
 
-class Request:
+class RunningRequest:
     """DELETE /api/requests/{request_id}: cancel a running generation (204); its stream ends
     with a final chunk whose `done_reason` is "cancel", a non-streamed answer with that
     body. 404 when no generation with that id is running."""
