@@ -304,7 +304,9 @@ def tool_calls_of(raw: Any) -> list[dict[str, Any]] | None:
     return calls
 
 
-DoneReason = Literal["stop", "length", "load", "unload"]
+DoneReason = Literal[
+    "stop", "length", "load", "unload", "cancel"
+]  # cancel: DELETE /api/requests/{id}
 
 
 @dataclass

@@ -26,6 +26,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -150,8 +151,22 @@ class Client:
         return self.generate(model, keep_alive=keep_alive)
 
     def unload(self, model: str) -> dict[str, Any]:
-        """Unload a model (an empty generate with `keep_alive` 0), as `mlxctl stop` does."""
-        return self.generate(model, keep_alive=0)
+        """Unload a model now, or once its running requests end (`POST /api/stop`, what
+        `mlxctl stop` uses): `{"model", "status": "unloaded"|"stopping", "running"}`.
+
+        Raises:
+            ModelNotFound: no such model, or it is not loaded.
+        """
+        return self._call("POST", "/api/stop", {"model": model}, model=model)
+
+    def cancel(self, request_id: str) -> None:
+        """Cancel a running generation by its `X-Request-Id` (`DELETE /api/requests/{id}`);
+        its stream ends with `done_reason` "cancel".
+
+        Raises:
+            MlxOllamaError: 404, no such request is running.
+        """
+        self._call("DELETE", f"/api/requests/{quote(request_id, safe='')}")
 
     # -- the store ---------------------------------------------------------------------------
 

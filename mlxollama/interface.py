@@ -3,7 +3,7 @@ process) both answer, with the same signatures and Ollama's JSON shapes (`api`'s
 dicts). Code that takes either, the CLI among it, is written against this Protocol;
 tests/test_interface.py checks that both implement it with identical signatures.
 
-Only a daemon has `ps`, `version`, `heartbeat`, `load` and `unload` (`Client`); only a
+Only a daemon has `ps`, `version`, `heartbeat`, `load`, `unload` and `cancel` (`Client`); only a
 store in this process has `verify` and `gc` (`Embedded`).
 """
 

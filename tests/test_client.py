@@ -230,15 +230,17 @@ def test_empty_requests_load_and_unload_with_one_object(client, server):
     answer = {"model": "m", "response": "", "done": True, "done_reason": "load"}
     server.routes[("POST", "/api/generate")] = lambda body: (200, answer)
     server.routes[("POST", "/api/chat")] = lambda body: (200, {**answer, "message": {}})
+    stopped = {"model": "m:latest", "status": "unloaded", "running": 0}
+    server.routes[("POST", "/api/stop")] = lambda body: (200, stopped)
     assert client.load("m") == answer
-    assert client.unload("m") == answer
+    assert client.unload("m") == stopped
     assert client.load("m", keep_alive=-1) == answer
     assert [p["done_reason"] for p in client.chat("m", [], stream=True)] == ["load"]
     assert list(client.generate("m", stream=True)) == [answer]
     sent = server.bodies("/api/generate")
     assert sent[0] == {"model": "m", "prompt": "", "stream": False}
-    assert sent[1] == {"model": "m", "prompt": "", "keep_alive": 0, "stream": False}
-    assert sent[2]["keep_alive"] == -1
+    assert server.bodies("/api/stop") == [{"model": "m"}]
+    assert sent[1]["keep_alive"] == -1
     assert server.bodies("/api/chat") == [{"model": "m", "messages": [], "stream": False}]
 
 

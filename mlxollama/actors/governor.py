@@ -38,6 +38,7 @@ from mlxollama.actors.model import ModelActor
 from mlxollama.api import FOREVER
 from mlxollama.config import Config
 from mlxollama.errors import Busy
+from mlxollama.metrics import Metrics, ModelCounts
 from mlxollama.store.store import Store
 
 log = structlog.get_logger("mlxollama.governor")
@@ -65,6 +66,7 @@ class Entry:
     load_timer: threading.Timer | None = None
     generation: int = 0  # bumps whenever the keep-alive timer is reset
     prompt_cache: int = 0  # bytes its prompt cache holds (as of its last finished request)
+    stopping: bool = False  # /api/stop asked: it unloads when its running requests end
 
 
 def device_memory() -> int:
@@ -121,10 +123,12 @@ class Occupancy:
     def __init__(self, config: Config):
         self.limit = in_flight_limit(config)
         self.per_model = config.num_parallel + config.max_queue  # a model's batch + queue
+        self.num_parallel = config.num_parallel
         self._lock = threading.Lock()
         self._in_flight = 0
         self._refs: dict[str, int] = {}  # loaded (or loading) model -> requests admitted
         self._asking: dict[str, int] = {}  # model -> reserved, not yet handled by acquire
+        self._models: tuple[ModelCounts, ...] = ()  # for /metrics and /api/health
 
     def reserve(self, name: str, empty: bool = False) -> bool:
         """Count a request to model `name` that is about to ask `acquire`; False (nothing
@@ -154,6 +158,27 @@ class Occupancy:
             if governor is not None:
                 self._refs = {name: e.refs for name, e in governor.loaded.items()}
                 self._in_flight = sum(self._refs.values()) + len(governor.waiting_loads)
+                self._models = self._counts(governor)
+
+    def models(self) -> tuple[ModelCounts, ...]:
+        """The resident models' counts as last published (no message to the governor)."""
+        with self._lock:
+            return self._models
+
+    def _counts(self, governor: GovernorActor) -> tuple[ModelCounts, ...]:
+        """A model's `refs` are its admitted requests: up to `num_parallel` of them are in
+        its batch once it is ready, the rest wait; loads not yet started wait too."""
+        waiting: dict[str, int] = {}
+        for adm, _ in governor.waiting_loads:
+            waiting[adm.name] = waiting.get(adm.name, 0) + 1
+        out = []
+        for name, e in governor.loaded.items():
+            active = min(e.refs, self.num_parallel) if e.state == "ready" else 0
+            queued = e.refs - active + waiting.pop(name, 0)
+            out.append(ModelCounts(name, e.state, active, queued, e.prompt_cache))
+        for name, n in waiting.items():
+            out.append(ModelCounts(name, "waiting", 0, n, 0))
+        return tuple(out)
 
 
 class GovernorActor(pykka.ThreadingActor):
@@ -166,6 +191,7 @@ class GovernorActor(pykka.ThreadingActor):
     occupancy: the counts shared with the HTTP threads.
     model_actor: the actor class started per model (`ModelActor`; tests pass a fake that
         speaks its messages).
+    metrics: where loads and unloads are counted (`mlxollama.metrics`; default: its own).
     """
 
     def __init__(
@@ -176,8 +202,10 @@ class GovernorActor(pykka.ThreadingActor):
         clock: Callable[[], float] = time.time,
         occupancy: Occupancy | None = None,
         model_actor: type[pykka.Actor] = ModelActor,
+        metrics: Metrics | None = None,
     ):
         super().__init__()
+        self.metrics = metrics or Metrics()
         self.config, self.store, self.load, self.clock = config, store, load, clock
         self.model_actor = model_actor
         self.occupancy = occupancy or Occupancy(config)
@@ -255,6 +283,21 @@ class GovernorActor(pykka.ThreadingActor):
             )
         return sorted(out, key=lambda m: m["expires_at"], reverse=True)
 
+    def stop_model(self, name: str) -> int | None:
+        """Unload model `name` as `ollama stop` does: its keep-alive becomes 0, so it unloads
+        now when idle, else as soon as the requests it is running (or loading for) end;
+        they are not cut short. Returns how many requests it is still running, or None
+        when it is not loaded (nor loading)."""
+        entry = self.loaded.get(name)
+        if entry is None:
+            return None
+        entry.keep_alive, entry.stopping = 0, True
+        running = entry.refs
+        if running == 0 and entry.state == "ready":
+            self._unload(entry, "stop")
+        self._publish()
+        return running
+
     def unload_all(self) -> list[pykka.ActorRef]:
         """Unload every model; returns their actors' refs so the caller can wait for them.
         The loads still waiting are failed first: an unload would start them."""
@@ -289,6 +332,7 @@ class GovernorActor(pykka.ThreadingActor):
         match message:
             case ModelLoaded(_, load_ns):
                 entry.state, entry.load_ns = "ready", load_ns
+                self.metrics.loaded(entry.name, load_ns / 1e9)
                 if entry.load_timer is not None:
                     entry.load_timer.cancel()
                 pending, entry.pending = entry.pending, []
@@ -298,6 +342,10 @@ class GovernorActor(pykka.ThreadingActor):
                     self._route(entry, adm)
                 self._maybe_idle(entry)
             case LoadFailed(name, error) | ModelDied(name, error):
+                if isinstance(message, LoadFailed):
+                    self.metrics.load_failed(name)
+                else:
+                    self.metrics.unloading(name, "died")
                 self.loaded.pop(name, None)
                 self._cancel_timer(entry)
                 for adm in entry.pending:
@@ -323,6 +371,7 @@ class GovernorActor(pykka.ThreadingActor):
         request = adm.request
         if request.keep_alive is not None:
             entry.keep_alive = request.keep_alive  # last writer wins, as in Ollama
+            entry.stopping = False
         entry.refs += 1
         self._cancel_timer(entry)
         entry.last_used = self.clock()
@@ -345,7 +394,7 @@ class GovernorActor(pykka.ThreadingActor):
         if entry.refs > 0 or entry.state != "ready":
             return
         if entry.keep_alive == 0:
-            self._unload(entry, "keep_alive")
+            self._unload(entry, "stop" if entry.stopping else "keep_alive")
             return
         self._cancel_timer(entry)
         entry.expires_at = self.clock() + entry.keep_alive
@@ -386,6 +435,7 @@ class GovernorActor(pykka.ThreadingActor):
         if entry.load_timer is not None:
             entry.load_timer.cancel()
         self.loaded.pop(entry.name, None)
+        self.metrics.unloading(entry.name, reason)
         log.info(
             "model.evict" if reason == "evicted" else "model.stop", model=entry.name, reason=reason
         )
@@ -441,6 +491,7 @@ class GovernorActor(pykka.ThreadingActor):
             self.config.max_queue,
             self.config.prompt_cache,
             self.config.prompt_cache_disk,
+            self.metrics,
         )
         keep_alive = adm.request.keep_alive
         entry = Entry(

@@ -79,7 +79,11 @@ class Fail:
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
-    """The client went away."""
+    """The client went away (`reason` None: nobody reads the queue any more), or someone
+    cancelled the request by its id (`reason` "cancel": the stream ends with a final chunk
+    whose `done_reason` says so)."""
+
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,7 @@ class ModelActor(pykka.ThreadingActor):
     max_waiting: sessions that may wait for a slot; more get Busy.
     prompt_cache_bytes: the model's prompt cache cap (`engine.prompt_cache`); 0: none.
     prompt_cache_disk: the cap of its disk tier, under the store's `cache/prompts/`; 0: none.
+    metrics: the daemon's `mlxollama.metrics.Metrics` (unload durations); None: not counted.
     """
 
     def __init__(
@@ -72,8 +73,10 @@ class ModelActor(pykka.ThreadingActor):
         max_waiting,
         prompt_cache_bytes=0,
         prompt_cache_disk=0,
+        metrics=None,
     ):
         super().__init__()
+        self.metrics = metrics
         self.prompt_cache_bytes = prompt_cache_bytes
         self.prompt_cache_disk = prompt_cache_disk
         self.name, self._load, self.store, self.governor = name, load, store, governor
@@ -129,6 +132,7 @@ class ModelActor(pykka.ThreadingActor):
         self._free()
 
     def _free(self) -> None:
+        tic = time.perf_counter()
         if self.batch is not None:
             self.batch.close()
         self.batch = self.lm = None
@@ -139,7 +143,10 @@ class ModelActor(pykka.ThreadingActor):
             mx.clear_cache()
         except Exception:
             pass
-        log.info("model.unload", model=self.name)
+        seconds = time.perf_counter() - tic
+        if self.metrics is not None:
+            self.metrics.unloaded(self.name, seconds)
+        log.info("model.unload", model=self.name, seconds=round(seconds, 3))
 
     # -- messages ----------------------------------------------------------------------------
 

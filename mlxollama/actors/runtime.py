@@ -15,9 +15,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import os
 import queue
 import sys
+import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ from mlxollama.config import Config
 from mlxollama.engine.context import context_window
 from mlxollama.engine.features import check
 from mlxollama.errors import Busy, MlxOllamaError
+from mlxollama.metrics import Metrics, ModelCounts, StreamTimer
 from mlxollama.models.catalog import capabilities
 from mlxollama.recipes.buildspec import BuildSpec
 from mlxollama.store.info import text_layers
@@ -52,13 +56,26 @@ class Session:
 
     `queue` yields `Chunk`s (text pieces, then one with `done=True`) or, for an embed
     request, one `Embeddings`; or an `Exception` (raise it); then `DONE`. `model` is the model's display name.
+
+    Every API reads its chunks through `get`, so `timer` (time to first token, the gaps
+    between chunks, token counts) is measured here once for all of them.
     """
 
-    def __init__(self, model: str, request_id: str, out: queue.Queue, cancel: Callable[[], None]):
+    def __init__(
+        self,
+        model: str,
+        request_id: str,
+        out: queue.Queue,
+        cancel: Callable[[], None],
+        timer: StreamTimer | None = None,
+        interrupt: Callable[[], None] | None = None,
+    ):
         self.model = model
         self.request_id = request_id
         self.queue = out
         self._cancel = cancel
+        self._interrupt = interrupt or cancel
+        self._timer = timer
         self.finished = False
 
     def get(self, timeout: float) -> Chunk | api.Embeddings | None:
@@ -79,6 +96,8 @@ class Session:
             raise item
         if item.done:
             self.finished = True
+        if self._timer is not None:
+            self._timer.seen(item)
         return item
 
     def cancel(self) -> None:
@@ -86,6 +105,12 @@ class Session:
         if not self.finished:
             self.finished = True
             self._cancel()
+
+    def interrupt(self) -> None:
+        """Stop generating for someone other than its reader (`Runtime.cancel_request`): the
+        reader still gets the text so far and a final chunk with `done_reason` "cancel"."""
+        if not self.finished:
+            self._interrupt()
 
 
 @dataclass
@@ -133,6 +158,10 @@ class Runtime:
         self._stopping = False
         self._ids = itertools.count(1)
         self._sessions: weakref.WeakSet = weakref.WeakSet()  # live SessionActors, DirectReplys
+        # generations by request id, for DELETE /api/requests/{id}; an entry goes with its
+        # handler's Session
+        self._running: weakref.WeakValueDictionary[str, Session] = weakref.WeakValueDictionary()
+        self.metrics = Metrics()
         self.governor = None
         self.occupancy = None
         self.store_actor = None
@@ -147,8 +176,9 @@ class Runtime:
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self.occupancy = Occupancy(self.config)
         self.governor = GovernorActor.start(
-            self.config, self._store, self._load, occupancy=self.occupancy
+            self.config, self._store, self._load, occupancy=self.occupancy, metrics=self.metrics
         )
+        self.metrics.watch_residency(self.occupancy.models)
         self._governor = self.governor.proxy()  # built once: a proxy costs ~0.2 ms to make
         self.store_actor = StoreActor.start(self._store)
         self._store_proxy = self.store_actor.proxy()
@@ -194,6 +224,7 @@ class Runtime:
         """
         from mlxollama.actors.governor import estimate_size
 
+        submitted = time.perf_counter()
         stored = self._store.get(request.model)
         info = self._store.config(stored)
         name = stored.name.display()
@@ -261,7 +292,62 @@ class Runtime:
         if refused is not None:  # Busy comes back as a value: Pykka logs raised ones
             session_ref.stop(block=False)  # nothing was sent to it: no need to wait
             raise refused
-        return Session(name, request.request_id, out, lambda: tell(session_ref, Cancel()))
+        timer = self.metrics.stream(name, submitted)
+        session = Session(
+            name,
+            request.request_id,
+            out,
+            lambda: tell(session_ref, Cancel()),
+            timer,
+            lambda: tell(session_ref, Cancel("cancel")),
+        )
+        if request.request_id and request.kind != "embed":  # an embed ends within one batch
+            self._running[request.request_id] = session
+        return session
+
+    def cancel_request(self, request_id: str) -> str | None:
+        """Cancel the running generation whose request id is `request_id`; its stream ends
+        with a final chunk whose `done_reason` is "cancel". Returns its model's name, or
+        None when no such generation is running."""
+        session = self._running.get(request_id)
+        if session is None or session.finished:
+            return None
+        session.interrupt()
+        self.metrics.cancels.labels(session.model).inc()
+        log.info("request.cancel", request_id=request_id, model=session.model)
+        return session.model
+
+    def stop_model(self, name: str) -> tuple[str, int] | None:
+        """Unload model `name` now, or when its running requests end (`ollama stop`).
+
+        Returns:
+            (its display name, requests it is still running), or None when it is not loaded.
+        Raises:
+            InvalidName, ModelNotFound: no such model in the store.
+        """
+        display = self._store.get(name).name.display()
+        running = self._governor.stop_model(display).get(timeout=30)
+        return None if running is None else (display, running)
+
+    def residency(self) -> tuple[ModelCounts, ...]:
+        """The resident models' counts as the governor last published them (no message)."""
+        return self.occupancy.models() if self.occupancy is not None else ()
+
+    @property
+    def stopping(self) -> bool:
+        """True once `stop` began (SIGINT/SIGTERM), or before `start`."""
+        return self._stopping or self.governor is None
+
+    def store_writable(self) -> bool:
+        """Whether a file can be created in the store's root (a probe: create, remove)."""
+        try:
+            fd, path = tempfile.mkstemp(prefix=".health-", dir=self._store.root)
+        except OSError:
+            return False
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return True
 
     def _reserve(self, name: str, request: InferenceRequest) -> None:
         """Refuse in this thread what the governor would refuse (see `Occupancy`).

@@ -126,8 +126,13 @@ class SessionActor(pykka.ThreadingActor):
             case EmptyAnswer(reason, load_ns):
                 self._put([_empty_answer(reason, load_ns, self.started_ns)])
                 self._end()
-            case Cancel():
+            case Cancel(reason):
                 self.cancel_model(self.id)
+                if reason is not None:  # the handler still reads: end it with a final chunk
+                    if self.decoder is not None:
+                        self._put(self.decoder.end(reason))
+                    else:  # still waiting for its load or a slot
+                        self._put([_empty_answer(reason, 0, self.started_ns)])
                 self._end()
         return None
 

@@ -21,13 +21,18 @@ import structlog
 from mlxollama import __version__
 from mlxollama.api import Chunk, Embeddings
 from mlxollama.config import Config
-from mlxollama.http import blobs, create, embed, errors, guards, native, openai, transfer
+from mlxollama.http import blobs, create, embed, errors, guards, native, openai, ops, transfer
+from mlxollama.metrics import Metrics
 
 log = structlog.get_logger("mlxollama.http")
 
 
 class RequestLog:
-    """Binds a fresh `request_id` (also sent as `X-Request-Id`) and logs start and end."""
+    """Binds a fresh `request_id` (also sent as `X-Request-Id`) and logs start and end; the
+    end also counts the request in `metrics` (by route template, never the raw path)."""
+
+    def __init__(self, metrics: Metrics | None = None):
+        self.metrics = metrics
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         structlog.contextvars.clear_contextvars()  # waitress reuses its worker threads
@@ -39,6 +44,7 @@ class RequestLog:
         ctx.started_at = time.perf_counter()
         ctx.started = ctx.ended = ctx.streaming = False
         ctx.model = ctx.error = ctx.stats = None
+        ctx.metrics = self.metrics
         ctx.log_start = partial(_log_start, req)
         ctx.log_end = partial(_log_end, req)
 
@@ -76,10 +82,13 @@ def _log_end(
     if ctx.ended:
         return
     ctx.ended = True
+    seconds = time.perf_counter() - ctx.started_at
+    if ctx.metrics is not None:
+        ctx.metrics.request(req.uri_template, req.method, status, seconds)
     fields: dict[str, Any] = {
         "status": status,
         "request_id": ctx.request_id,
-        "duration_ms": round((time.perf_counter() - ctx.started_at) * 1000, 1),
+        "duration_ms": round(seconds * 1000, 1),
     }
     if ctx.model is not None:
         fields["model"] = ctx.model
@@ -153,8 +162,10 @@ class DaemonApp(falcon.App):
     """Falcon's App, carrying the checks the server runs on a request's headers alone
     (`mlxollama.http.channel`): `guards` (Host, Origin, API key) and `body_limit`."""
 
-    def __init__(self, guards: guards.Guards, body_limit: BodyLimit):
-        super().__init__(middleware=[RequestLog(), guards, body_limit])
+    def __init__(
+        self, guards: guards.Guards, body_limit: BodyLimit, metrics: Metrics | None = None
+    ):
+        super().__init__(middleware=[RequestLog(metrics), guards, body_limit])
         self.guards = guards
         self.body_limit = body_limit
 
@@ -167,7 +178,9 @@ def create_app(runtime, config: Config) -> DaemonApp:
         config: settings (`Config`); reads `max_body`, and `host`, `origins` and `api_key`
             for the guards (`http/guards.py`), which run before anything reads a body.
     """
-    app = DaemonApp(guards.Guards(config), BodyLimit(config.max_body))
+    app = DaemonApp(
+        guards.Guards(config), BodyLimit(config.max_body), getattr(runtime, "metrics", None)
+    )
     json = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json
@@ -188,6 +201,10 @@ def create_app(runtime, config: Config) -> DaemonApp:
     app.add_route("/api/blobs/{digest}", blobs.Blob(runtime))
     app.add_route("/api/pull", transfer.Pull(runtime))
     app.add_route("/api/push", transfer.Push(runtime))
+    app.add_route("/api/health", ops.Readiness(runtime))
+    app.add_route("/api/stop", ops.Stop(runtime))
+    app.add_route("/api/requests/{request_id}", ops.RunningRequest(runtime))
+    app.add_route("/metrics", ops.MetricsPage(runtime))
     app.add_route("/v1/chat/completions", openai.ChatCompletions(runtime))
     app.add_route("/v1/completions", openai.Completions(runtime))
     app.add_route("/v1/embeddings", openai.Embeddings(runtime))
