@@ -32,8 +32,8 @@ from mlxollama.http.errors import anthropic_error, bad_request, log_failure, sta
 from mlxollama.http.native import Inference
 from mlxollama.http.openai import SSE, model_of, number, stop_field, token_limit
 
-# the `thinking.type` values; `adaptive` leaves the model's default
-THINKING = {"enabled": True, "disabled": False, "adaptive": None}
+# the `thinking.type` values as `think`; `adaptive` leaves the model's default
+THINKING = {"enabled": True, "between_tools": True, "disabled": False, "adaptive": None}
 EFFORTS = ("low", "medium", "high", "max")  # output_config.effort, as Ollama's think levels
 
 
@@ -232,9 +232,7 @@ def think_of(body: dict[str, Any], output: dict[str, Any]) -> bool | str | None:
     if thinking is not None:
         kind = thinking.get("type")
         if kind not in THINKING:
-            raise bad_request(
-                f"thinking.type: {kind!r} is not one of 'enabled', 'disabled', 'adaptive'"
-            )
+            raise bad_request(f"thinking.type: {kind!r} is not one of {', '.join(THINKING)}")
         budget = field(thinking, "budget_tokens", int)
         if kind == "enabled" and budget is None:
             raise bad_request("thinking.enabled.budget_tokens: Field required")
