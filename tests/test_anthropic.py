@@ -11,26 +11,23 @@ wisdom; each generates a few tokens at most.
 from __future__ import annotations
 
 import http.client
-import shutil
 import threading
 from types import SimpleNamespace
 
 import anthropic
 import jsonschema
 import orjson
-import pykka
 import pytest
 
 from mlxollama.api import Chunk
 from mlxollama.config import Config
+from mlxollama.engine.decoder import StopMatcher
 from mlxollama.http.anthropic import from_messages_request
 from mlxollama.http.app import create_app
 from mlxollama.http.server import make_server, shutdown
-from mlxollama.models.create import create
-from mlxollama.recipes.modelfile import parse_modelfile
 from mlxollama.store.store import Store
-from tests.daemons import actor_classes, start_daemon
-from tests.test_engine_tools import HERMES_TEMPLATE, TIME, WEATHER
+from tests import test_tools
+from tests.test_engine_tools import TIME, WEATHER
 from tests.test_http_native import FINAL, FakeRuntime, add_model
 
 PARIS = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -57,22 +54,12 @@ def client_for(port: int) -> anthropic.Anthropic:
 # -- the real daemon -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def d(tmp_path_factory, smollm2_store):
-    """A daemon on a store with `smollm2` and `smollm2-tools` (the Hermes TEMPLATE)."""
-    assert not pykka.ActorRegistry.get_all(), actor_classes()
-    root = tmp_path_factory.mktemp("anthropic") / "store"
-    shutil.copytree(smollm2_store, root, symlinks=True)
-    modelfile = f'FROM smollm2\nTEMPLATE """{HERMES_TEMPLATE}"""\n'
-    create(Store(root), "smollm2-tools", parse_modelfile(modelfile, root))
-    daemon = start_daemon(root, num_parallel=2)
-    yield daemon
-    shutdown(daemon.srv, daemon.runtime)
+tools_daemon = test_tools.d  # a daemon with `smollm2` and `smollm2-tools`
 
 
 @pytest.fixture(scope="module")
-def client(d) -> anthropic.Anthropic:
-    return client_for(d.port)
+def client(tools_daemon) -> anthropic.Anthropic:
+    return client_for(tools_daemon.port)
 
 
 @pytest.mark.model
@@ -199,7 +186,7 @@ def fake(tmp_path):
     store = Store(tmp_path / "models")
     add_model(store, "smol")
     runtime = FakeRuntime(store)
-    config = Config.from_env({"MLXOLLAMA_MODELS": str(store.root)})
+    config = Config.from_env({"MLXOLLAMA_MODELS": str(store.root), "MLXOLLAMA_MAX_BODY": "64KiB"})
     srv = make_server(create_app(runtime, config), "127.0.0.1", 0, threads=8)
     threading.Thread(target=srv.run, daemon=True).start()
     port = srv.effective_port
@@ -323,6 +310,15 @@ def test_bad_input_is_a_400_in_anthropics_shape(fake, change, wording):
     assert fake.runtime.requests == []  # refused before anything was submitted
 
 
+def test_an_oversized_body_is_refused_in_anthropics_shape(fake):
+    """Refused by the waitress layer on its Content-Length, before Falcon sees it."""
+    big = [{"role": "user", "content": "x" * 100_000}]
+    with pytest.raises(anthropic.APIStatusError) as e:
+        fake.client.messages.create(model="smol", messages=big, max_tokens=9)
+    assert e.value.status_code == 413
+    assert e.value.body["error"]["type"] == "request_too_large"
+
+
 def test_unknown_model_is_not_found_for_both_routes(fake):
     with pytest.raises(anthropic.NotFoundError):
         fake.client.messages.create(model="nope", messages=PARIS, max_tokens=9)
@@ -388,5 +384,21 @@ def test_blocks_become_ollamas_messages():
     }
     assert request.tools == [WEATHER] and request.tool_choice == "required"
     assert request.think is False
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    structured = from_messages_request(
+        {
+            **body,
+            "thinking": None,
+            "output_config": {"effort": "low", "format": {"type": "json_schema", "schema": schema}},
+        },
+        "rid",
+    )
+    assert structured.format == schema and structured.think == "low"
     counting = from_messages_request(body, "rid", counting=True)
     assert counting.options["num_predict"] == 0 and counting.tool_choice == "auto"
+
+
+def test_the_decoder_names_the_stop_string_that_ended_the_answer():
+    matcher = StopMatcher(["END", "."])
+    assert matcher.feed("one EN") == ("one ", False) and matcher.matched is None
+    assert matcher.feed("D. two") == ("", True) and matcher.matched == "END"

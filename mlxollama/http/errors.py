@@ -116,13 +116,19 @@ def anthropic_error(status: int, message: str) -> dict:
     return {"type": "error", "error": {"type": kind, "message": message}}
 
 
-def body_for(req: falcon.Request, status: int, message: str) -> bytes:
-    """The error body in the shape of the API the request was for."""
-    if is_anthropic(req.path):
+def body_at(path: str, status: int, message: str) -> bytes:
+    """The error body in the shape of the API under `path`: Anthropic's, OpenAI's or
+    Ollama's (the waitress layer's refusals use it too)."""
+    if is_anthropic(path):
         return orjson.dumps(anthropic_error(status, message))
-    if is_openai(req.path):
+    if is_openai(path):
         return orjson.dumps(openai_error(status, message))
     return error_body(message)
+
+
+def body_for(req: falcon.Request, status: int, message: str) -> bytes:
+    """The error body in the shape of the API the request was for."""
+    return body_at(req.path, status, message)
 
 
 def expected(exc: BaseException) -> bool:
