@@ -332,6 +332,9 @@ class Chunk:
     # one entry per token this chunk came from, in Ollama's shape (`token`, `logprob`,
     # `bytes`, `top_logprobs`), when the request asked for them
     logprobs: list[dict[str, Any]] | None = None
+    # on the final chunk: the request's stop string that ended the answer (Anthropic's
+    # `stop_sequence`); None when an end token, the length or nothing stopped it
+    stop_sequence: str | None = None
 
     def metrics(self) -> dict[str, int]:
         d = asdict(self)

@@ -96,21 +96,24 @@ class StopMatcher:
     """Holds back text that may be the start of a stop string.
 
     `feed` returns the text that is safe to emit and whether a stop string was reached; text
-    from the stop string on is dropped.
+    from the stop string on is dropped. `matched` is the stop string reached (the earliest in
+    the text), which Anthropic's `stop_sequence` names.
     """
 
     def __init__(self, stops: Sequence[str]):
         self.stops = [s for s in stops if s]
         self.pending = ""
+        self.matched: str | None = None
 
     def feed(self, text: str) -> tuple[str, bool]:
         self.pending += text
         if not self.stops:
             out, self.pending = self.pending, ""
             return out, False
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        hits = [(i, s) for s in self.stops if (i := self.pending.find(s)) >= 0]
         if hits:
-            out, self.pending = self.pending[: min(hits)], ""
+            at, self.matched = min(hits, key=lambda hit: hit[0])
+            out, self.pending = self.pending[:at], ""
             return out, True
         keep = max(held_back(self.pending, stop) for stop in self.stops)
         cut = len(self.pending) - keep
@@ -237,6 +240,7 @@ class Decoder:
             (chunks[0] if chunks else final).logprobs = self._logprobs
         end = self._clock()
         final.done_reason = reason
+        final.stop_sequence = self._stops.matched
         final.eval_duration = end - (self.first_ns or end)
         final.total_duration = end - self.started_ns
         self.done = True

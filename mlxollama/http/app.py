@@ -21,7 +21,18 @@ import structlog
 from mlxollama import __version__
 from mlxollama.api import Chunk, Embeddings
 from mlxollama.config import Config
-from mlxollama.http import blobs, create, embed, errors, guards, native, openai, ops, transfer
+from mlxollama.http import (
+    anthropic,
+    blobs,
+    create,
+    embed,
+    errors,
+    guards,
+    native,
+    openai,
+    ops,
+    transfer,
+)
 from mlxollama.metrics import Metrics
 
 log = structlog.get_logger("mlxollama.http")
@@ -171,7 +182,8 @@ class DaemonApp(falcon.App):
 
 
 def create_app(runtime, config: Config) -> DaemonApp:
-    """The WSGI app serving Ollama's native API and the OpenAI `/v1` API on top of `runtime`.
+    """The WSGI app serving Ollama's native API, the OpenAI `/v1` API and Anthropic's
+    `/v1/messages` on top of `runtime`.
 
     Args:
         runtime: a started `mlxollama.actors.runtime.Runtime` (or a fake with its methods).
@@ -210,4 +222,6 @@ def create_app(runtime, config: Config) -> DaemonApp:
     app.add_route("/v1/embeddings", openai.Embeddings(runtime))
     app.add_route("/v1/models", openai.Models(runtime))
     app.add_route("/v1/models/{model:path}", openai.Model(runtime))
+    app.add_route("/v1/messages", anthropic.Messages(runtime))
+    app.add_route("/v1/messages/count_tokens", anthropic.CountTokens(runtime))
     return app

@@ -40,7 +40,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import falcon
-import orjson
 import structlog
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
@@ -138,17 +137,14 @@ class Parser(HTTPRequestParser):
 
 
 class JsonErrorTask(ErrorTask):
-    """Waitress's error answer with an Ollama (or, under /v1, OpenAI) JSON body."""
+    """Waitress's error answer with a JSON body in the shape of the API under its path."""
 
     def execute(self) -> None:
         exc = self.request.error
         status = f"{exc.code} {exc.reason}"
         message = getattr(exc, "message", None) or f"{status}: {exc.body}"
         path = getattr(self.request, "path", "") or ""
-        if errors.is_openai(path):
-            body = orjson.dumps(errors.openai_error(exc.code, message))
-        else:
-            body = errors.error_body(message)
+        body = errors.body_at(path, exc.code, message)
         log.info("request.refused", status=exc.code, path=path, error=message)
         self.status = status
         self.response_headers.extend((getattr(exc, "headers", None) or {}).items())

@@ -7,7 +7,8 @@ text. Only those unexpected 500s are logged with a traceback (rendered without l
 refusal (4xx, a full queue's 503) logs no line of its own (`log_failure`). Falcon's own
 errors (no route, wrong method, body too large, the 400s raised while reading a request) get
 the same body shape. Under `/v1` the body is OpenAI's error object instead, with the same status, so
-that OpenAI SDKs raise their typed errors (`BadRequestError`, `NotFoundError`, ...).
+that OpenAI SDKs raise their typed errors (`BadRequestError`, `NotFoundError`, ...); under
+`/v1/messages` it is Anthropic's (`{"type": "error", "error": {"type", "message"}}`).
 """
 
 from __future__ import annotations
@@ -91,11 +92,43 @@ def openai_error(status: int, message: str) -> dict:
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
-def body_for(req: falcon.Request, status: int, message: str) -> bytes:
-    """The error body in the shape of the API the request was for."""
-    if is_openai(req.path):
+ANTHROPIC_PREFIX = "/v1/messages"
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def is_anthropic(path: str) -> bool:
+    return path == ANTHROPIC_PREFIX or path.startswith(ANTHROPIC_PREFIX + "/")
+
+
+def anthropic_error(status: int, message: str) -> dict:
+    """Anthropic's error object (Ollama's `anthropic.NewError`): the type follows the
+    status, so that Anthropic SDKs raise their typed errors."""
+    kind = ANTHROPIC_TYPES.get(status, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def body_at(path: str, status: int, message: str) -> bytes:
+    """The error body in the shape of the API under `path`: Anthropic's, OpenAI's or
+    Ollama's (the waitress layer's refusals use it too)."""
+    if is_anthropic(path):
+        return orjson.dumps(anthropic_error(status, message))
+    if is_openai(path):
         return orjson.dumps(openai_error(status, message))
     return error_body(message)
+
+
+def body_for(req: falcon.Request, status: int, message: str) -> bytes:
+    """The error body in the shape of the API the request was for."""
+    return body_at(req.path, status, message)
 
 
 def expected(exc: BaseException) -> bool:

@@ -85,16 +85,16 @@ def token_limit(body: dict[str, Any], key: str) -> int | None:
     return value
 
 
-def stop_field(body: dict[str, Any]) -> list[str] | None:
-    """`stop`: a string or an array of strings."""
-    stop = body.get("stop")
+def stop_field(body: dict[str, Any], key: str = "stop") -> list[str] | None:
+    """`stop` (Anthropic: `stop_sequences`): a string or an array of strings."""
+    stop = body.get(key)
     if stop is None:
         return None
     if isinstance(stop, str):
         return [stop]
     if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
         return stop
-    raise bad_request('invalid request: "stop" must be a string or an array of strings')
+    raise bad_request(f'invalid request: "{key}" must be a string or an array of strings')
 
 
 def include_usage(body: dict[str, Any]) -> bool:
