@@ -21,7 +21,7 @@ import structlog
 from mlxollama import __version__
 from mlxollama.api import Chunk, Embeddings
 from mlxollama.config import Config
-from mlxollama.http import blobs, create, embed, errors, guards, native, openai, transfer
+from mlxollama.http import blobs, create, embed, errors, guards, native, openai, responses, transfer
 
 log = structlog.get_logger("mlxollama.http")
 
@@ -191,6 +191,7 @@ def create_app(runtime, config: Config) -> DaemonApp:
     app.add_route("/v1/chat/completions", openai.ChatCompletions(runtime))
     app.add_route("/v1/completions", openai.Completions(runtime))
     app.add_route("/v1/embeddings", openai.Embeddings(runtime))
+    app.add_route("/v1/responses", responses.Responses(runtime))
     app.add_route("/v1/models", openai.Models(runtime))
     app.add_route("/v1/models/{model:path}", openai.Model(runtime))
     return app
