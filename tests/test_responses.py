@@ -7,50 +7,21 @@ and a tool round trip, with the Hermes TEMPLATE of `tests/test_tools.py`)."""
 from __future__ import annotations
 
 import json
-import shutil
-import threading
 
 import jsonschema
 import openai
-import pykka
 import pytest
 
 from mlxollama.api import Chunk
-from mlxollama.config import Config
-from mlxollama.http.app import create_app
 from mlxollama.http.responses import from_responses_request
-from mlxollama.http.server import make_server, shutdown
-from mlxollama.models.create import create
-from mlxollama.recipes.modelfile import parse_modelfile
-from mlxollama.store.store import Store
-from tests.daemons import actor_classes, start_daemon
-from tests.test_engine_tools import HERMES_TEMPLATE, WEATHER
-from tests.test_http_native import FINAL, FakeRuntime, add_model
+from tests.test_engine_tools import WEATHER
+from tests.test_http_native import FINAL
+from tests.test_http_openai import fake  # noqa: F401  (the scripted runtime's daemon)
+from tests.test_tools import d, oai  # noqa: F401  (smollm2 and smollm2-tools, Hermes TEMPLATE)
 
 WEATHER_TOOL = {"type": "function", **WEATHER["function"]}  # the Responses API's flat shape
 ARGS = WEATHER["function"]["parameters"]
 CAPITAL = "What is the capital of France?"
-
-
-def client_for(port: int) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=f"http://127.0.0.1:{port}/v1", api_key="mlxollama", timeout=120, max_retries=0
-    )
-
-
-# -- a scripted runtime ------------------------------------------------------------------
-
-
-@pytest.fixture
-def fake(tmp_path):
-    store = Store(tmp_path / "models")
-    add_model(store, "smol")
-    runtime = FakeRuntime(store)
-    config = Config.from_env({"MLXOLLAMA_MODELS": str(store.root)})
-    srv = make_server(create_app(runtime, config), "127.0.0.1", 0, threads=4)
-    threading.Thread(target=srv.run, daemon=True).start()
-    yield runtime, client_for(srv.effective_port)
-    shutdown(srv, runtime)
 
 
 CALL = {"id": "call_a1b2c3d4", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
@@ -64,10 +35,9 @@ MIXED = [
 ]
 
 
-def test_a_stream_of_reasoning_text_and_a_call_passes_the_clients_checks(fake):
-    runtime, client = fake
-    runtime.script = MIXED
-    with client.responses.stream(model="smol", input=CAPITAL) as stream:
+def test_a_stream_of_reasoning_text_and_a_call_passes_the_clients_checks(fake):  # noqa: F811
+    fake.runtime.script = MIXED
+    with fake.client.responses.stream(model="smol", input=CAPITAL) as stream:
         events = list(stream)
         final = stream.get_final_response()
     kinds = [e.type for e in events]
@@ -88,29 +58,27 @@ def test_a_stream_of_reasoning_text_and_a_call_passes_the_clients_checks(fake):
     assert final.usage.input_tokens == FINAL.prompt_eval_count
     assert final.usage.output_tokens == FINAL.eval_count
 
-    runtime.script = MIXED  # not streamed: the same items
-    whole = client.responses.create(model="smol", input=CAPITAL)
+    fake.runtime.script = MIXED  # not streamed: the same items
+    whole = fake.client.responses.create(model="smol", input=CAPITAL)
     assert [i.type for i in whole.output] == ["reasoning", "message", "function_call"]
     assert whole.output_text == final.output_text and whole.usage == final.usage
 
 
-def test_a_cut_answer_is_incomplete(fake):
-    runtime, client = fake
-    runtime.script = [Chunk(text="Par"), Chunk(done=True, done_reason="length", eval_count=1)]
-    answer = client.responses.create(model="smol", input=CAPITAL, max_output_tokens=1)
+def test_a_cut_answer_is_incomplete(fake):  # noqa: F811
+    fake.runtime.script = [Chunk(text="Par"), Chunk(done=True, done_reason="length", eval_count=1)]
+    answer = fake.client.responses.create(model="smol", input=CAPITAL, max_output_tokens=1)
     assert answer.status == "incomplete"
     assert answer.incomplete_details.reason == "max_output_tokens"
     assert answer.output[0].status == "incomplete" and answer.max_output_tokens == 1
-    runtime.script = [Chunk(text="Par"), Chunk(done=True, done_reason="length", eval_count=1)]
-    events = list(client.responses.create(model="smol", input=CAPITAL, stream=True))
+    fake.runtime.script = [Chunk(text="Par"), Chunk(done=True, done_reason="length", eval_count=1)]
+    events = list(fake.client.responses.create(model="smol", input=CAPITAL, stream=True))
     assert events[-1].type == "response.incomplete"
     assert events[-1].response.output[0].content[0].text == "Par"
 
 
-def test_an_error_mid_stream_is_one_error_event(fake):
-    runtime, client = fake
-    runtime.script = [Chunk(text="Hello"), RuntimeError("the model step failed")]
-    events = list(client.responses.create(model="smol", input=CAPITAL, stream=True))
+def test_an_error_mid_stream_is_one_error_event(fake):  # noqa: F811
+    fake.runtime.script = [Chunk(text="Hello"), RuntimeError("the model step failed")]
+    events = list(fake.client.responses.create(model="smol", input=CAPITAL, stream=True))
     assert events[-1].type == "error" and events[-1].message == "the model step failed"
 
 
@@ -134,18 +102,16 @@ BAD = [
 
 
 @pytest.mark.parametrize(("change", "text"), BAD)
-def test_bad_requests_are_openai_400s(fake, change, text):
-    _, client = fake
+def test_bad_requests_are_openai_400s(fake, change, text):  # noqa: F811
     body = {"model": "smol", "input": CAPITAL, **change}
     with pytest.raises(openai.BadRequestError) as e:
-        client.responses.create(**body)
+        fake.client.responses.create(**body)
     assert text in e.value.message and e.value.body["type"] == "invalid_request_error"
 
 
-def test_an_unknown_model_is_404(fake):
-    _, client = fake
+def test_an_unknown_model_is_404(fake):  # noqa: F811
     with pytest.raises(openai.NotFoundError):
-        client.responses.create(model="nope", input=CAPITAL)
+        fake.client.responses.create(model="nope", input=CAPITAL)
 
 
 def test_items_become_the_chat_conversation():
@@ -176,40 +142,27 @@ def test_items_become_the_chat_conversation():
 # -- the real SmolLM2 ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def real(tmp_path_factory, smollm2_store):
-    """A daemon on `smollm2` and `smollm2-tools` (the Hermes TEMPLATE)."""
-    assert not pykka.ActorRegistry.get_all(), actor_classes()
-    root = tmp_path_factory.mktemp("responses") / "store"
-    shutil.copytree(smollm2_store, root, symlinks=True)
-    modelfile = f'FROM smollm2\nTEMPLATE """{HERMES_TEMPLATE}"""\n'
-    create(Store(root), "smollm2-tools", parse_modelfile(modelfile, root))
-    daemon = start_daemon(root, num_parallel=2)
-    yield client_for(daemon.port)
-    shutdown(daemon.srv, daemon.runtime)
-
-
 @pytest.mark.model
-def test_text_created_and_streamed_agree(real):
+def test_text_created_and_streamed_agree(oai):  # noqa: F811
     settings = {"model": "smollm2", "input": CAPITAL, "temperature": 0, "max_output_tokens": 8}
-    answer = real.responses.create(**settings, instructions="Answer in one word.")
+    answer = oai.responses.create(**settings, instructions="Answer in one word.")
     assert answer.output_text and answer.usage.output_tokens <= 8
     assert answer.temperature == 0 and answer.instructions == "Answer in one word."
-    with real.responses.stream(**settings, instructions="Answer in one word.") as stream:
+    with oai.responses.stream(**settings, instructions="Answer in one word.") as stream:
         deltas = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
         final = stream.get_final_response()
     assert deltas == final.output_text == answer.output_text
 
 
 @pytest.mark.model
-def test_json_schema_output_validates(real):
+def test_json_schema_output_validates(oai):  # noqa: F811
     schema = {
         "type": "object",
         "properties": {"city": {"type": "string"}},
         "required": ["city"],
         "additionalProperties": False,
     }
-    answer = real.responses.create(
+    answer = oai.responses.create(
         model="smollm2",
         input=CAPITAL,
         text={"format": {"type": "json_schema", "name": "city", "schema": schema, "strict": True}},
@@ -220,7 +173,7 @@ def test_json_schema_output_validates(real):
 
 
 @pytest.mark.model
-def test_required_tool_calls_validate_created_and_streamed(real):
+def test_required_tool_calls_validate_created_and_streamed(oai):  # noqa: F811
     settings = {
         "model": "smollm2-tools",
         "input": "What is the weather in Paris?",
@@ -229,11 +182,11 @@ def test_required_tool_calls_validate_created_and_streamed(real):
         "temperature": 1,
         "max_output_tokens": 60,
     }
-    answer = real.responses.create(**settings)
+    answer = oai.responses.create(**settings)
     (call,) = [i for i in answer.output if i.type == "function_call"]
     assert call.name == "get_weather" and call.status == "completed"
     jsonschema.validate(json.loads(call.arguments), ARGS)
-    with real.responses.stream(**settings) as stream:
+    with oai.responses.stream(**settings) as stream:
         pieces = [e for e in stream if e.type == "response.function_call_arguments.delta"]
         final = stream.get_final_response()
     (streamed,) = [i for i in final.output if i.type == "function_call"]
@@ -242,8 +195,8 @@ def test_required_tool_calls_validate_created_and_streamed(real):
 
 
 @pytest.mark.model
-def test_a_function_call_and_its_output_round_trip(real):
-    answer = real.responses.create(
+def test_a_function_call_and_its_output_round_trip(oai):  # noqa: F811
+    answer = oai.responses.create(
         model="smollm2-tools",
         input=[
             {"role": "user", "content": "What is the weather in Paris?"},
