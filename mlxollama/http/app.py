@@ -31,6 +31,7 @@ from mlxollama.http import (
     native,
     openai,
     ops,
+    responses,
     transfer,
 )
 from mlxollama.metrics import Metrics
@@ -220,6 +221,7 @@ def create_app(runtime, config: Config) -> DaemonApp:
     app.add_route("/v1/chat/completions", openai.ChatCompletions(runtime))
     app.add_route("/v1/completions", openai.Completions(runtime))
     app.add_route("/v1/embeddings", openai.Embeddings(runtime))
+    app.add_route("/v1/responses", responses.Responses(runtime))
     app.add_route("/v1/models", openai.Models(runtime))
     app.add_route("/v1/models/{model:path}", openai.Model(runtime))
     app.add_route("/v1/messages", anthropic.Messages(runtime))

@@ -139,21 +139,28 @@ def model_of(body: dict[str, Any]) -> str:
     return model
 
 
-def content_text(content: Any) -> Any:
-    """A message's content: a string, or text parts joined by newlines (as vLLM does)."""
+CHAT_TEXT = ("text",)
+CHAT_IMAGES = ("image_url",)
+
+
+def content_text(
+    content: Any, texts: tuple[str, ...] = CHAT_TEXT, images: tuple[str, ...] = CHAT_IMAGES
+) -> Any:
+    """A message's content: a string, or text parts joined by newlines (as vLLM does). The
+    part types that hold text (`texts`) and images (a 400: no vision) differ by API."""
     if not isinstance(content, list):
         return content or ""
-    texts = []
+    joined = []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else json_type(part)
-        if kind == "image_url":
+        if kind in images:
             raise bad_request("images are not supported: no model here has vision")
-        if kind != "text":
+        if kind not in texts:
             raise bad_request(f"content part of type {kind!r} is not supported: send text parts")
         if not isinstance(part.get("text"), str):
             raise bad_request('invalid request: a text content part needs "text", a string')
-        texts.append(part["text"])
-    return "\n".join(texts)
+        joined.append(part["text"])
+    return "\n".join(joined)
 
 
 def chat_messages(raw: Any) -> list[api.Message]:
@@ -209,34 +216,38 @@ def from_chat_request(body: dict[str, Any], request_id: str) -> api.InferenceReq
     )
 
 
-def response_schema(response_format: dict[str, Any]) -> dict[str, Any] | None:
+def response_schema(
+    response_format: dict[str, Any], param: str = "response_format", nested: bool = True
+) -> dict[str, Any] | None:
     """OpenAI's `response_format` as the JSON schema the answer must match: none for
-    `text`, any object for `json_object`, `json_schema.schema` for `json_schema`."""
+    `text`, any object for `json_object`, `json_schema.schema` for `json_schema`. The
+    Responses API's `text.format` (`param`) holds `schema` itself (`nested` false)."""
     kind = response_format.get("type")
     if kind == "text":
         return None
     if kind == "json_object":
         return schema_of("json")
     if kind == "json_schema":
-        spec = field(response_format, "json_schema", dict, None)
+        spec = field(response_format, "json_schema", dict, None) if nested else response_format
         if spec is None:
-            raise bad_request("Missing required parameter: 'response_format.json_schema'.")
+            raise bad_request(f"Missing required parameter: '{param}.json_schema'.")
         return field(spec, "schema", dict, {"type": "object"})
     raise bad_request(
-        f"Invalid value for 'response_format.type' = {kind!r}. "
+        f"Invalid value for '{param}.type' = {kind!r}. "
         "Supported values: 'text', 'json_object', 'json_schema'."
     )
 
 
 def tool_choice(value: Any) -> str | dict[str, Any]:
     """`tool_choice`: "auto", "none", "required", or `{"type": "function", "function":
-    {"name": ...}}` (kept as `{"name": ...}`)."""
+    {"name": ...}}` (the Responses API's `{"type": "function", "name": ...}` too), kept as
+    `{"name": ...}`."""
     if value is None:
         return "auto"
     if isinstance(value, str):
         return value
     if isinstance(value, dict):
-        fn = value.get("function")
+        fn = value.get("function", value)
         if isinstance(fn, dict) and isinstance(fn.get("name"), str):
             return {"name": fn["name"]}
     raise bad_request(
