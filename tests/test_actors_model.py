@@ -213,9 +213,9 @@ def test_corrupted_model_fails_the_request_and_is_forgotten(runtime_factory, tin
 def test_load_timeout(runtime_factory):
     from mlxollama.models.load import load
 
-    def slow(store, name):
+    def slow(store, name, weights):
         time.sleep(1.5)
-        return load(store, name)
+        return load(store, name, weights)
 
     rt = runtime_factory(load=slow, load_timeout=0.3)
     with pytest.raises(TimeoutError, match="tiny-a"):
@@ -226,8 +226,8 @@ def failing_decode(should_fail):
     """A loader whose model raises "boom" on a decode step whenever `should_fail()` says so."""
     from mlxollama.models.load import load
 
-    def flaky(store, name):
-        lm = load(store, name)
+    def flaky(store, name, weights):
+        lm = load(store, name, weights)
         real = lm.model
 
         class Wrapped:

@@ -60,6 +60,9 @@ class ModelActor(pykka.ThreadingActor):
     max_waiting: sessions that may wait for a slot; more get Busy.
     prompt_cache_bytes: the model's prompt cache cap (`engine.prompt_cache`); 0: none.
     prompt_cache_disk: the cap of its disk tier, under the store's `cache/prompts/`; 0: none.
+    weights: the form to hold the weights in (`engine.weights.Weights`), handed to `load`.
+    warmup: `auto` (on a GPU), `on` or `off`: run every batch size once after the load,
+        before the first request is admitted (`engine.warmup`).
     """
 
     def __init__(
@@ -72,8 +75,11 @@ class ModelActor(pykka.ThreadingActor):
         max_waiting,
         prompt_cache_bytes=0,
         prompt_cache_disk=0,
+        weights=None,
+        warmup="auto",
     ):
         super().__init__()
+        self.weights, self.warmup = weights, warmup
         self.prompt_cache_bytes = prompt_cache_bytes
         self.prompt_cache_disk = prompt_cache_disk
         self.name, self._load, self.store, self.governor = name, load, store, governor
@@ -92,7 +98,7 @@ class ModelActor(pykka.ThreadingActor):
 
         tic = time.perf_counter()
         try:
-            self.lm = self._load(self.store, self.name)
+            self.lm = self._load(self.store, self.name, self.weights)
             if "completion" in self.lm.capabilities:
                 eos = self.lm.tokenizer.eos_token_ids
                 disk = None
@@ -101,6 +107,7 @@ class ModelActor(pykka.ThreadingActor):
                     disk = DiskTier(folder, self.prompt_cache_disk)
                 cache = PromptCache(self.prompt_cache_bytes, disk)
                 self.batch = Batch(self.lm.model, eos, self.num_parallel, cache)
+                self._warm()
         except Exception as e:  # reported, not raised: the governor fails the waiting requests
             log.warning("model.load_failed", model=self.name, error=str(e))
             tell(self.governor, LoadFailed(self.name, e, self.actor_ref))
@@ -109,6 +116,17 @@ class ModelActor(pykka.ThreadingActor):
         seconds = time.perf_counter() - tic
         log.info("model.load", model=self.name, seconds=round(seconds, 3))
         tell(self.governor, ModelLoaded(self.name, int(seconds * 1e9), self.actor_ref))
+
+    def _warm(self) -> None:
+        """Compile the kernels of every batch size now, so the first burst does not (the
+        requests that arrive meanwhile wait in the mailbox, as during the load)."""
+        from mlxollama.engine import describe
+        from mlxollama.engine.warmup import needed, warm
+
+        if self.warmup == "off" or (self.warmup == "auto" and not needed(describe()["backend"])):
+            return
+        seconds = warm(self.lm.model, self.lm.tokenizer.eos_token_ids, self.num_parallel)
+        log.info("model.warmup", model=self.name, seconds=round(seconds, 3))
 
     def on_stop(self) -> None:
         for adm in [*self.active.values(), *self.waiting]:
