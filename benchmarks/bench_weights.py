@@ -109,7 +109,9 @@ def run_daemon(store_root, form, warmup, streams, tokens, burst) -> dict[int, fl
 
 
 def mlx_lm_completions(base: str, tokens: int, streams: int) -> float:
-    """Aggregate completion tokens/s of `streams` /v1/completions started together."""
+    """Aggregate completion tokens/s of `streams` /v1/completions started together (a
+    connection it resets is retried: the time counts, its tokens once)."""
+    import http.client
     import json
     import urllib.request
 
@@ -122,8 +124,13 @@ def mlx_lm_completions(base: str, tokens: int, streams: int) -> float:
         req = urllib.request.Request(
             f"{base}/v1/completions", body, {"Content-Type": "application/json"}
         )
-        with urllib.request.urlopen(req, timeout=900) as r:
-            counts[i] = json.loads(r.read())["usage"]["completion_tokens"]
+        for _ in range(100):  # its HTTP server's listen backlog is 5: a burst of 32 is reset
+            try:
+                with urllib.request.urlopen(req, timeout=900) as r:
+                    counts[i] = json.loads(r.read())["usage"]["completion_tokens"]
+                return
+            except (ConnectionError, http.client.RemoteDisconnected):
+                time.sleep(0.05)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
     tic = time.perf_counter()
@@ -143,7 +150,8 @@ def run_mlx_lm(folder: Path, streams, tokens) -> dict[int, float]:
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "mlx_lm.server", "--model", str(folder), "--port", str(port)]
     cmd += ["--decode-concurrency", str(max(streams)), "--prompt-concurrency", str(max(streams))]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115  (not a pipe: unread, it would stall)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
     base = f"http://127.0.0.1:{port}"
     rates: dict[int, float] = {}
     try:
@@ -153,7 +161,8 @@ def run_mlx_lm(folder: Path, streams, tokens) -> dict[int, float]:
                 break
             except OSError:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"mlx_lm.server exited: {proc.stderr.read()[-2000:]}")
+                    log.seek(0)
+                    raise RuntimeError(f"mlx_lm.server exited: {log.read()[-2000:]}") from None
                 time.sleep(0.5)
         for n in streams:
             mlx_lm_completions(base, tokens, n)  # its cold shapes, not counted
@@ -162,6 +171,7 @@ def run_mlx_lm(folder: Path, streams, tokens) -> dict[int, float]:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+        log.close()
     return rates
 
 
@@ -204,7 +214,9 @@ def main() -> None:
         say(f"model built and stored in {time.perf_counter() - tic:.1f} s")
         results = {}
         for form in args.forms.split(","):
-            results[form] = run_daemon(work / "store", form, "auto", streams, args.tokens, args.burst)
+            results[form] = run_daemon(
+                work / "store", form, "auto", streams, args.tokens, args.burst
+            )
         if not args.no_mlx_lm:
             results["mlx_lm.server"] = run_mlx_lm(folder, streams, args.tokens)
         say(f"\n{'streams':>8} " + " ".join(f"{k:>14}" for k in results))
