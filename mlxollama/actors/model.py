@@ -125,7 +125,11 @@ class ModelActor(pykka.ThreadingActor):
 
         if self.warmup == "off" or (self.warmup == "auto" and not needed(describe()["backend"])):
             return
-        seconds = warm(self.lm.model, self.lm.tokenizer.eos_token_ids, self.num_parallel)
+        try:
+            seconds = warm(self.lm.model, self.lm.tokenizer.eos_token_ids, self.num_parallel)
+        except Exception as e:  # a warmup is an optimisation: the model serves without one
+            log.warning("model.warmup_failed", model=self.name, error=str(e))
+            return
         log.info("model.warmup", model=self.name, seconds=round(seconds, 3))
 
     def on_stop(self) -> None:
