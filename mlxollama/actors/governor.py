@@ -148,7 +148,7 @@ class GovernorActor(pykka.ThreadingActor):
     """Args:
     config: the limits (max_loaded_models, max_queue, num_parallel, keep_alive, ...).
     store: what models load from.
-    load: `load(store, name) -> LoadedModel`, handed to each model actor.
+    load: `load(store, name, weights) -> LoadedModel`, handed to each model actor.
     clock: epoch seconds, for keep-alive deadlines and LRU order (the timers run in real
         seconds).
     occupancy: the counts shared with the HTTP threads.

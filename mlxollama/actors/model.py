@@ -52,7 +52,7 @@ STEP = Step()
 class ModelActor(pykka.ThreadingActor):
     """Args:
     name: the model's display name.
-    load: `load(store, name) -> LoadedModel` (models.load.load, or a fake in tests).
+    load: `load(store, name, weights) -> LoadedModel` (models.load.load, or a fake in tests).
     store: the store to load from.
     governor: the GovernorActor's ref (told `ModelLoaded`, `LoadFailed`, `Release`,
         `ModelDied`).

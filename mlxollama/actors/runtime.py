@@ -110,7 +110,7 @@ class Runtime:
     Args:
         config: settings (store root, limits).
         store: the store (default: the one at `config.models`).
-        load_model: `load(store, name) -> LoadedModel` (default `models.load.load`); tests
+        load_model: `load(store, name, weights) -> LoadedModel` (default `models.load.load`); tests
             inject fakes.
         pull, push: `registry.pull` and `registry.push` (the defaults); tests inject fakes
             with the same signatures.
