@@ -188,11 +188,11 @@ def main() -> None:
 
         loads_store, loads_mlx = [], []
         tic = time.perf_counter()
-        lm = load(store, "bench", float32_on_cpu=False)  # hashes every blob once
+        lm = load(store, "bench", weights="stored")  # hashes every blob once
         first_load = time.perf_counter() - tic
         for _ in range(args.repeats):
             tic = time.perf_counter()
-            lm = load(store, "bench", float32_on_cpu=False)
+            lm = load(store, "bench", weights="stored")
             loads_store.append(time.perf_counter() - tic)
         folder = export_folder(lm, store, stored, work / "exported")
         for _ in range(args.repeats):

@@ -907,8 +907,10 @@ class ProcessModel(Wire):
     context_length: int
     # mlxollama's: bytes of KV cache the model's prompt cache holds (absent when none)
     prompt_cache_size: int | None = None
+    # mlxollama's: the form the weights are held in, e.g. "Q4_0 (stored)", "bf16 (dense)"
+    weights: str | None = None
     _nested: ClassVar[dict[str, type[Wire]]] = {"details": ModelDetails}
-    _omit = frozenset({"prompt_cache_size"})
+    _omit = frozenset({"prompt_cache_size", "weights"})
 
 
 @dataclass

@@ -53,6 +53,19 @@ SETTINGS = (
         "of the device's memory (the machine's RAM on CPU).",
     ),
     Setting(
+        "MLXOLLAMA_WEIGHTS",
+        "auto",
+        "The form loaded weights are held in: stored (as stored), dense (dequantized: bf16 on "
+        "a GPU, float32 on CPU), or auto: stored on Metal, float32 on CPU when it fits, bf16 "
+        "on CUDA when the dense weights and KV cache fit MLXOLLAMA_MAX_MEMORY.",
+    ),
+    Setting(
+        "MLXOLLAMA_WARMUP",
+        "auto",
+        "Run every batch size once after a load, before the first request (on: always; off: "
+        "never; auto: on a GPU, where cold shapes compile kernels).",
+    ),
+    Setting(
         "MLXOLLAMA_PROMPT_CACHE",
         "1GB",
         "KV cache kept per loaded model for prompts that start the same way (a chat's earlier "
@@ -142,6 +155,8 @@ class Config:
     context_length: int
     prompt_cache: int = 2**30  # bytes of KV cache kept per model for prompt reuse; 0: off
     prompt_cache_disk: int = 4 * 10**9  # bytes of it kept on disk per model; 0: off
+    weights: str = "auto"  # auto | stored | dense (engine.weights)
+    warmup: str = "auto"  # auto | on | off (engine.warmup)
     registry_username: str | None = None
     registry_password: str | None = field(default=None, repr=False)
     registry_token: str | None = field(default=None, repr=False)
@@ -167,6 +182,8 @@ class Config:
             max_body=_bytes("MAX_BODY", get["MAX_BODY"]),
             prompt_cache=_bytes("PROMPT_CACHE", get["PROMPT_CACHE"]),
             prompt_cache_disk=_bytes("PROMPT_CACHE_DISK", get["PROMPT_CACHE_DISK"]),
+            weights=_choice("WEIGHTS", get["WEIGHTS"], ("auto", "stored", "dense")),
+            warmup=_choice("WARMUP", get["WARMUP"], ("auto", "on", "off")),
             context_length=_positive("CONTEXT_LENGTH", get["CONTEXT_LENGTH"]),
             registry_username=get["REGISTRY_USERNAME"] or None,
             registry_password=get["REGISTRY_PASSWORD"] or None,
@@ -235,6 +252,13 @@ def _flag(name: str, value: str) -> bool:
     if text in ("", "0", "false", "no", "off"):
         return False
     raise ValueError(f"MLXOLLAMA_{name} must be 1 or 0 (true or false), got {value!r}")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    text = value.strip().lower()
+    if text not in choices:
+        raise ValueError(f"MLXOLLAMA_{name} must be one of {', '.join(choices)}, got {value!r}")
+    return text
 
 
 def _url(name: str, value: str) -> str:

@@ -213,9 +213,9 @@ def test_corrupted_model_fails_the_request_and_is_forgotten(runtime_factory, tin
 def test_load_timeout(runtime_factory):
     from mlxollama.models.load import load
 
-    def slow(store, name):
+    def slow(store, name, weights):
         time.sleep(1.5)
-        return load(store, name)
+        return load(store, name, weights)
 
     rt = runtime_factory(load=slow, load_timeout=0.3)
     with pytest.raises(TimeoutError, match="tiny-a"):
@@ -226,8 +226,8 @@ def failing_decode(should_fail):
     """A loader whose model raises "boom" on a decode step whenever `should_fail()` says so."""
     from mlxollama.models.load import load
 
-    def flaky(store, name):
-        lm = load(store, name)
+    def flaky(store, name, weights):
+        lm = load(store, name, weights)
         real = lm.model
 
         class Wrapped:
@@ -333,3 +333,52 @@ def test_ps_reports_the_context_a_modelfile_sets(runtime_factory, tiny_root):
     rt = runtime_factory()
     drain(rt.submit(ask("tiny-ctx", n=2)))
     assert [m.context_length for m in rt.ps()] == [512]
+
+
+@pytest.fixture
+def tiny_q4_root(tmp_path, smollm2_store):
+    """A store with `tiny-q4`: a tiny random llama, 4-bit."""
+    from mlxollama.models.create import create
+    from mlxollama.recipes.buildspec import BuildSpec
+    from tests.conftest import tiny_llama_folder
+
+    folder = tiny_llama_folder(tmp_path / "q4-src", Store(smollm2_store), quantize=True)
+    create(Store(tmp_path / "store"), "tiny-q4", BuildSpec(source=str(folder)))
+    return tmp_path / "store"
+
+
+@pytest.mark.parametrize(
+    ("form", "label"), [("stored", "int4 (stored)"), ("dense", "f32 (dense)"), ("auto", "f32")]
+)
+def test_weights_form_shows_in_ps_and_the_estimate(tiny_q4_root, form, label):
+    """On CPU `auto` is float32 (fits), `stored` keeps 4-bit; /api/ps and the memory estimate
+    follow the form: dense weights are 4 bytes a parameter."""
+    from mlxollama.actors.governor import estimate_size
+
+    rt = Runtime(config(tiny_q4_root, weights=form)).start()
+    try:
+        answer = drain(rt.submit(ask("tiny-q4", n=3)))
+        assert answer[-1].eval_count == 3
+        [m] = rt.ps()
+        assert m.weights.startswith(label)
+        store = Store(tiny_q4_root)
+        info, stored = store.config(store.get("tiny-q4")), store.get("tiny-q4")
+        kv = estimate_size(info, 0, rt.config.num_parallel, m.context_length)
+        weights = stored.size if form == "stored" else 4 * info["parameter_count"]
+        assert m.size - m.prompt_cache == weights + kv  # ps adds what its prompt cache holds
+    finally:
+        rt.stop()
+
+
+def test_warmup_keeps_outputs_and_load_unload(runtime_factory):
+    """Warmup (forced on CPU) runs every batch size and leaves nothing behind: the same
+    greedy tokens as without it, and the model still unloads on keep_alive 0."""
+    outputs = []
+    for warmup in ("off", "on"):
+        rt = runtime_factory(warmup=warmup, num_parallel=3)
+        sessions = [rt.submit(ask("tiny-a", n=6, options={"seed": 1})) for _ in range(3)]
+        outputs.append(["".join(c.text for c in drain(s)) for s in sessions])
+        drain(rt.submit(InferenceRequest(model="tiny-a", kind="generate", keep_alive=0)))
+        assert rt.ps() == []
+        rt.stop()
+    assert outputs[0] == outputs[1]

@@ -993,6 +993,11 @@ def test_live_disconnect_frees_the_only_slot(live, live_client):
     assert answer.done
     (running,) = live_client.ps().models
     assert running.model == "smollm2:latest" and running.context_length > 0
+    # the official client ignores the extra field; the wire says the form held (CPU: f32)
+    conn = http.client.HTTPConnection("127.0.0.1", live.port, timeout=10)
+    conn.request("GET", "/api/ps")
+    assert orjson.loads(conn.getresponse().read())["models"][0]["weights"] == "f32 (dense)"
+    conn.close()
 
 
 @pytest.mark.model

@@ -291,5 +291,5 @@ def test_quantize_at_build(tmp_path, smollm2_store, quantize, file_type, dtype):
     )
     arr = mx.load(str(store.blobs.path(q.digest)), format="safetensors")[q.name]
     assert str(arr.dtype).endswith(dtype)
-    lm = load(store, "tiny", float32_on_cpu=False)
+    lm = load(store, "tiny", weights="stored")
     assert lm.model.layers[0].self_attn.q_proj.weight.dtype == arr.dtype

@@ -128,7 +128,7 @@ def test_an_ollama_mlx_manifest_pulls_into_the_same_model(registry, smollm2_stor
         dict(tree_flatten(model.parameters()))
     )
 
-    pulled = load(store, name, float32_on_cpu=False).model
+    pulled = load(store, name, weights="stored").model
     tokens = mx.array([[1, 17, 400, 9000, 23, 5]])
     assert mx.array_equal(pulled(tokens), model(tokens)).item()
 

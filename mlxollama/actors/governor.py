@@ -10,7 +10,6 @@ waits. Loads that wait beyond `max_queue` are refused at once: `acquire` answers
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from mlxollama.actors.messages import (
 from mlxollama.actors.model import ModelActor
 from mlxollama.api import FOREVER
 from mlxollama.config import Config
+from mlxollama.engine.weights import memory_budget
 from mlxollama.errors import Busy
 from mlxollama.metrics import Metrics, ModelCounts
 from mlxollama.store.store import Store
@@ -67,19 +67,7 @@ class Entry:
     generation: int = 0  # bumps whenever the keep-alive timer is reset
     prompt_cache: int = 0  # bytes its prompt cache holds (as of its last finished request)
     stopping: bool = False  # /api/stop asked: it unloads when its running requests end
-
-
-def device_memory() -> int:
-    """Bytes of memory the models may use: the GPU's (Metal, CUDA) or the machine's RAM."""
-    try:
-        import mlx.core as mx
-
-        size = mx.device_info().get("memory_size")
-        if size:
-            return int(size)
-    except Exception:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    weights: str = ""  # the form its weights are held in (`engine.weights.Weights.label`)
 
 
 def on_gpu() -> bool:
@@ -185,7 +173,7 @@ class GovernorActor(pykka.ThreadingActor):
     """Args:
     config: the limits (max_loaded_models, max_queue, num_parallel, keep_alive, ...).
     store: what models load from.
-    load: `load(store, name) -> LoadedModel`, handed to each model actor.
+    load: `load(store, name, weights) -> LoadedModel`, handed to each model actor.
     clock: epoch seconds, for keep-alive deadlines and LRU order (the timers run in real
         seconds).
     occupancy: the counts shared with the HTTP threads.
@@ -209,7 +197,7 @@ class GovernorActor(pykka.ThreadingActor):
         self.config, self.store, self.load, self.clock = config, store, load, clock
         self.model_actor = model_actor
         self.occupancy = occupancy or Occupancy(config)
-        self.budget = config.max_memory or int(device_memory() * 0.9)
+        self.budget = memory_budget(config.max_memory)
         # Requests admitted and not finished, all models together; the HTTP server sizes its
         # thread pool from the same numbers, so a 503 can always be answered.
         self.limit = in_flight_limit(config)
@@ -279,6 +267,7 @@ class GovernorActor(pykka.ThreadingActor):
                     "prompt_cache": e.prompt_cache,
                     "state": e.state,
                     "on_gpu": self.on_gpu,
+                    "weights": e.weights,
                 }
             )
         return sorted(out, key=lambda m: m["expires_at"], reverse=True)
@@ -492,6 +481,8 @@ class GovernorActor(pykka.ThreadingActor):
             self.config.prompt_cache,
             self.config.prompt_cache_disk,
             self.metrics,
+            facts.get("weights"),
+            self.config.warmup,
         )
         keep_alive = adm.request.keep_alive
         entry = Entry(
@@ -502,6 +493,7 @@ class GovernorActor(pykka.ThreadingActor):
             reserve=facts.get("reserve", facts["size"]),
             context_length=facts["context_length"],
             details=facts["details"],
+            weights=getattr(facts.get("weights"), "label", ""),
             keep_alive=self.config.keep_alive if keep_alive is None else keep_alive,
         )
         self.loaded[adm.name] = entry

@@ -52,7 +52,7 @@ STEP = Step()
 class ModelActor(pykka.ThreadingActor):
     """Args:
     name: the model's display name.
-    load: `load(store, name) -> LoadedModel` (models.load.load, or a fake in tests).
+    load: `load(store, name, weights) -> LoadedModel` (models.load.load, or a fake in tests).
     store: the store to load from.
     governor: the GovernorActor's ref (told `ModelLoaded`, `LoadFailed`, `Release`,
         `ModelDied`).
@@ -61,6 +61,9 @@ class ModelActor(pykka.ThreadingActor):
     prompt_cache_bytes: the model's prompt cache cap (`engine.prompt_cache`); 0: none.
     prompt_cache_disk: the cap of its disk tier, under the store's `cache/prompts/`; 0: none.
     metrics: the daemon's `mlxollama.metrics.Metrics` (unload durations); None: not counted.
+    weights: the form to hold the weights in (`engine.weights.Weights`), handed to `load`.
+    warmup: `auto` (on a GPU), `on` or `off`: run every batch size once after the load,
+        before the first request is admitted (`engine.warmup`).
     """
 
     def __init__(
@@ -74,9 +77,12 @@ class ModelActor(pykka.ThreadingActor):
         prompt_cache_bytes=0,
         prompt_cache_disk=0,
         metrics=None,
+        weights=None,
+        warmup="auto",
     ):
         super().__init__()
         self.metrics = metrics
+        self.weights, self.warmup = weights, warmup
         self.prompt_cache_bytes = prompt_cache_bytes
         self.prompt_cache_disk = prompt_cache_disk
         self.name, self._load, self.store, self.governor = name, load, store, governor
@@ -95,7 +101,7 @@ class ModelActor(pykka.ThreadingActor):
 
         tic = time.perf_counter()
         try:
-            self.lm = self._load(self.store, self.name)
+            self.lm = self._load(self.store, self.name, self.weights)
             if "completion" in self.lm.capabilities:
                 eos = self.lm.tokenizer.eos_token_ids
                 disk = None
@@ -104,6 +110,7 @@ class ModelActor(pykka.ThreadingActor):
                     disk = DiskTier(folder, self.prompt_cache_disk)
                 cache = PromptCache(self.prompt_cache_bytes, disk)
                 self.batch = Batch(self.lm.model, eos, self.num_parallel, cache)
+                self._warm()
         except Exception as e:  # reported, not raised: the governor fails the waiting requests
             log.warning("model.load_failed", model=self.name, error=str(e))
             tell(self.governor, LoadFailed(self.name, e, self.actor_ref))
@@ -112,6 +119,21 @@ class ModelActor(pykka.ThreadingActor):
         seconds = time.perf_counter() - tic
         log.info("model.load", model=self.name, seconds=round(seconds, 3))
         tell(self.governor, ModelLoaded(self.name, int(seconds * 1e9), self.actor_ref))
+
+    def _warm(self) -> None:
+        """Compile the kernels of every batch size now, so the first burst does not (the
+        requests that arrive meanwhile wait in the mailbox, as during the load)."""
+        from mlxollama.engine import describe
+        from mlxollama.engine.warmup import needed, warm
+
+        if self.warmup == "off" or (self.warmup == "auto" and not needed(describe()["backend"])):
+            return
+        try:
+            seconds = warm(self.lm.model, self.lm.tokenizer.eos_token_ids, self.num_parallel)
+        except Exception as e:  # a warmup is an optimisation: the model serves without one
+            log.warning("model.warmup_failed", model=self.name, error=str(e))
+            return
+        log.info("model.warmup", model=self.name, seconds=round(seconds, 3))
 
     def on_stop(self) -> None:
         for adm in [*self.active.values(), *self.waiting]:

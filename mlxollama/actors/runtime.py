@@ -126,6 +126,7 @@ class RunningModel:
     active: int  # sessions generating or waiting
     on_gpu: bool = True  # False on MLX's CPU backend: /api/ps then shows size_vram 0
     prompt_cache: int = 0  # bytes of KV cache its prompt cache holds
+    weights: str = ""  # the form its weights are held in, e.g. "bf16 (dense)"
 
 
 class Runtime:
@@ -134,7 +135,7 @@ class Runtime:
     Args:
         config: settings (store root, limits).
         store: the store (default: the one at `config.models`).
-        load_model: `load(store, name) -> LoadedModel` (default `models.load.load`); tests
+        load_model: `load(store, name, weights) -> LoadedModel` (default `models.load.load`); tests
             inject fakes.
         pull, push: `registry.pull` and `registry.push` (the defaults); tests inject fakes
             with the same signatures.
@@ -223,6 +224,7 @@ class Runtime:
         Load failures (corrupted blob, timeout) arrive the same way.
         """
         from mlxollama.actors.governor import estimate_size
+        from mlxollama.engine.weights import for_model
 
         submitted = time.perf_counter()
         stored = self._store.get(request.model)
@@ -241,10 +243,20 @@ class Runtime:
         # a generative model may also fill its prompt cache, up to its cap: the budget
         # reserves that much (`reserve`), `/api/ps` shows what it holds
         size = reserve = stored.size
+        weights = None
         if request.kind != "embed":
-            size = estimate_size(info, stored.size, self.config.num_parallel, num_ctx)
+            kv = estimate_size(info, 0, self.config.num_parallel, num_ctx)
+            weights = for_model(
+                info,
+                stored.size,
+                self.config.weights,
+                other_bytes=kv + self.config.prompt_cache,
+                budget=self.config.max_memory,
+            )
+            size = weights.nbytes + kv
             reserve = size + self.config.prompt_cache
         facts = {
+            "weights": weights,
             "digest": stored.digest,
             "size": size,
             "reserve": reserve,
@@ -373,6 +385,7 @@ class Runtime:
                 active=m["active"],
                 on_gpu=m["on_gpu"],
                 prompt_cache=m.get("prompt_cache", 0),
+                weights=m.get("weights", ""),
             )
             for m in self._governor.ps().get(timeout=30)
         ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,16 +84,6 @@ def convert(model: nn.Module, config: dict[str, Any], target: str) -> tuple[nn.M
     return model, config
 
 
-def _fits_as_float32(model: nn.Module) -> bool:
-    from mlx_lm.utils import get_total_parameters
-
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return False
-    return get_total_parameters(model) * 4 < total // 4
-
-
 @dataclass
 class LoadedModel:
     """A model ready to generate (or embed), with its Modelfile-level defaults.
@@ -116,6 +105,7 @@ class LoadedModel:
     load_duration: float = 0.0
     size: int = 0
     pooling: str | None = None
+    weights: str = ""  # the form held, as `/api/ps` shows it (`engine.weights.Weights.label`)
 
     @property
     def capabilities(self) -> list[str]:
@@ -123,22 +113,23 @@ class LoadedModel:
 
 
 def model_from_weights(
-    config: dict[str, Any], weight_files: Iterable[Path], *, float32_on_cpu: bool = True
+    config: dict[str, Any], weight_files: Iterable[Path], *, dense: str | None = None
 ) -> nn.Module:
     """Build the model `config` describes from safetensors files and evaluate its weights.
 
     Args:
         config: the mlx-lm `config.json`.
         weight_files: safetensors files that together hold every parameter.
-        float32_on_cpu: on MLX's CPU backend, dequantize to float32, the only dtype with a
-            fast (BLAS) path there. Default: ``True``.
+        dense: a dtype for `convert` (`bf16`, `fp32`) to dequantize to, chosen by
+            `engine.weights.choose`; None keeps the stored form.
     """
     weights: dict[str, mx.array] = {}
     for path in weight_files:
         weights.update(mx.load(str(path), format="safetensors"))
     model = instantiate(config, weights)
-    if float32_on_cpu and mx.default_device() == mx.cpu and _fits_as_float32(model):
-        model, _ = convert(model, config, "fp32")
+    del weights  # the stored arrays go as soon as a dense copy replaces them
+    if dense is not None:
+        model, _ = convert(model, config, dense)
     mx.eval(model.parameters())
     return model
 

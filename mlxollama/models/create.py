@@ -195,7 +195,7 @@ class _Builder:
         if need_weights:
             from mlxollama.models.load import load
 
-            parts.model = load(self.store, name, float32_on_cpu=False).model
+            parts.model = load(self.store, name, weights="stored").model
         else:
             parts.tensors = parent.manifest.layers_of(mt.TENSOR_MEDIA_TYPE)
         return parts

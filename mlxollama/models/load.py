@@ -16,13 +16,14 @@ from typing import Any
 from mlxollama.engine.context import UNKNOWN_LIMIT
 from mlxollama.engine.embed import load_tokenizer as encoder_tokenizer
 from mlxollama.engine.loader import LoadedModel, model_from_weights, text_tokenizer
+from mlxollama.engine.weights import Weights, for_model
 from mlxollama.errors import BlobNotFound, DigestMismatch, UnsupportedModel
 from mlxollama.store import manifests as mt
 from mlxollama.store.info import text_layers
 from mlxollama.store.store import Store, StoredModel
 
 
-def load(store: Store, name: str, *, float32_on_cpu: bool = True) -> LoadedModel:
+def load(store: Store, name: str, weights: Weights | str | None = "auto") -> LoadedModel:
     """Load a model from the store.
 
     Every blob is checked against its digest first (re-hashed unless its size and mtime
@@ -31,8 +32,9 @@ def load(store: Store, name: str, *, float32_on_cpu: bool = True) -> LoadedModel
     Args:
         store: the store to read.
         name: the model name.
-        float32_on_cpu: on MLX's CPU backend, dequantize to float32, the only dtype with a
-            fast (BLAS) path there. Default: ``True``.
+        weights: the form to hold the weights in, as chosen (`engine.weights.Weights`), or a
+            setting (`auto`, `stored`, `dense`) to choose it here for the default budget
+            (None: `auto`).
 
     Raises:
         ModelNotFound: no such model.
@@ -52,11 +54,10 @@ def load(store: Store, name: str, *, float32_on_cpu: bool = True) -> LoadedModel
     info = store.config(stored)
     model_config = info["model_config"]
     tensors = stored.manifest.layers_of(mt.TENSOR_MEDIA_TYPE)
-    model = model_from_weights(
-        model_config,
-        [store.blobs.path(layer.digest) for layer in tensors],
-        float32_on_cpu=float32_on_cpu,
-    )
+    if not isinstance(weights, Weights):
+        weights = for_model(info, stored.size, weights or "auto")
+    files = [store.blobs.path(layer.digest) for layer in tensors]
+    model = model_from_weights(model_config, files, dense=weights.dense)
     pooling = None
     if "embedding" in info.get("capabilities", ()):
         tokenizer = encoder_tokenizer(str(store.blobs.path(_tokenizer_json(stored).digest)))
@@ -76,6 +77,7 @@ def load(store: Store, name: str, *, float32_on_cpu: bool = True) -> LoadedModel
         load_duration=time.perf_counter() - tic,
         size=stored.size,
         pooling=pooling,
+        weights=weights.label,
         **layers,
     )
 
