@@ -14,6 +14,7 @@ import pykka
 import pytest
 import yaml
 
+from mlxollama import api
 from mlxollama.config import Config
 from mlxollama.errors import RemoteNotFound
 from mlxollama.http.app import create_app
@@ -75,7 +76,12 @@ def test_every_route_is_in_the_spec_and_every_spec_route_is_served():
 def test_the_spec_is_openapi_3_1_and_every_operation_answers_json_errors():
     spec = load_spec()
     assert spec["openapi"].startswith("3.1")
-    ids = [op["operationId"] for item in spec["paths"].values() for op in item.values() if "operationId" in op]
+    ids = [
+        op["operationId"]
+        for item in spec["paths"].values()
+        for op in item.values()
+        if "operationId" in op
+    ]
     assert len(ids) == len(set(ids)), "operationIds must be unique"
     for path, item in spec["paths"].items():
         for method, op in item.items():
@@ -107,8 +113,13 @@ def bounded(spec: dict[str, Any]) -> dict[str, Any]:
     spec = copy.deepcopy(spec)
     schemas = spec["components"]["schemas"]
     schemas["ModelName"] = {"type": "string", "enum": MODELS}
-    schemas["KeepAlive"] = {"type": "string", "enum": ["5m"]}
-    schemas["Options"]["properties"]["num_predict"] = {"type": "integer", "minimum": 1, "maximum": 4}
+    # no unloads (a reload per case would be slow); past 292 years found a 500 once
+    schemas["KeepAlive"] = {"oneOf": [{"enum": ["5m"]}, {"type": "number", "minimum": 300}]}
+    schemas["Options"]["properties"]["num_predict"] = {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 4,
+    }
     schemas["Options"]["properties"]["num_ctx"] = {"type": "integer", "maximum": 4096}
     # and every valid body sets the limit (absent, a generation runs to the context's end)
     schemas["Options"]["required"] = ["num_predict"]
@@ -193,8 +204,37 @@ def fuzz(base_url: str, mode: str) -> list[str]:
     return failures
 
 
+# -- what the fuzzing found (each a 5xx once) ----------------------------------------------
+
+
+def test_a_keep_alive_beyond_gos_longest_duration_is_forever_or_refused():
+    assert api.parse_keep_alive(1e300) == api.FOREVER
+    assert api.parse_keep_alive(float(api.MAX_KEEP_ALIVE)) == api.FOREVER
+    assert api.parse_keep_alive(api.MAX_KEEP_ALIVE - 1) == api.MAX_KEEP_ALIVE - 1
+    with pytest.raises(ValueError, match="invalid duration"):
+        api.parse_keep_alive("99999999999999h")
+
+
+@pytest.mark.model
+def test_ps_answers_after_a_keep_alive_of_centuries(d):
+    """A keep_alive of 1e18 seconds made every later `/api/ps` a 500 (a date past year
+    9999) and the keep-alive timer's thread die (a wait past `threading.TIMEOUT_MAX`)."""
+    for keep_alive in (1e18, api.MAX_KEEP_ALIVE - 1):
+        status, _, _ = d.call(
+            "POST", "/api/generate", {"model": "smollm2", "keep_alive": keep_alive}
+        )
+        assert status == 200
+        status, _, body = d.call("GET", "/api/ps")
+        assert status == 200 and b"expires_at" in body, body
+    status, _, body = d.call(
+        "POST", "/api/generate", {"model": "smollm2", "keep_alive": "9999999999h"}
+    )
+    assert status == 400 and b"invalid duration" in body
+
+
 @pytest.mark.model
 @pytest.mark.parametrize("mode", ["positive", "negative"])
 def test_schemathesis_finds_no_server_error(d, mode):
+    """Last in the module: its cases delete the stored model at the end."""
     failures = fuzz(f"http://127.0.0.1:{d.port}", mode)
     assert not failures, "\n\n".join(failures)
