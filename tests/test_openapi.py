@@ -74,8 +74,18 @@ def test_every_route_is_in_the_spec_and_every_spec_route_is_served():
 
 
 def test_the_spec_is_openapi_3_1_and_every_operation_answers_json_errors():
+    import jsonschema
+    from schemathesis.specs.openapi.definitions import OPENAPI_31  # the official meta-schema
+
     spec = load_spec()
     assert spec["openapi"].startswith("3.1")
+    errors = [e.message for e in jsonschema.Draft202012Validator(OPENAPI_31).iter_errors(spec)]
+    assert not errors, errors[:5]
+    for name, schema in spec["components"]["schemas"].items():
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as e:
+            pytest.fail(f"components.schemas.{name}: {e.message}")
     ids = [
         op["operationId"]
         for item in spec["paths"].values()
