@@ -372,16 +372,21 @@ METRIC_FIELDS = (
 
 
 FOREVER = float("inf")
+# Go's longest duration (max int64 nanoseconds, about 292 years) in whole seconds: a longer
+# keep_alive is forever, which is also what keeps it within what a timer can wait
+# (`threading.TIMEOUT_MAX`) and a deadline within what a date can hold.
+MAX_KEEP_ALIVE = (2**63 - 1) // 10**9
 
 
 def parse_keep_alive(value: Any) -> float | None:
     """Ollama's `keep_alive`: seconds (a JSON number) or a Go duration string (`"10m"`,
-    `"1h30m"`, `"-1m"`, `"0"`); None when unset. Negative means forever (`FOREVER`); zero
-    means unload as soon as the model is idle.
+    `"1h30m"`, `"-1m"`, `"0"`); None when unset. Negative means forever (`FOREVER`), and so
+    does a number of seconds beyond Go's longest duration; zero means unload as soon as the
+    model is idle.
 
     Raises:
         InvalidOption: another type, or a string that is not a duration (as in Ollama, a bare
-            number in a string such as `"300"` is refused).
+            number in a string such as `"300"` is refused, and so is one beyond 292 years).
     """
     import re
 
@@ -401,11 +406,13 @@ def parse_keep_alive(value: Any) -> float | None:
         units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
         parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", text)
         seconds = sum(float(n) * units[u] for n, u in parts)
+        if seconds >= MAX_KEEP_ALIVE:  # Go's ParseDuration refuses what overflows
+            raise InvalidOption(f'time: invalid duration "{value}"')
         if m.group(1) == "-":
             seconds = -seconds
     else:
         raise InvalidOption(f"keep_alive: Unsupported type {type(value).__name__}")
-    return FOREVER if seconds < 0 else seconds
+    return FOREVER if seconds < 0 or seconds >= MAX_KEEP_ALIVE else seconds
 
 
 # What one embedding request may carry (400 beyond): the model actor works through a
