@@ -65,6 +65,13 @@ SETTINGS = (
         "so they survive a restart; 0: off.",
     ),
     Setting(
+        "MLXOLLAMA_KV_CACHE_TYPE",
+        "f16",
+        "KV cache type, as OLLAMA_KV_CACHE_TYPE: f16 (the model's own dtype, unquantized), "
+        "q8_0 (8-bit, about half the memory) or q4_0 (4-bit, about a quarter); sliding-window "
+        "layers stay unquantized.",
+    ),
+    Setting(
         "MLXOLLAMA_MAX_BODY",
         "64MB",
         "Largest JSON request body (blob uploads are not limited); larger gets 413.",
@@ -127,6 +134,10 @@ SETTINGS = (
 )
 _DEFAULTS = {s.name: s.default for s in SETTINGS}
 
+# MLXOLLAMA_KV_CACHE_TYPE's values: the bits a key or value element is stored in (None: the
+# model's own dtype); `engine.kv_quant` maps them onto mlx-lm's quantized KV cache
+KV_CACHE_BITS: dict[str, int | None] = {"f16": None, "q8_0": 8, "q4_0": 4}
+
 
 @dataclass(frozen=True)
 class Config:
@@ -142,6 +153,7 @@ class Config:
     context_length: int
     prompt_cache: int = 2**30  # bytes of KV cache kept per model for prompt reuse; 0: off
     prompt_cache_disk: int = 4 * 10**9  # bytes of it kept on disk per model; 0: off
+    kv_cache_type: str = "f16"  # a key of KV_CACHE_BITS
     registry_username: str | None = None
     registry_password: str | None = field(default=None, repr=False)
     registry_token: str | None = field(default=None, repr=False)
@@ -167,6 +179,7 @@ class Config:
             max_body=_bytes("MAX_BODY", get["MAX_BODY"]),
             prompt_cache=_bytes("PROMPT_CACHE", get["PROMPT_CACHE"]),
             prompt_cache_disk=_bytes("PROMPT_CACHE_DISK", get["PROMPT_CACHE_DISK"]),
+            kv_cache_type=_choice("KV_CACHE_TYPE", get["KV_CACHE_TYPE"], KV_CACHE_BITS),
             context_length=_positive("CONTEXT_LENGTH", get["CONTEXT_LENGTH"]),
             registry_username=get["REGISTRY_USERNAME"] or None,
             registry_password=get["REGISTRY_PASSWORD"] or None,
@@ -235,6 +248,13 @@ def _flag(name: str, value: str) -> bool:
     if text in ("", "0", "false", "no", "off"):
         return False
     raise ValueError(f"MLXOLLAMA_{name} must be 1 or 0 (true or false), got {value!r}")
+
+
+def _choice(name: str, value: str, choices) -> str:
+    text = value.strip().lower()
+    if text not in choices:
+        raise ValueError(f"MLXOLLAMA_{name} must be one of {', '.join(choices)}, got {value!r}")
+    return text
 
 
 def _url(name: str, value: str) -> str:
