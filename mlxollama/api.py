@@ -902,8 +902,11 @@ class ProcessModel(Wire):
     context_length: int
     # mlxollama's: bytes of KV cache the model's prompt cache holds (absent when none)
     prompt_cache_size: int | None = None
+    # mlxollama's: the KV cache type (MLXOLLAMA_KV_CACHE_TYPE: f16, q8_0, q4_0); absent for an
+    # embedding model (it keeps none)
+    kv_cache_type: str | None = None
     _nested: ClassVar[dict[str, type[Wire]]] = {"details": ModelDetails}
-    _omit = frozenset({"prompt_cache_size"})
+    _omit = frozenset({"prompt_cache_size", "kv_cache_type"})
 
 
 @dataclass

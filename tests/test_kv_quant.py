@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import mlx.core as mx
 import pytest
+from click.testing import CliRunner
 from mlx_lm.models.base import scaled_dot_product_attention
-from mlx_lm.models.cache import BatchKVCache, KVCache, QuantizedKVCache
+from mlx_lm.models.cache import BatchKVCache, KVCache, QuantizedKVCache, RotatingKVCache
 
+from mlxollama.cli.main import cli
 from mlxollama.config import Config
 from mlxollama.engine.kv_quant import (
     BatchQuantizedKVCache,
     QuantizedCache,
     batchable,
-    cache_type,
+    fits,
     portable,
 )
+from mlxollama.engine.prompt_cache import DiskTier, PromptCache
 
 H, D = 2, 64  # kv heads, head size
 
@@ -140,15 +143,58 @@ def test_a_head_size_64_does_not_divide_uses_groups_of_32():
 def test_files_hold_mlx_lm_classes_and_load_back_mergeable():
     c = QuantizedCache(64, 4)
     c.update_and_fetch(*_kv(3, seed=1))
-    plain = portable([c, KVCache()])
-    assert type(plain[0]) is QuantizedKVCache and cache_type(plain) == "q4_0"
+    rotating = RotatingKVCache(16)  # a sliding-window layer: never quantized
+    plain = portable([c, rotating])
+    assert type(plain[0]) is QuantizedKVCache and plain[1] is rotating
     back = batchable(plain)
     assert type(back[0]) is QuantizedCache and back[0].bits == 4 and back[0].offset == 3
-    assert cache_type([KVCache()]) == "f16"
 
 
-def test_a_bad_kv_cache_type_is_a_clear_startup_error():
+def test_a_cache_says_which_type_it_was_made_for():
+    c = QuantizedCache(64, 4)
+    assert fits([c], "q4_0") and not fits([c], "q8_0") and not fits([c], "f16")
+    assert fits([KVCache()], "f16") and not fits([KVCache()], "q8_0")
+    rotating = RotatingKVCache(16)  # says nothing
+    assert fits([rotating, c], "q4_0") and fits([rotating], "f16")
+
+
+def test_the_prompt_cache_keeps_and_serves_only_its_own_type(tmp_path):
+    tokens = list(range(300))
+    q8 = QuantizedCache(64, 8)
+    q8.update_and_fetch(*_kv(300, seed=2))
+    f16 = KVCache()
+    f16.update_and_fetch(*_kv(300, seed=2))
+    memory = PromptCache(2**30, kv_type="q8_0")
+    memory.store(tokens, [f16])  # another type's: not kept
+    assert len(memory) == 0
+    memory.store(tokens, [q8])
+    [hit], n = memory.fetch([*tokens, 1])
+    assert n == 300 and type(hit) is QuantizedCache
+    DiskTier(tmp_path, 2**30, kv_type="q8_0").store(tokens, [q8], 0)
+    DiskTier(tmp_path, 2**30).store(tokens, [f16], 0)
+    assert (tmp_path / "q8_0").is_dir()  # each type in its own folder
+    # after a restart: each type finds its own entry, and loads it mergeable
+    [back], n = DiskTier(tmp_path, 2**30, kv_type="q8_0").fetch([*tokens, 1])
+    assert n == 300 and type(back) is QuantizedCache and back.bits == 8
+    assert mx.array_equal(back.keys_and_values()[0][0], q8.keys_and_values()[0][0])
+    [back], _ = DiskTier(tmp_path, 2**30).fetch([*tokens, 1])
+    assert type(back) is KVCache
+    assert DiskTier(tmp_path, 2**30, kv_type="q4_0").fetch([*tokens, 1]) == (None, 0)
+    # a file of another type put in the folder is foreign: ignored and removed
+    for name in ("safetensors", "json"):
+        src = next(tmp_path.glob(f"*.{name}"))
+        (tmp_path / "q4_0").mkdir(exist_ok=True)
+        (tmp_path / "q4_0" / src.name).write_bytes(src.read_bytes())
+    assert DiskTier(tmp_path, 2**30, kv_type="q4_0").fetch([*tokens, 1]) == (None, 0)
+    assert not list((tmp_path / "q4_0").iterdir())
+
+
+def test_a_bad_kv_cache_type_is_a_clear_startup_error(monkeypatch):
     assert Config.from_env({"MLXOLLAMA_KV_CACHE_TYPE": "Q8_0"}).kv_cache_type == "q8_0"
     assert Config.from_env({}).kv_cache_type == "f16"
     with pytest.raises(ValueError, match="MLXOLLAMA_KV_CACHE_TYPE must be one of f16, q8_0"):
         Config.from_env({"MLXOLLAMA_KV_CACHE_TYPE": "q5_1"})
+    monkeypatch.setenv("MLXOLLAMA_KV_CACHE_TYPE", "fp8")
+    out = CliRunner().invoke(cli, ["serve"])
+    assert out.exit_code == 1
+    assert "Error: MLXOLLAMA_KV_CACHE_TYPE must be one of f16, q8_0, q4_0, got 'fp8'" in out.output

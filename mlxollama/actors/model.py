@@ -60,6 +60,7 @@ class ModelActor(pykka.ThreadingActor):
     max_waiting: sessions that may wait for a slot; more get Busy.
     prompt_cache_bytes: the model's prompt cache cap (`engine.prompt_cache`); 0: none.
     prompt_cache_disk: the cap of its disk tier, under the store's `cache/prompts/`; 0: none.
+    kv_cache_type: its sequences' KV cache type (`MLXOLLAMA_KV_CACHE_TYPE`).
     """
 
     def __init__(
@@ -72,8 +73,10 @@ class ModelActor(pykka.ThreadingActor):
         max_waiting,
         prompt_cache_bytes=0,
         prompt_cache_disk=0,
+        kv_cache_type="f16",
     ):
         super().__init__()
+        self.kv_cache_type = kv_cache_type
         self.prompt_cache_bytes = prompt_cache_bytes
         self.prompt_cache_disk = prompt_cache_disk
         self.name, self._load, self.store, self.governor = name, load, store, governor
@@ -98,9 +101,9 @@ class ModelActor(pykka.ThreadingActor):
                 disk = None
                 if self.prompt_cache_disk > 0:
                     folder = self.store.prompt_cache_dir(self.lm.digest)
-                    disk = DiskTier(folder, self.prompt_cache_disk)
-                cache = PromptCache(self.prompt_cache_bytes, disk)
-                self.batch = Batch(self.lm.model, eos, self.num_parallel, cache)
+                    disk = DiskTier(folder, self.prompt_cache_disk, kv_type=self.kv_cache_type)
+                cache = PromptCache(self.prompt_cache_bytes, disk, self.kv_cache_type)
+                self.batch = Batch(self.lm.model, eos, self.num_parallel, cache, self.kv_cache_type)
         except Exception as e:  # reported, not raised: the governor fails the waiting requests
             log.warning("model.load_failed", model=self.name, error=str(e))
             tell(self.governor, LoadFailed(self.name, e, self.actor_ref))

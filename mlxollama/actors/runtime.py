@@ -101,6 +101,7 @@ class RunningModel:
     active: int  # sessions generating or waiting
     on_gpu: bool = True  # False on MLX's CPU backend: /api/ps then shows size_vram 0
     prompt_cache: int = 0  # bytes of KV cache its prompt cache holds
+    kv_cache_type: str | None = None  # MLXOLLAMA_KV_CACHE_TYPE; None: no KV cache (encoder)
 
 
 class Runtime:
@@ -211,7 +212,9 @@ class Runtime:
         # reserves that much (`reserve`), `/api/ps` shows what it holds
         size = reserve = stored.size
         if request.kind != "embed":
-            size = estimate_size(info, stored.size, self.config.num_parallel, num_ctx)
+            size = estimate_size(
+                info, stored.size, self.config.num_parallel, num_ctx, self.config.kv_cache_type
+            )
             reserve = size + self.config.prompt_cache
         facts = {
             "digest": stored.digest,
@@ -219,6 +222,7 @@ class Runtime:
             "reserve": reserve,
             "context_length": num_ctx,
             "details": _details(info),
+            "kv_cache_type": None if request.kind == "embed" else self.config.kv_cache_type,
         }
         out: queue.Queue = queue.Queue()
         admission_id = next(self._ids)
@@ -287,6 +291,7 @@ class Runtime:
                 active=m["active"],
                 on_gpu=m["on_gpu"],
                 prompt_cache=m.get("prompt_cache", 0),
+                kv_cache_type=m.get("kv_cache_type"),
             )
             for m in self._governor.ps().get(timeout=30)
         ]

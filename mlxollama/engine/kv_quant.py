@@ -64,14 +64,13 @@ def make_cache(model, kv_type: str = "f16") -> list[Any]:
     return [QuantizedCache(GROUP_SIZE, bits) if type(c) is KVCache else c for c in cache]
 
 
-def cache_type(cache: list[Any]) -> str:
-    """The KV cache type a sequence's cache was made with ("f16" when no layer is
-    quantized)."""
-    for c in cache:
-        bits = getattr(c, "bits", None)
-        if bits is not None:
-            return next((t for t, b in KV_CACHE_BITS.items() if b == bits), f"q{bits}")
-    return "f16"
+def fits(cache: list[Any], kv_type: str) -> bool:
+    """Whether `cache` was made for `kv_type`: a layer `make_cache` quantizes has that
+    type's bits (a plain `KVCache` layer: f16 only); other layers do not say."""
+    bits = bits_of(kv_type)
+    return all(
+        (bits is None) if type(c) is KVCache else getattr(c, "bits", bits) == bits for c in cache
+    )
 
 
 def batchable(cache: list[Any]) -> list[Any]:

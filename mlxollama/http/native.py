@@ -502,6 +502,7 @@ def ps_entry(m: RunningModel) -> api.ProcessModel:
         size_vram=m.size if getattr(m, "on_gpu", True) else 0,
         context_length=m.context_length,
         prompt_cache_size=getattr(m, "prompt_cache", 0) or None,
+        kv_cache_type=getattr(m, "kv_cache_type", None),
     )
 
 
