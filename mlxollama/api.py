@@ -916,8 +916,11 @@ class ProcessModel(Wire):
     prompt_cache_size: int | None = None
     # mlxollama's: the form the weights are held in, e.g. "Q4_0 (stored)", "bf16 (dense)"
     weights: str | None = None
+    # mlxollama's: the KV cache type (MLXOLLAMA_KV_CACHE_TYPE: f16, q8_0, q4_0); absent for an
+    # embedding model (it keeps none)
+    kv_cache_type: str | None = None
     _nested: ClassVar[dict[str, type[Wire]]] = {"details": ModelDetails}
-    _omit = frozenset({"prompt_cache_size", "weights"})
+    _omit = frozenset({"prompt_cache_size", "weights", "kv_cache_type"})
 
 
 @dataclass

@@ -78,6 +78,13 @@ SETTINGS = (
         "so they survive a restart; 0: off.",
     ),
     Setting(
+        "MLXOLLAMA_KV_CACHE_TYPE",
+        "f16",
+        "KV cache type, as OLLAMA_KV_CACHE_TYPE: f16 (the model's own dtype, unquantized), "
+        "q8_0 (8-bit, about half the memory) or q4_0 (4-bit, about a quarter); sliding-window "
+        "layers stay unquantized.",
+    ),
+    Setting(
         "MLXOLLAMA_MAX_BODY",
         "64MB",
         "Largest JSON request body (blob uploads are not limited); larger gets 413.",
@@ -140,6 +147,10 @@ SETTINGS = (
 )
 _DEFAULTS = {s.name: s.default for s in SETTINGS}
 
+# MLXOLLAMA_KV_CACHE_TYPE's values: the bits a key or value element is stored in (None: the
+# model's own dtype); `engine.kv_quant` maps them onto mlx-lm's quantized KV cache
+KV_CACHE_BITS: dict[str, int | None] = {"f16": None, "q8_0": 8, "q4_0": 4}
+
 
 @dataclass(frozen=True)
 class Config:
@@ -157,6 +168,7 @@ class Config:
     prompt_cache_disk: int = 4 * 10**9  # bytes of it kept on disk per model; 0: off
     weights: str = "auto"  # auto | stored | dense (engine.weights)
     warmup: str = "auto"  # auto | on | off (engine.warmup)
+    kv_cache_type: str = "f16"  # a key of KV_CACHE_BITS
     registry_username: str | None = None
     registry_password: str | None = field(default=None, repr=False)
     registry_token: str | None = field(default=None, repr=False)
@@ -184,6 +196,7 @@ class Config:
             prompt_cache_disk=_bytes("PROMPT_CACHE_DISK", get["PROMPT_CACHE_DISK"]),
             weights=_choice("WEIGHTS", get["WEIGHTS"], ("auto", "stored", "dense")),
             warmup=_choice("WARMUP", get["WARMUP"], ("auto", "on", "off")),
+            kv_cache_type=_choice("KV_CACHE_TYPE", get["KV_CACHE_TYPE"], KV_CACHE_BITS),
             context_length=_positive("CONTEXT_LENGTH", get["CONTEXT_LENGTH"]),
             registry_username=get["REGISTRY_USERNAME"] or None,
             registry_password=get["REGISTRY_PASSWORD"] or None,
@@ -254,7 +267,7 @@ def _flag(name: str, value: str) -> bool:
     raise ValueError(f"MLXOLLAMA_{name} must be 1 or 0 (true or false), got {value!r}")
 
 
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+def _choice(name: str, value: str, choices) -> str:
     text = value.strip().lower()
     if text not in choices:
         raise ValueError(f"MLXOLLAMA_{name} must be one of {', '.join(choices)}, got {value!r}")

@@ -192,11 +192,12 @@ class Embedded:
         if kind != "embed":
             from mlxollama.engine.prompt_cache import DiskTier, PromptCache
 
+            kv_type = self.config.kv_cache_type
             disk = None
             if self.config.prompt_cache_disk > 0:
                 folder = self.store.prompt_cache_dir(lm.digest)
-                disk = DiskTier(folder, self.config.prompt_cache_disk)
-            self._prompt_cache = PromptCache(self.config.prompt_cache, disk)
+                disk = DiskTier(folder, self.config.prompt_cache_disk, kv_type=kv_type)
+            self._prompt_cache = PromptCache(self.config.prompt_cache, disk, kv_type)
         return lm, int(lm.load_duration * 1e9)
 
     def _run(self, lm, request: api.InferenceRequest, load_ns: int):
@@ -217,6 +218,7 @@ class Embedded:
             started_ns=started,
             load_ns=load_ns,
             prompt_cache=self._prompt_cache,
+            kv_type=self.config.kv_cache_type,
         )
 
     def _answer(self, request: api.InferenceRequest, kind: str, stream: bool, render):

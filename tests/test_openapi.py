@@ -24,6 +24,7 @@ from tests.daemons import actor_classes, start_daemon
 SPEC = Path(__file__).parents[1] / "docs" / "openapi.yaml"
 METHODS = ("get", "head", "post", "put", "patch", "delete")
 
+
 # Described in the spec, served by branches of issue 14 not merged here yet: the only
 # difference the route test allows. The lead deletes this set once they are merged.
 def load_spec() -> dict[str, Any]:
@@ -176,6 +177,7 @@ def fuzz(base_url: str, mode: str) -> list[str]:
     operations.sort(key=lambda op: op.path == "/api/delete")
     failures = []
     for op in operations:
+
         @hypothesis.settings(
             max_examples=MAX_EXAMPLES,
             deadline=None,

@@ -68,6 +68,7 @@ class Entry:
     prompt_cache: int = 0  # bytes its prompt cache holds (as of its last finished request)
     stopping: bool = False  # /api/stop asked: it unloads when its running requests end
     weights: str = ""  # the form its weights are held in (`engine.weights.Weights.label`)
+    kv_cache_type: str | None = None  # MLXOLLAMA_KV_CACHE_TYPE; None: no KV cache (encoder)
 
 
 def on_gpu() -> bool:
@@ -85,15 +86,28 @@ def in_flight_limit(config: Config) -> int:
     return config.num_parallel * config.max_loaded_models + config.max_queue
 
 
-def estimate_size(info: dict[str, Any], stored_size: int, num_parallel: int, num_ctx: int) -> int:
-    """Weights plus a KV cache for `num_parallel` full contexts (float16 K and V)."""
+# bytes a key or value element takes per KV cache type: float16, or `mx.quantize`'s packed
+# bits plus a float16 scale and bias per group of 64 (engine.kv_quant.GROUP_SIZE)
+KV_ELEMENT_BYTES = {"f16": 2.0, "q8_0": (8 + 32 / 64) / 8, "q4_0": (4 + 32 / 64) / 8}
+
+
+def estimate_size(
+    info: dict[str, Any],
+    stored_size: int,
+    num_parallel: int,
+    num_ctx: int,
+    kv_cache_type: str = "f16",
+) -> int:
+    """Weights plus a KV cache for `num_parallel` full contexts, its K and V elements of
+    `kv_cache_type` (every layer counted as a full-context one: sliding-window layers, which
+    stay float16, hold less than that)."""
     cfg = info.get("model_config", {})
     layers = cfg.get("num_hidden_layers", 0)
     heads = cfg.get("num_attention_heads", 1)
     kv_heads = cfg.get("num_key_value_heads", heads)
     head_dim = cfg.get("head_dim") or cfg.get("hidden_size", 0) // max(heads, 1)
-    kv = 2 * layers * kv_heads * head_dim * 2 * num_ctx * num_parallel
-    return stored_size + kv
+    elements = 2 * layers * kv_heads * head_dim * num_ctx * num_parallel
+    return stored_size + int(elements * KV_ELEMENT_BYTES[kv_cache_type])
 
 
 class Occupancy:
@@ -265,6 +279,7 @@ class GovernorActor(pykka.ThreadingActor):
                     "context_length": e.context_length,
                     "active": e.refs,
                     "prompt_cache": e.prompt_cache,
+                    "kv_cache_type": e.kv_cache_type,
                     "state": e.state,
                     "on_gpu": self.on_gpu,
                     "weights": e.weights,
@@ -483,6 +498,7 @@ class GovernorActor(pykka.ThreadingActor):
             self.metrics,
             facts.get("weights"),
             self.config.warmup,
+            self.config.kv_cache_type,
         )
         keep_alive = adm.request.keep_alive
         entry = Entry(
@@ -494,6 +510,7 @@ class GovernorActor(pykka.ThreadingActor):
             context_length=facts["context_length"],
             details=facts["details"],
             weights=getattr(facts.get("weights"), "label", ""),
+            kv_cache_type=facts.get("kv_cache_type"),
             keep_alive=self.config.keep_alive if keep_alive is None else keep_alive,
         )
         self.loaded[adm.name] = entry

@@ -64,6 +64,7 @@ class ModelActor(pykka.ThreadingActor):
     weights: the form to hold the weights in (`engine.weights.Weights`), handed to `load`.
     warmup: `auto` (on a GPU), `on` or `off`: run every batch size once after the load,
         before the first request is admitted (`engine.warmup`).
+    kv_cache_type: its sequences' KV cache type (`MLXOLLAMA_KV_CACHE_TYPE`).
     """
 
     def __init__(
@@ -79,10 +80,12 @@ class ModelActor(pykka.ThreadingActor):
         metrics=None,
         weights=None,
         warmup="auto",
+        kv_cache_type="f16",
     ):
         super().__init__()
         self.metrics = metrics
         self.weights, self.warmup = weights, warmup
+        self.kv_cache_type = kv_cache_type
         self.prompt_cache_bytes = prompt_cache_bytes
         self.prompt_cache_disk = prompt_cache_disk
         self.name, self._load, self.store, self.governor = name, load, store, governor
@@ -107,9 +110,9 @@ class ModelActor(pykka.ThreadingActor):
                 disk = None
                 if self.prompt_cache_disk > 0:
                     folder = self.store.prompt_cache_dir(self.lm.digest)
-                    disk = DiskTier(folder, self.prompt_cache_disk)
-                cache = PromptCache(self.prompt_cache_bytes, disk)
-                self.batch = Batch(self.lm.model, eos, self.num_parallel, cache)
+                    disk = DiskTier(folder, self.prompt_cache_disk, kv_type=self.kv_cache_type)
+                cache = PromptCache(self.prompt_cache_bytes, disk, self.kv_cache_type)
+                self.batch = Batch(self.lm.model, eos, self.num_parallel, cache, self.kv_cache_type)
                 self._warm()
         except Exception as e:  # reported, not raised: the governor fails the waiting requests
             log.warning("model.load_failed", model=self.name, error=str(e))
@@ -129,7 +132,12 @@ class ModelActor(pykka.ThreadingActor):
         if self.warmup == "off" or (self.warmup == "auto" and not needed(describe()["backend"])):
             return
         try:
-            seconds = warm(self.lm.model, self.lm.tokenizer.eos_token_ids, self.num_parallel)
+            seconds = warm(
+                self.lm.model,
+                self.lm.tokenizer.eos_token_ids,
+                self.num_parallel,
+                self.kv_cache_type,
+            )
         except Exception as e:  # a warmup is an optimisation: the model serves without one
             log.warning("model.warmup_failed", model=self.name, error=str(e))
             return

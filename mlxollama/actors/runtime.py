@@ -127,6 +127,7 @@ class RunningModel:
     on_gpu: bool = True  # False on MLX's CPU backend: /api/ps then shows size_vram 0
     prompt_cache: int = 0  # bytes of KV cache its prompt cache holds
     weights: str = ""  # the form its weights are held in, e.g. "bf16 (dense)"
+    kv_cache_type: str | None = None  # MLXOLLAMA_KV_CACHE_TYPE; None: no KV cache (encoder)
 
 
 class Runtime:
@@ -245,7 +246,9 @@ class Runtime:
         size = reserve = stored.size
         weights = None
         if request.kind != "embed":
-            kv = estimate_size(info, 0, self.config.num_parallel, num_ctx)
+            kv = estimate_size(
+                info, 0, self.config.num_parallel, num_ctx, self.config.kv_cache_type
+            )
             weights = for_model(
                 info,
                 stored.size,
@@ -262,6 +265,7 @@ class Runtime:
             "reserve": reserve,
             "context_length": num_ctx,
             "details": _details(info),
+            "kv_cache_type": None if request.kind == "embed" else self.config.kv_cache_type,
         }
         out: queue.Queue = queue.Queue()
         admission_id = next(self._ids)
@@ -386,6 +390,7 @@ class Runtime:
                 on_gpu=m["on_gpu"],
                 prompt_cache=m.get("prompt_cache", 0),
                 weights=m.get("weights", ""),
+                kv_cache_type=m.get("kv_cache_type"),
             )
             for m in self._governor.ps().get(timeout=30)
         ]

@@ -66,6 +66,15 @@ def parse_time(text: str) -> float | None:
     return stamp + float(f"0.{m.group(2)}") if m.group(2) else stamp
 
 
+def context(length: int | None, kv_cache_type: str | None = None) -> str:
+    """The `ps` CONTEXT column: the context length, and the KV cache type when it is
+    quantized (`4096 (q8_0)`), so the f16 default reads as Ollama's."""
+    text = "" if length is None else str(length)
+    if kv_cache_type and kv_cache_type != "f16":
+        text = f"{text} ({kv_cache_type})"
+    return text
+
+
 def human_until(expires_at: str, now: float) -> str:
     """The `ps` UNTIL column: `4 minutes from now`, `Forever`, `Stopping...` or `Never`."""
     ts = parse_time(expires_at)

@@ -322,7 +322,7 @@ cli.add_command(list_, "ls")
 @click.argument("prefix", required=False)
 def ps(prefix: str | None) -> None:
     """List running models (needs the daemon); stderr says what runs them (MLX's backend
-    and BLAS)."""
+    and BLAS). CONTEXT names a quantized KV cache: `4096 (q8_0)`."""
     client = daemon()
     engine = client.version().get("mlxollama") or {}
     click.echo(
@@ -338,7 +338,7 @@ def ps(prefix: str | None) -> None:
             m["digest"][:12],
             fmt.human_bytes(m["size"]),
             fmt.processor(m["size"], m.get("size_vram", 0)),
-            str(m.get("context_length", "")),
+            fmt.context(m.get("context_length"), m.get("kv_cache_type")),
             fmt.human_until(m["expires_at"], now),
         ]
         for m in models

@@ -25,12 +25,13 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, generate_step
-from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache
+from mlx_lm.models.cache import can_trim_prompt_cache
 
 from mlxollama.api import SamplingOptions
 from mlxollama.engine import sampling
 from mlxollama.engine.context import fit_context
 from mlxollama.engine.decoder import TokenLogprob
+from mlxollama.engine.kv_quant import make_cache
 from mlxollama.engine.prompt_cache import PromptCache, cached_tokens
 
 # A sequence alone on its model, with a prompt no longer than one prefill step, runs solo.
@@ -85,6 +86,7 @@ class Solo:
         prefill_step_size: prompt tokens per prefill step.
         cache: a KV cache already holding the first `cached` prompt tokens (from the
             prompt cache); only the rest is prefilled. Default: a fresh one.
+        kv_type: the type of a fresh cache (`MLXOLLAMA_KV_CACHE_TYPE`: f16, q8_0, q4_0).
     """
 
     def __init__(
@@ -95,10 +97,11 @@ class Solo:
         prefill_step_size: int,
         cache: list[Any] | None = None,
         cached: int = 0,
+        kv_type: str = "f16",
     ):
         self.seq = seq
         self.eos = frozenset(eos)
-        self.cache = cache if cache is not None else make_prompt_cache(model)
+        self.cache = cache if cache is not None else make_cache(model, kv_type)
         self.cached = cached if cache is not None else 0
         self.generated: list[int] = []
         processors = seq.processors
@@ -179,10 +182,15 @@ class Batch:
         size: sequences generated at once.
         prompt_cache: where finished sequences leave their KV caches and new ones look for
             their prompt's prefix. Default: none (every prompt is prefilled whole).
+        kv_type: every sequence's KV cache type (`MLXOLLAMA_KV_CACHE_TYPE`); a quantized
+            one batches through `engine.kv_quant.BatchQuantizedKVCache`.
     """
 
-    def __init__(self, model, eos: Iterable[int], size: int, prompt_cache=None):
+    def __init__(
+        self, model, eos: Iterable[int], size: int, prompt_cache=None, kv_type: str = "f16"
+    ):
         self.model = model
+        self.kv_type = kv_type
         self.eos = sorted(eos)
         self.size = size
         self.prompt_cache: PromptCache | None = prompt_cache
@@ -192,7 +200,7 @@ class Batch:
         self.keys: dict[int, int] = {}  # key -> BatchGenerator uid
         self.seqs: dict[int, Sequence] = {}
         # False for hybrid models: no solo, and a checkpoint at the end of every prompt
-        self.trimmable = can_trim_prompt_cache(make_prompt_cache(model))
+        self.trimmable = can_trim_prompt_cache(make_cache(model, kv_type))
 
     def _new_generator(self) -> BatchGenerator:
         return BatchGenerator(
@@ -211,7 +219,7 @@ class Batch:
         if self.prompt_cache is not None:
             cache, cached = self.prompt_cache.fetch(seq.prompt)
         if self.trimmable and not self.seqs and len(seq.prompt) - cached <= SOLO_MAX_PROMPT:
-            solo = Solo(self.model, seq, self.eos, SOLO_MAX_PROMPT, cache, cached)
+            solo = Solo(self.model, seq, self.eos, SOLO_MAX_PROMPT, cache, cached, self.kv_type)
             self.solo = (key, solo)
         else:
             self._to_batch()  # a second sequence: the solo one joins the batch first
@@ -341,7 +349,7 @@ class Batch:
         (uid,) = self.gen.insert(
             prompt,
             max_tokens=[max_tokens],
-            caches=None if cache is None else [cache],
+            caches=[make_cache(self.model, self.kv_type) if cache is None else cache],
             all_tokens=None if seen is None else [seen],
             samplers=[seq.sampler],
             logits_processors=[seq.processors],

@@ -21,6 +21,7 @@ def stream(
     started_ns: int | None = None,
     load_ns: int = 0,
     prompt_cache: PromptCache | None = None,
+    kv_type: str = "f16",
 ) -> Iterator[Chunk]:
     """Generate a prepared request (`engine.answer.prepare`), yielding its chunks and a final
     chunk with metrics.
@@ -35,6 +36,7 @@ def stream(
         load_ns: the model load this request waited for (load_duration).
         prompt_cache: where the prompt's prefix is looked for, and where the sequence's KV
             cache is kept when it ends (the daemon's ModelActor keeps one per model).
+        kv_type: the KV cache type (`MLXOLLAMA_KV_CACHE_TYPE`: f16, q8_0, q4_0).
     """
     seq = prepared.sequence
     cache, cached = None, 0
@@ -45,7 +47,7 @@ def stream(
         yield from decoder.end("length")
         return
     eos = prepared.tokenizer.eos_token_ids
-    solo = Solo(model, seq, eos, prefill_step_size, cache, cached)
+    solo = Solo(model, seq, eos, prefill_step_size, cache, cached, kv_type)
     failed = False
     try:
         while not decoder.done:

@@ -7,7 +7,8 @@ a longer cached sequence is trimmed to the common prefix when its cache type all
 what this module adds is the daemon's rules around it. A hit always leaves at least one
 token to evaluate (the model needs logits to sample from), a lookup hands out a copy (the
 sequence grows its cache in place), and the cap is in bytes, counted by the governor against
-the memory budget.
+the memory budget. Entries are kept per KV cache type (`MLXOLLAMA_KV_CACHE_TYPE`): a cache
+made for another type is never handed out (the disk tier keeps each type in its own folder).
 
 Everything here runs on the model's thread (MLX streams are thread-local).
 """
@@ -33,6 +34,8 @@ from mlx_lm.models.cache import (
     trim_prompt_cache,
 )
 
+from mlxollama.engine.kv_quant import batchable, fits, portable
+
 log = structlog.get_logger("mlxollama.prompt_cache")
 
 _MODEL = "model"  # one cache per model actor: the trie's model key is constant
@@ -41,11 +44,13 @@ MAX_ENTRIES = 64  # sequences kept at most, whatever their size
 
 class PromptCache:
     """Finished sequences' KV caches under their tokens, at most `max_bytes` in all; with a
-    `disk` tier, long prompts are also kept on disk and found there after a restart."""
+    `disk` tier, long prompts are also kept on disk and found there after a restart. Only
+    caches of `kv_type` are kept."""
 
-    def __init__(self, max_bytes: int, disk: DiskTier | None = None):
+    def __init__(self, max_bytes: int, disk: DiskTier | None = None, kv_type: str = "f16"):
         self.max_bytes = max_bytes
         self.disk = disk
+        self.kv_type = kv_type
         self._lru = LRUPromptCache(max_size=MAX_ENTRIES, max_bytes=max(max_bytes, 0))
 
     @property
@@ -75,7 +80,7 @@ class PromptCache:
         """Keep `cache`, which holds exactly `tokens`; the least recently used entries go
         first when the cap is passed (an entry larger than the cap is not kept). The first
         `prompt` tokens are the request's prompt: the disk tier keeps long ones."""
-        if not tokens or not cache:
+        if not tokens or not cache or not fits(cache, self.kv_type):
             return
         if self.disk is not None and prompt:
             self.disk.store(tokens[:prompt], cache, len(tokens) - prompt)
@@ -116,15 +121,19 @@ class DiskTier:
 
     Each entry is `<sha256 of the tokens>.safetensors` (mlx-lm's prompt-cache format) and a
     `.json` beside it naming the tokens; both are written to a temp file and renamed, so a
-    killed daemon leaves no half entry. A file that does not load, or whose tokens do not
-    hash to its name, is ignored and removed: it is never trusted.
+    killed daemon leaves no half entry. A file that does not load, whose tokens do not hash
+    to its name, or whose KV cache type is not `kv_type`, is ignored and removed: it is never
+    trusted. A quantized type keeps its files in a sub-folder of its own (`q8_0/`), so that
+    switching `MLXOLLAMA_KV_CACHE_TYPE` back and forth keeps both.
 
     Args:
         min_tokens: shorter prompts are not worth a file (the memory tier has them).
+        kv_type: the KV cache type of the entries (`MLXOLLAMA_KV_CACHE_TYPE`).
     """
 
-    def __init__(self, folder: Path, max_bytes: int, min_tokens: int = 256):
-        self.folder = Path(folder)
+    def __init__(self, folder: Path, max_bytes: int, min_tokens: int = 256, kv_type: str = "f16"):
+        self.kv_type = kv_type
+        self.folder = Path(folder) if kv_type == "f16" else Path(folder) / kv_type
         self.max_bytes = max_bytes
         self.min_tokens = min_tokens
         self.index: dict[str, list[int]] = {}  # digest -> tokens
@@ -164,6 +173,9 @@ class DiskTier:
             cache, meta = load_prompt_cache(str(path), return_metadata=True)
             if meta.get("tokens") != best:
                 raise ValueError("tokens digest differs")
+            if meta.get("kv_cache_type", "f16") != self.kv_type or not fits(cache, self.kv_type):
+                raise ValueError(f"not a {self.kv_type} KV cache")
+            cache = batchable(cache)
         except Exception as e:  # a corrupt or foreign file: forget it
             log.warning("prompt_cache.bad_file", file=path.name, error=str(e))
             self._remove(best)
@@ -194,7 +206,8 @@ class DiskTier:
             self.folder.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".safetensors")
             os.close(fd)
-            save_prompt_cache(tmp, cache, {"tokens": digest})
+            meta = {"tokens": digest, "kv_cache_type": self.kv_type}
+            save_prompt_cache(tmp, portable(cache), meta)
             meta_fd, meta_tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".json")
             with os.fdopen(meta_fd, "wb") as f:
                 f.write(orjson.dumps({"tokens": list(prompt)}))

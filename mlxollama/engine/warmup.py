@@ -31,10 +31,12 @@ def _prompt(n: int, salt: int) -> list[int]:
     return [10 + (salt * 7 + i * 13) % 200 for i in range(n)]
 
 
-def warm(model, eos: Iterable[int], size: int) -> float:
-    """Run every batch size up to `size` and one full prefill step once; returns seconds."""
+def warm(model, eos: Iterable[int], size: int, kv_type: str = "f16") -> float:
+    """Run every batch size up to `size` and one full prefill step once, with the KV cache
+    type the model's requests use (quantized attention has kernels of its own); returns
+    seconds."""
     tic = time.perf_counter()
-    batch = Batch(model, eos, size)
+    batch = Batch(model, eos, size, kv_type=kv_type)
     try:
         window = PREFILL_STEP * 2 + size + 8
 

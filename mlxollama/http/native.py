@@ -503,6 +503,7 @@ def ps_entry(m: RunningModel) -> api.ProcessModel:
         context_length=m.context_length,
         prompt_cache_size=getattr(m, "prompt_cache", 0) or None,
         weights=getattr(m, "weights", "") or None,
+        kv_cache_type=getattr(m, "kv_cache_type", None),
     )
 
 
