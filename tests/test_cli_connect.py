@@ -195,16 +195,14 @@ def test_ps_prints_ollama_table(daemon):
 
 
 def test_stop_unloads_and_names_unknown_models(daemon):
-    def generate(body):
+    def stop(body):
         if body["model"] == "ghost":
             return 404, {"error": "model 'ghost' not found"}
-        return 200, {"model": body["model"], "done": True, "done_reason": "unload"}
+        return 200, {"model": body["model"], "status": "not_loaded", "running": 0}
 
-    daemon.routes[("POST", "/api/generate")] = generate
+    daemon.routes[("POST", "/api/stop")] = stop
     assert mlxctl("stop", "smollm2").output == ""
-    assert daemon.bodies("/api/generate") == [
-        {"model": "smollm2", "prompt": "", "keep_alive": 0, "stream": False}
-    ]
+    assert daemon.bodies("/api/stop") == [{"model": "smollm2"}]
     out = CliRunner().invoke(cli, ["stop", "ghost"])
     assert out.exit_code == 1 and out.output == 'Error: couldn\'t find model "ghost" to stop\n'
 
@@ -221,7 +219,7 @@ def test_store_verbs_go_through_the_daemon(daemon, tmp_path):
         ]
     }
     daemon.routes[("GET", "/api/tags")] = lambda body: (200, tags)
-    daemon.routes[("POST", "/api/generate")] = lambda body: (404, {"error": "not found"})
+    daemon.routes[("POST", "/api/stop")] = lambda body: (404, {"error": "not found"})
     daemon.routes[("DELETE", "/api/delete")] = lambda body: (200, b"")
     daemon.routes[("POST", "/api/copy")] = lambda body: (200, b"")
     daemon.routes[("POST", "/api/create")] = lambda body: (
@@ -235,7 +233,7 @@ def test_store_verbs_go_through_the_daemon(daemon, tmp_path):
     assert mlxctl("cp", "remote", "copy").output == "copied 'remote' to 'copy'\n"
     assert mlxctl("rm", "copy").output == "deleted 'copy'\n"
     paths = [(r["method"], r["path"]) for r in daemon.requests if r["method"] != "HEAD"]
-    assert paths[-2:] == [("POST", "/api/generate"), ("DELETE", "/api/delete")]
+    assert paths[-2:] == [("POST", "/api/stop"), ("DELETE", "/api/delete")]
     (tmp_path / "w.gguf").write_bytes(b"GGUF fake")
     (tmp_path / "Modelfile").write_text("FROM ./w.gguf\nPARAMETER temperature 0\n")
     out = mlxctl("create", "fake", "-f", str(tmp_path / "Modelfile"))

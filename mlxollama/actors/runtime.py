@@ -333,17 +333,16 @@ class Runtime:
         log.info("request.cancel", request_id=request_id, model=session.model)
         return session.model
 
-    def stop_model(self, name: str) -> tuple[str, int] | None:
+    def stop_model(self, name: str) -> tuple[str, int | None]:
         """Unload model `name` now, or when its running requests end (`ollama stop`).
 
         Returns:
-            (its display name, requests it is still running), or None when it is not loaded.
+            (its display name, requests it is still running: None when it is not loaded).
         Raises:
             InvalidName, ModelNotFound: no such model in the store.
         """
         display = self._store.get(name).name.display()
-        running = self._governor.stop_model(display).get(timeout=30)
-        return None if running is None else (display, running)
+        return display, self._governor.stop_model(display).get(timeout=30)
 
     def residency(self) -> tuple[ModelCounts, ...]:
         """The resident models' counts as the governor last published them (no message)."""

@@ -56,8 +56,9 @@ class Readiness:
 class Stop:
     """POST /api/stop `{"model": NAME}`: unload it, as `ollama stop` does (what `mlxctl stop`
     and `Client.unload` send). An idle model is unloaded now, whatever its keep_alive; a
-    busy one finishes the requests it runs and then unloads (`status` "stopping"). 404 when
-    the model does not exist or is not loaded."""
+    busy one finishes the requests it runs and then unloads (`status` "stopping"); one that
+    is not loaded answers `status` "not_loaded" (a success, as in Ollama). 404 when the model
+    does not exist."""
 
     reads_model = True
 
@@ -68,15 +69,9 @@ class Stop:
         body = read_json(req)
         req.context.log_start(loggable_model(body))
         name = model_field(body)
-        stopped = self.runtime.stop_model(name)
-        if stopped is None:
-            raise falcon.HTTPNotFound(description=f"model '{name}' is not running")
-        display, running = stopped
-        resp.media = {
-            "model": display,
-            "status": "stopping" if running else "unloaded",
-            "running": running,
-        }
+        display, running = self.runtime.stop_model(name)
+        status = "not_loaded" if running is None else "stopping" if running else "unloaded"
+        resp.media = {"model": display, "status": status, "running": running or 0}
 
 
 class RunningRequest:
