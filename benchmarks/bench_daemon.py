@@ -27,41 +27,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_engine import SHAPES, synthetic_folder
 
 
-def stream_once(base: str, prompt: str, n: int) -> tuple[float, float, int]:
-    """One streamed /api/generate: (seconds to first token, decode tok/s, tokens)."""
-    import http.client
+def stream_once(client, prompt: str, n: int) -> tuple[float, float, int]:
+    """One streamed /api/generate: (seconds to first token, decode tok/s by the client's
+    clock, tokens), measured by `mlxollama.bench.stream` as `mlxctl bench` measures."""
+    from mlxollama.bench import stream
 
-    import orjson
-
-    host, port = base.removeprefix("http://").split(":")
-    body = orjson.dumps(
-        {
-            "model": "bench",
-            "prompt": prompt,
-            "raw": True,
-            "options": {"temperature": 0, "num_predict": n},
-        }
-    )
-    conn = http.client.HTTPConnection(host, int(port), timeout=600)
-    tic = time.perf_counter()
-    conn.request("POST", "/api/generate", body, {"Content-Type": "application/json"})
-    response = conn.getresponse()
-    first = last = None
-    count = 0
-    for line in response:
-        part = orjson.loads(line)
-        if "error" in part:
-            raise RuntimeError(part["error"])
-        now = time.perf_counter()
-        if part.get("response"):
-            first = first or now
-            last = now
-        if part.get("done"):
-            count = part["eval_count"]
-    conn.close()
-    first = first or time.perf_counter()
-    last = last or first
-    return first - tic, (count - 1) / max(last - first, 1e-9), count
+    r = stream(client, "bench", prompt, n)
+    return r.ttft, len(r.gaps) / max(sum(r.gaps), 1e-9), r.eval_count
 
 
 def mlx_lm_once(model, tokenizer, prompt: str, n: int) -> tuple[float, float, int]:
@@ -119,22 +91,6 @@ class StackSampler:
             print(f"  {100 * n / max(self.total, 1):5.1f}%  {key}")
 
 
-def concurrent(base: str, prompt: str, n: int, streams: int) -> float:
-    """Aggregate generated tokens/s of `streams` requests started together."""
-    counts = [0] * streams
-
-    def run(i: int) -> None:
-        counts[i] = stream_once(base, prompt, n)[2]
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(streams)]
-    tic = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(counts) / (time.perf_counter() - tic)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -149,6 +105,12 @@ def main() -> None:
     ap.add_argument("--streams", default="1,4,8")
     ap.add_argument("--switch-interval", type=float, help="sys.setswitchinterval for this run")
     ap.add_argument("--sample", action="store_true", help="sample the model thread's stacks")
+    ap.add_argument(
+        "--table",
+        action="store_true",
+        help="also print `mlxctl bench`'s table (-p 512 -n TOKENS -r REPEATS -c STREAMS) "
+        "from this daemon, to compare with the figures above",
+    )
     args = ap.parse_args()
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
@@ -156,7 +118,10 @@ def main() -> None:
     import mlx.core as mx
     import mlx_lm
 
+    from mlxollama import bench
     from mlxollama.actors.runtime import Runtime
+    from mlxollama.bench import concurrent, prompt_of
+    from mlxollama.client import Client
     from mlxollama.config import Config
     from mlxollama.http.app import create_app
     from mlxollama.http.server import make_server, shutdown
@@ -185,19 +150,20 @@ def main() -> None:
         runtime = Runtime(config).start()
         server = make_server(create_app(runtime, config), "127.0.0.1", 0, threads=32)
         threading.Thread(target=server.run, daemon=True).start()
-        base = f"http://127.0.0.1:{server.effective_port}"
+        client = Client(f"127.0.0.1:{server.effective_port}", timeout=600)
 
         # mlx-lm side: the same weights, loaded the way the engine loads them on this device
         lm = load(store, "bench")
-        prompt = "Once upon a time, in a land far away, there lived a " * 8
-        stream_once(base, prompt, 8)  # load the model in the daemon and warm up both sides
+        prompt = prompt_of(64)  # a fresh nonce each: the prompt cache serves no prefix
+        stream_once(client, prompt, 8)  # load the model in the daemon and warm up both sides
         mlx_lm_once(lm.model, lm.tokenizer, prompt, 8)
         daemon, plain = [], []
         for i in range(args.repeats):
             order = (0, 1) if i % 2 == 0 else (1, 0)
+            prompt = prompt_of(64)
             for side in order:
                 if side == 0:
-                    daemon.append(stream_once(base, prompt, args.tokens))
+                    daemon.append(stream_once(client, prompt, args.tokens))
                 else:
                     plain.append(mlx_lm_once(lm.model, lm.tokenizer, prompt, args.tokens))
         med = {
@@ -219,13 +185,21 @@ def main() -> None:
         for n in streams:
             # The first run at a new batch size compiles kernels for its shapes (measured on
             # CUDA: 8 cold streams ran at an eighth of their warm speed), so warm up first.
-            cold = concurrent(base, prompt, args.tokens, n)
+            cold = concurrent(client, "bench", 16, args.tokens, n)
             sampler = StackSampler() if args.sample else contextlib.nullcontext()
             with sampler:
-                rate = concurrent(base, prompt, args.tokens, n)
+                warm = concurrent(client, "bench", 16, args.tokens, n)
             print(
-                f"aggregate through the daemon, {n} stream(s): {rate:.1f} tok/s (cold: {cold:.1f})"
+                f"aggregate through the daemon, {n} stream(s): {warm.tps:.1f} tok/s "
+                f"(cold: {cold.tps:.1f}), TTFT {warm.ttft_ms:.0f} ms, "
+                f"ITL p50 {warm.itl_p50_ms:.1f} ms p99 {warm.itl_p99_ms:.1f} ms"
             )
+        if args.table:
+            system, memory = bench.system_of(client, "this daemon")
+            report = bench.run(
+                client, ["bench"], system, (512,), (args.tokens,), args.repeats, streams, memory
+            )
+            print(bench.to_table(report))
         shutdown(server, runtime)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -217,6 +217,7 @@ class Embedded:
             started_ns=started,
             load_ns=load_ns,
             prompt_cache=self._prompt_cache,
+            prefill_step_size=api.prefill_step(opts),  # one sequence at a time: per request
         )
 
     def _answer(self, request: api.InferenceRequest, kind: str, stream: bool, render):

@@ -100,7 +100,8 @@ class ModelActor(pykka.ThreadingActor):
                     folder = self.store.prompt_cache_dir(self.lm.digest)
                     disk = DiskTier(folder, self.prompt_cache_disk)
                 cache = PromptCache(self.prompt_cache_bytes, disk)
-                self.batch = Batch(self.lm.model, eos, self.num_parallel, cache)
+                step = api.prefill_step(api.merge_options(self.lm.parameters))  # per load
+                self.batch = Batch(self.lm.model, eos, self.num_parallel, cache, step)
         except Exception as e:  # reported, not raised: the governor fails the waiting requests
             log.warning("model.load_failed", model=self.name, error=str(e))
             tell(self.governor, LoadFailed(self.name, e, self.actor_ref))

@@ -173,10 +173,15 @@ class Batch:
         size: sequences generated at once.
         prompt_cache: where finished sequences leave their KV caches and new ones look for
             their prompt's prefix. Default: none (every prompt is prefilled whole).
+        prefill_step: prompt tokens per prefill step (`num_batch`), shared by every sequence
+            of the batch, so it is fixed for the model's load.
     """
 
-    def __init__(self, model, eos: Iterable[int], size: int, prompt_cache=None):
+    def __init__(
+        self, model, eos: Iterable[int], size: int, prompt_cache=None, prefill_step=PREFILL_STEP
+    ):
         self.model = model
+        self.prefill_step = prefill_step
         self.eos = sorted(eos)
         self.size = size
         self.prompt_cache: PromptCache | None = prompt_cache
@@ -192,7 +197,7 @@ class Batch:
             stop_tokens=[[t] for t in self.eos],
             completion_batch_size=self.size,
             prefill_batch_size=self.size,
-            prefill_step_size=PREFILL_STEP,
+            prefill_step_size=self.prefill_step,
         )
 
     def add(self, key: int, seq: Sequence) -> int:
@@ -203,7 +208,7 @@ class Batch:
         if self.prompt_cache is not None:
             cache, cached = self.prompt_cache.fetch(seq.prompt)
         if not self.seqs and len(seq.prompt) - cached <= SOLO_MAX_PROMPT:
-            solo = Solo(self.model, seq, self.eos, SOLO_MAX_PROMPT, cache, cached)
+            solo = Solo(self.model, seq, self.eos, self.prefill_step, cache, cached)
             self.solo = (key, solo)
         else:
             self._to_batch()  # a second sequence: the solo one joins the batch first
