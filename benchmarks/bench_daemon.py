@@ -51,6 +51,93 @@ def mlx_lm_once(model, tokenizer, prompt: str, n: int) -> tuple[float, float, in
     return first - tic, (count - 1) / max(end - first, 1e-9), count
 
 
+def dense_folder(lm, store, stored, out: Path) -> Path:
+    """The weights as the engine holds them (float32 on the CPU backend), saved as an mlx-lm
+    folder: `mlx_lm.server` then serves exactly what the daemon serves."""
+    import json
+
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from mlxollama.store import manifests as mt
+
+    out.mkdir(parents=True, exist_ok=True)
+    config = {k: v for k, v in lm.model_config.items() if not k.startswith("quantization")}
+    (out / "config.json").write_text(json.dumps(config))
+    for layer in stored.manifest.layers_of(mt.FILE_MEDIA_TYPE):
+        shutil.copy(store.blobs.path(layer.digest), out / layer.name)
+    mx.save_safetensors(str(out / "model.safetensors"), dict(tree_flatten(lm.model.parameters())))
+    return out
+
+
+@contextlib.contextmanager
+def mlx_lm_server(folder: Path):
+    """`mlx_lm.server` on `folder` in a child process (with OpenBLAS loaded first, as the
+    daemon has it); yields its base URL."""
+    import socket
+    import subprocess
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = "import mlxollama.engine; from mlx_lm.server import main; main()"
+    args = ["--model", str(folder), "--port", str(port), "--log-level", "WARNING"]
+    child = subprocess.Popen([sys.executable, "-c", code, *args])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                httpx.get(base + "/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield base
+    finally:
+        child.terminate()
+        child.wait()
+
+
+def mlx_lm_stream(base: str, prompt: str, n: int) -> int:
+    """One streamed /v1/completions from mlx_lm.server: the tokens it generated."""
+    import httpx
+    import orjson
+
+    body = {
+        "prompt": prompt,
+        "max_tokens": n,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    tokens = 0
+    with httpx.stream("POST", base + "/v1/completions", json=body, timeout=600) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                usage = orjson.loads(line[6:]).get("usage")
+                tokens = usage["completion_tokens"] if usage else tokens
+    return tokens
+
+
+def mlx_lm_concurrent(base: str, n: int, streams: int) -> float:
+    """Aggregate generated tokens/s of `streams` completions started together."""
+    from mlxollama.bench import prompt_of
+
+    counts = [0] * streams
+
+    def run(i: int) -> None:
+        counts[i] = mlx_lm_stream(base, prompt_of(16), n)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(streams)]
+    tic = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - tic)
+
+
 class StackSampler:
     """Samples where the model actor's thread is, every `interval` seconds: a poor man's
     profiler that needs nothing installed on the benchmark host."""
@@ -106,6 +193,17 @@ def main() -> None:
     ap.add_argument("--switch-interval", type=float, help="sys.setswitchinterval for this run")
     ap.add_argument("--sample", action="store_true", help="sample the model thread's stacks")
     ap.add_argument(
+        "--against-server",
+        action="store_true",
+        help="also run mlx_lm.server on the same (dense) weights and compare the aggregate "
+        "tok/s of each stream count, interleaved, --repeats times",
+    )
+    ap.add_argument(
+        "--num-parallel",
+        default=None,
+        help="MLXOLLAMA_NUM_PARALLEL for the daemon (default: the largest --streams)",
+    )
+    ap.add_argument(
         "--table",
         action="store_true",
         help="also print `mlxctl bench`'s table (-p 512 -n TOKENS -r REPEATS -c STREAMS) "
@@ -143,7 +241,7 @@ def main() -> None:
         config = Config.from_env(
             {
                 "MLXOLLAMA_MODELS": str(work / "store"),
-                "MLXOLLAMA_NUM_PARALLEL": str(max(streams)),
+                "MLXOLLAMA_NUM_PARALLEL": args.num_parallel or str(max(streams)),
                 "MLXOLLAMA_KEEP_ALIVE": "-1",
             }
         )
@@ -194,6 +292,26 @@ def main() -> None:
                 f"(cold: {cold.tps:.1f}), TTFT {warm.ttft_ms:.0f} ms, "
                 f"ITL p50 {warm.itl_p50_ms:.1f} ms p99 {warm.itl_p99_ms:.1f} ms"
             )
+        if args.against_server:
+            folder = dense_folder(lm, store, store.get("bench"), work / "dense")
+            with mlx_lm_server(folder) as lm_base:
+                print(f"daemon NUM_PARALLEL {config.num_parallel} against mlx_lm.server:")
+                for n in streams:
+                    mlx_lm_concurrent(lm_base, args.tokens, n)  # warm both at this shape
+                    concurrent(client, "bench", 16, args.tokens, n)
+                    ours, theirs = [], []
+                    for i in range(args.repeats):
+                        for side in (0, 1) if i % 2 == 0 else (1, 0):
+                            if side == 0:
+                                ours.append(concurrent(client, "bench", 16, args.tokens, n).tps)
+                            else:
+                                theirs.append(mlx_lm_concurrent(lm_base, args.tokens, n))
+                    a, b = statistics.median(ours), statistics.median(theirs)
+                    print(
+                        f"  {n} stream(s): daemon {a:.1f} tok/s, mlx_lm.server {b:.1f} tok/s, "
+                        f"ratio {a / b:.2f} (runs: {[round(x, 1) for x in ours]} / "
+                        f"{[round(x, 1) for x in theirs]})"
+                    )
         if args.table:
             system, memory = bench.system_of(client, "this daemon")
             report = bench.run(

@@ -83,7 +83,8 @@ ENVIRONMENT = "Environment:\n\n" + settings_table().replace("\n", "\n\n")
 )
 def cli() -> None:
     """Run MLX models with Ollama's workflow: serve, pull, push, create, run, ps, stop, list,
-    show, cp, rm; import-ollama brings over the models of an Ollama store.
+    show, cp, rm; import-ollama brings over the models of an Ollama store; bench measures
+    tokens/s.
 
     Verbs talk to the daemon at MLXOLLAMA_HOST when one answers; otherwise they work on the
     local store in this process (ps and stop need the daemon; pack, import-ollama and verify
@@ -562,13 +563,13 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
 
 @cli.command()
 @click.argument("models", nargs=-1, required=True)
-@click.option("-p", "--n-prompt", "prompts", default="512", callback=_sizes, show_default=True,
+@click.option("-p", "--n-prompt", "prompts", default="512", callback=_sizes, show_default=True, metavar="N[,N...]",
               help="Prompt sizes to prefill (pp), a comma list.")  # fmt: skip
-@click.option("-n", "--n-gen", "gens", default="128", callback=_sizes, show_default=True,
+@click.option("-n", "--n-gen", "gens", default="128", callback=_sizes, show_default=True, metavar="N[,N...]",
               help="Token counts to generate (tg), a comma list.")  # fmt: skip
 @click.option("-r", "--repetitions", type=click.IntRange(1, 1000), default=5, show_default=True,
               help="Runs of each test (after one warm-up).")  # fmt: skip
-@click.option("-c", "--concurrency", "streams", default="1,4,8", callback=_sizes,
+@click.option("-c", "--concurrency", "streams", default="1,4,8", callback=_sizes, metavar="N[,N...]",
               show_default=True, help="Concurrent streams of the sweep, a comma list.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
