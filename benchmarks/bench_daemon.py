@@ -84,19 +84,20 @@ def mlx_lm_server(folder: Path):
         port = s.getsockname()[1]
     code = "import mlxollama.engine; from mlx_lm.server import main; main()"
     args = ["--model", str(folder), "--port", str(port), "--log-level", "WARNING"]
-    child = subprocess.Popen([sys.executable, "-c", code, *args])
     base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                httpx.get(base + "/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        yield base
-    finally:
-        child.terminate()
-        child.wait()
+    with open(folder / "server.log", "wb") as log:  # its access log, one line per request
+        child = subprocess.Popen([sys.executable, "-c", code, *args], stderr=log)
+        try:
+            for _ in range(600):
+                try:
+                    httpx.get(base + "/health", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            yield base
+        finally:
+            child.terminate()
+            child.wait()
 
 
 def mlx_lm_stream(base: str, prompt: str, n: int) -> int:
