@@ -35,7 +35,7 @@ OPTION_TYPES: dict[str, type] = {
     "presence_penalty": float,
     "frequency_penalty": float,
     "stop": list,
-    # load time in Ollama; accepted here, only num_ctx has an effect
+    # load time in Ollama; accepted here, only num_ctx and num_batch have an effect
     "num_ctx": int,
     "num_batch": int,
     "num_gpu": int,
@@ -84,6 +84,10 @@ DEPRECATED_OPTIONS = frozenset(
 )
 
 
+# The prefill step's cap: its activations grow with it, and past a few thousand tokens a
+# larger step gains nothing (docs/engine.md).
+MAX_NUM_BATCH = 8192
+
 INT64 = 2**63  # Ollama's ints are Go int64: beyond them a value is not an int
 FLOAT32_MAX = 3.4028234663852886e38  # and its floats float32
 
@@ -97,6 +101,7 @@ OPTION_RANGES: dict[str, tuple[float | None, float | None]] = {
     "typical_p": (0.0, 1.0),
     "repeat_last_n": (-1, None),
     "repeat_penalty": (0.0, None),
+    "num_batch": (1, MAX_NUM_BATCH),
 }
 
 
@@ -185,6 +190,12 @@ def merge_options(*layers: dict[str, Any] | None) -> dict[str, Any]:
     for layer in layers:
         merged.update(layer or {})
     return merged
+
+
+def prefill_step(options: dict[str, Any]) -> int:
+    """Prompt tokens per prefill step: Ollama's `num_batch` (validated by coerce_option)."""
+    n = options.get("num_batch")
+    return n if isinstance(n, int) else DEFAULT_OPTIONS["num_batch"]
 
 
 def context_size(options: dict[str, Any], default: int) -> int:

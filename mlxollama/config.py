@@ -39,7 +39,12 @@ SETTINGS = (
     Setting(
         "MLXOLLAMA_MAX_LOADED_MODELS", "3", "Models loaded at once; the idle LRU one is evicted."
     ),
-    Setting("MLXOLLAMA_NUM_PARALLEL", "4", "Requests each model generates at once (one batch)."),
+    Setting(
+        "MLXOLLAMA_NUM_PARALLEL",
+        "auto",
+        "Requests each model generates at once (one batch); auto: from the memory budget, "
+        "16 from 32 GiB, 8 from 8 GiB, 4 from 4 GiB, else 1.",
+    ),
     Setting(
         "MLXOLLAMA_MAX_QUEUE",
         "512",
@@ -187,7 +192,7 @@ class Config:
             models=Path(get["MODELS"]).expanduser(),
             keep_alive=_seconds("KEEP_ALIVE", get["KEEP_ALIVE"]),
             max_loaded_models=_positive("MAX_LOADED_MODELS", get["MAX_LOADED_MODELS"]),
-            num_parallel=_positive("NUM_PARALLEL", get["NUM_PARALLEL"]),
+            num_parallel=_parallel(get["NUM_PARALLEL"], memory),
             max_queue=_positive("MAX_QUEUE", get["MAX_QUEUE"]),
             load_timeout=_seconds("LOAD_TIMEOUT", get["LOAD_TIMEOUT"]),
             max_memory=None if memory == "auto" else _bytes("MAX_MEMORY", memory),
@@ -226,6 +231,21 @@ def _raw(name: str, env: dict[str, str] | None) -> str:
     """A setting's text: the environment's value, or the table's default when unset or empty."""
     env = os.environ if env is None else env
     return env.get(name) or _DEFAULTS[name]
+
+
+def _parallel(value: str, memory: str) -> int:
+    """NUM_PARALLEL, or for `auto` a batch size the memory budget affords (MAX_MEMORY, else
+    90% of RAM, read without importing MLX): a batch of 8 decodes 8 streams in one wave, where
+    4 ran them in two and gave 0.64x mlx_lm.server's tok/s (docs/benchmarks.md); each slot
+    reserves a full context's KV cache in the budget's estimate, so small budgets get fewer."""
+    if value.strip().lower() != "auto":
+        return _positive("NUM_PARALLEL", value)
+    if memory == "auto":
+        budget = 0.9 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    else:
+        budget = _bytes("MAX_MEMORY", memory)
+    gib = budget / 2**30
+    return 16 if gib >= 32 else 8 if gib >= 8 else 4 if gib >= 4 else 1
 
 
 def _positive(name: str, value: str) -> int:

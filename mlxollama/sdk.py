@@ -219,6 +219,7 @@ class Embedded:
             load_ns=load_ns,
             prompt_cache=self._prompt_cache,
             kv_type=self.config.kv_cache_type,
+            prefill_step_size=api.prefill_step(opts),  # one sequence at a time: per request
         )
 
     def _answer(self, request: api.InferenceRequest, kind: str, stream: bool, render):

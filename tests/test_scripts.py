@@ -246,7 +246,12 @@ def test_serve_and_ps_say_the_backend_and_blas(tmp_path, store_root):
         d.srv.close()
         d.runtime.stop()
     info = orjson.loads(body)["mlxollama"]
-    assert info == engine.describe() and info["backend"] in ("cpu", "metal", "cuda")
+    assert info["peak_memory"] >= info["active_memory"] > 0
+    assert {k: info[k] for k in engine.describe()} == engine.describe() and info["backend"] in (
+        "cpu",
+        "metal",
+        "cuda",
+    )
     blas = info["blas"]
     assert blas == engine.BLAS if engine.BLAS else blas.startswith(("none", "Accelerate"))
     assert out.returncode == 0

@@ -112,7 +112,10 @@ class ModelActor(pykka.ThreadingActor):
                     folder = self.store.prompt_cache_dir(self.lm.digest)
                     disk = DiskTier(folder, self.prompt_cache_disk, kv_type=self.kv_cache_type)
                 cache = PromptCache(self.prompt_cache_bytes, disk, self.kv_cache_type)
-                self.batch = Batch(self.lm.model, eos, self.num_parallel, cache, self.kv_cache_type)
+                step = api.prefill_step(api.merge_options(self.lm.parameters))  # per load
+                self.batch = Batch(
+                    self.lm.model, eos, self.num_parallel, cache, self.kv_cache_type, step
+                )
                 self._warm()
         except Exception as e:  # reported, not raised: the governor fails the waiting requests
             log.warning("model.load_failed", model=self.name, error=str(e))

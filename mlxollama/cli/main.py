@@ -83,7 +83,8 @@ ENVIRONMENT = "Environment:\n\n" + settings_table().replace("\n", "\n\n")
 )
 def cli() -> None:
     """Run MLX models with Ollama's workflow: serve, pull, push, create, run, ps, stop, list,
-    show, cp, rm; import-ollama brings over the models of an Ollama store.
+    show, cp, rm; import-ollama brings over the models of an Ollama store; bench measures
+    tokens/s.
 
     Verbs talk to the daemon at MLXOLLAMA_HOST when one answers; otherwise they work on the
     local store in this process (ps and stop need the daemon; pack, import-ollama and verify
@@ -547,3 +548,51 @@ def _settings(settings: dict) -> dict:
 
 if __name__ == "__main__":
     cli()
+
+
+def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    """A comma list of positive integers (llama-bench's `-p 128,512`)."""
+    try:
+        sizes = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma list of integers") from None
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter(f"{value!r}: every size must be at least 1")
+    return sizes
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("-p", "--n-prompt", "prompts", default="512", callback=_sizes, show_default=True, metavar="N[,N...]",
+              help="Prompt sizes to prefill (pp), a comma list.")  # fmt: skip
+@click.option("-n", "--n-gen", "gens", default="128", callback=_sizes, show_default=True, metavar="N[,N...]",
+              help="Token counts to generate (tg), a comma list.")  # fmt: skip
+@click.option("-r", "--repetitions", type=click.IntRange(1, 1000), default=5, show_default=True,
+              help="Runs of each test (after one warm-up).")  # fmt: skip
+@click.option("-c", "--concurrency", "streams", default="1,4,8", callback=_sizes, metavar="N[,N...]",
+              show_default=True, help="Concurrent streams of the sweep, a comma list.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
+@embedded_option
+def bench(models, prompts, gens, repetitions, streams, as_json, as_csv, embedded) -> None:
+    """Measure prompt processing (pp) and generation (tg) tokens/s, llama-bench style, and
+    a concurrency sweep (aggregate tok/s, TTFT, inter-token latency); through the daemon
+    when one runs, else in this process (which runs one stream at a time)."""
+    from mlxollama import bench as b
+
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv exclude each other")
+    client = connect(embedded, announce=True)
+    via = f"daemon at {client.host}" if is_daemon(client) else "embedded"
+    if not is_daemon(client) and max(streams) > 1:
+        click.echo("in-process runs one stream at a time: sweeping 1 stream only", err=True)
+        streams = (1,)
+    system, memory = b.system_of(client, via)
+    say = (lambda line: click.echo(line, err=True)) if sys.stderr.isatty() else (lambda _: None)
+    report = b.run(client, models, system, prompts, gens, repetitions, streams, memory, say)
+    if as_json:
+        click.echo(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
+    elif as_csv:
+        click.echo(b.to_csv(report), nl=False)
+    else:
+        click.echo(b.to_table(report))

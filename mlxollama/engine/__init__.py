@@ -73,11 +73,25 @@ if _IMPORTED_LATE and BLAS:
 def describe() -> dict[str, str]:
     """What runs the models, as `mlxctl serve` logs it and `/api/version` reports it:
     `backend` (cpu, metal or cuda), `blas` (the loaded library's path, or why none) and
-    `mlx` (its version). Imports MLX."""
+    `mlx` and `mlx_lm` (their versions). Imports MLX."""
     import mlx.core as mx
+    from mlx_lm import __version__ as mlx_lm_version
 
     if mx.default_device().type == mx.cpu:
         backend = "cpu"
     else:
         backend = "metal" if sys.platform == "darwin" else "cuda"
-    return {"backend": backend, "blas": BLAS or _NO_BLAS, "mlx": mx.__version__}
+    return {
+        "backend": backend,
+        "blas": BLAS or _NO_BLAS,
+        "mlx": mx.__version__,
+        "mlx_lm": mlx_lm_version,
+    }
+
+
+def memory() -> dict[str, int]:
+    """MLX's allocator in bytes: `active_memory` now and `peak_memory` since the process
+    started (what `mlxctl bench` reports). A query of counters, safe from any thread."""
+    import mlx.core as mx
+
+    return {"active_memory": mx.get_active_memory(), "peak_memory": mx.get_peak_memory()}

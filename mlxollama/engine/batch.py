@@ -184,13 +184,22 @@ class Batch:
             their prompt's prefix. Default: none (every prompt is prefilled whole).
         kv_type: every sequence's KV cache type (`MLXOLLAMA_KV_CACHE_TYPE`); a quantized
             one batches through `engine.kv_quant.BatchQuantizedKVCache`.
+        prefill_step: prompt tokens per prefill step (`num_batch`), shared by every sequence
+            of the batch, so it is fixed for the model's load.
     """
 
     def __init__(
-        self, model, eos: Iterable[int], size: int, prompt_cache=None, kv_type: str = "f16"
+        self,
+        model,
+        eos: Iterable[int],
+        size: int,
+        prompt_cache=None,
+        kv_type: str = "f16",
+        prefill_step: int = PREFILL_STEP,
     ):
         self.model = model
         self.kv_type = kv_type
+        self.prefill_step = prefill_step
         self.eos = sorted(eos)
         self.size = size
         self.prompt_cache: PromptCache | None = prompt_cache
@@ -208,7 +217,7 @@ class Batch:
             stop_tokens=[[t] for t in self.eos],
             completion_batch_size=self.size,
             prefill_batch_size=self.size,
-            prefill_step_size=PREFILL_STEP,
+            prefill_step_size=self.prefill_step,
         )
 
     def add(self, key: int, seq: Sequence) -> int:
@@ -219,7 +228,7 @@ class Batch:
         if self.prompt_cache is not None:
             cache, cached = self.prompt_cache.fetch(seq.prompt)
         if self.trimmable and not self.seqs and len(seq.prompt) - cached <= SOLO_MAX_PROMPT:
-            solo = Solo(self.model, seq, self.eos, SOLO_MAX_PROMPT, cache, cached, self.kv_type)
+            solo = Solo(self.model, seq, self.eos, self.prefill_step, cache, cached, self.kv_type)
             self.solo = (key, solo)
         else:
             self._to_batch()  # a second sequence: the solo one joins the batch first

@@ -159,13 +159,13 @@ class Health:
 
 class Version:
     """Ollama's `{"version": ...}`, plus an `mlxollama` object (the engine's backend, BLAS and
-    MLX version): how `mlxctl` tells this daemon from any other server on its port, and what
-    `mlxctl ps` shows of the engine."""
+    MLX version, MLX's active and peak memory): how `mlxctl` tells this daemon from any other
+    server on its port, and what `mlxctl ps` and `mlxctl bench` show of the engine."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         from mlxollama import engine  # loaded already in the daemon; cached after the first
 
-        resp.media = {"version": __version__, "mlxollama": engine.describe()}
+        resp.media = {"version": __version__, "mlxollama": {**engine.describe(), **engine.memory()}}
 
     on_head = on_get
 
