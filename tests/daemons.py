@@ -63,15 +63,18 @@ class Daemon(SimpleNamespace):
         return [orjson.loads(line) for line in self.log_path.read_bytes().splitlines()]
 
 
-def start_daemon(root: Path, pull=None, push=None, **env) -> Daemon:
+def start_daemon(root: Path, pull=None, push=None, threads: int | None = None, **env) -> Daemon:
     """A daemon on the store at `root`; `env` are settings without the prefix
-    (`num_parallel=8`); `pull`/`push` replace the registry functions (fakes)."""
+    (`num_parallel=8`); `pull`/`push` replace the registry functions (fakes); `threads`:
+    waitress's worker threads (default: what `mlxctl serve` starts)."""
     settings = {"MLXOLLAMA_MODELS": str(root)}
     settings.update({f"MLXOLLAMA_{k.upper()}": str(v) for k, v in env.items()})
     config = Config.from_env(settings)
     log.configure(root / "logs", console=False)
     runtime = Runtime(config, pull=pull, push=push).start()
-    srv = make_server(create_app(runtime, config), "127.0.0.1", 0, threads=thread_count(config))
+    srv = make_server(
+        create_app(runtime, config), "127.0.0.1", 0, threads=threads or thread_count(config)
+    )
     threading.Thread(target=srv.run, name="waitress", daemon=True).start()
     return Daemon(
         runtime=runtime,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pykka
 import pytest
 
-from mlxollama.actors.governor import BUSY, GovernorActor
+from mlxollama.actors.governor import BUSY, GovernorActor, Occupancy
 from mlxollama.actors.messages import (
     Admission,
     EmptyAnswer,
@@ -329,3 +329,23 @@ def test_empty_requests_load_and_unload(start):
     assert wait_until(lambda: loader.unloaded == ["a"])
     reply, _ = acquire(gov, "ghost", empty=True, keep_alive=0)  # nothing to unload
     assert reply.next() == EmptyAnswer("unload", 0) and loader.loads == ["a"]
+
+
+def test_a_held_reservation_counts_until_taken_or_given_back():
+    """`Occupancy.hold` (the HTTP layer's count of a request it is still reading): it counts
+    like `reserve`; `release` gives it back once; `take` keeps it for the submitter, or gives
+    it back when the request resolved to another model."""
+    occupancy = Occupancy(
+        Config.from_env({"MLXOLLAMA_NUM_PARALLEL": "1", "MLXOLLAMA_MAX_QUEUE": "1"})
+    )
+    first, second = occupancy.hold("a"), occupancy.hold("a")
+    assert first and second and occupancy.hold("a") is None  # the model's batch + queue: 2
+    second.release()
+    second.release()  # idempotent: one count back, not two
+    third = occupancy.hold("a")
+    assert third and occupancy.hold("a") is None
+    assert first.take("a") and not first.take("a")  # taken once; then it is the submitter's
+    first.release()  # a taken reservation is no longer the holder's to give back
+    assert occupancy.hold("a") is None
+    assert not third.take("b")  # resolved to another model: given back
+    assert occupancy.hold("a") and occupancy.hold("b")

@@ -148,6 +148,80 @@ def test_a_full_queue_answers_503_at_once_and_admitted_requests_complete(tiny_da
     assert len(rejects) == 4
 
 
+def answer_of(sock: socket.socket) -> tuple[int, dict]:
+    """The status and JSON body of a whole (non-streamed) answer on a raw socket."""
+    buf = b""
+    while True:
+        head, _, body = buf.partition(b"\r\n\r\n")
+        length = re.search(rb"Content-Length: (\d+)", head, re.IGNORECASE)
+        if length and len(body) >= int(length.group(1)):
+            return int(head.split()[1]), orjson.loads(body)
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed before a whole answer: {buf[:300]!r}"
+        buf += chunk
+
+
+def test_overflow_is_refused_while_every_worker_thread_is_busy(tiny_daemon):
+    """The burst's overflow is answered by waitress's I/O thread as it reads the request
+    (`http/admission.py`). It failed before: with both worker threads serving the admitted
+    requests, a 503 waited for one of them to finish (here: the whole 1500-token stream)."""
+    d = tiny_daemon(num_parallel=1, max_queue=1, threads=2)
+    assert d.client().generate("tiny-a", "").done_reason == "load"
+    for _ in range(3):  # bad options: 400, and the reservation each made is given back
+        status, _, data = d.call(
+            "POST", "/api/generate", {"model": "tiny-a", "prompt": "x", "options": {"min_p": 2}}
+        )
+        assert status == 400, data
+    options = {**GREEDY, "num_predict": 1500, "num_ctx": 2048}
+    running = raw_post(
+        d.port, "/api/generate", {"model": "tiny-a", "prompt": "hi", "options": options}
+    )
+    read_lines(running, 2)
+    small = {**GREEDY, "num_predict": 5}
+    queued = raw_post(
+        d.port,
+        "/api/generate",
+        {"model": "tiny-a", "prompt": "hi", "stream": False, "options": small},
+    )
+    assert wait_until(lambda: d.active() == 2, 10), d.runtime.ps()
+
+    chat = {"model": "tiny-a", "messages": [{"role": "user", "content": "x"}]}
+    shapes = {
+        "/api/generate": ({"model": "tiny-a", "prompt": "x"}, {"error": BUSY_TEXT}),
+        "/api/chat": (chat, {"error": BUSY_TEXT}),
+        "/v1/chat/completions": (chat, "api_error"),
+        "/v1/messages": ({**chat, "max_tokens": 5}, "overloaded_error"),
+    }
+    for path, (body, expected) in shapes.items():
+        t0 = time.perf_counter()
+        sock = raw_post(d.port, path, body)
+        sock.settimeout(5)
+        status, answer = answer_of(sock)
+        elapsed = time.perf_counter() - t0
+        sock.close()
+        assert status == 503 and elapsed < 0.5, (path, status, answer, elapsed)
+        if isinstance(expected, dict):
+            assert answer == expected
+        else:
+            assert expected in orjson.dumps(answer).decode(), (path, answer)
+    assert d.active() == 2  # the admitted two were never disturbed
+
+    running.close()  # the stream is cancelled; the queued request runs and answers
+    queued.settimeout(60)
+    status, answer = answer_of(queued)
+    assert status == 200 and answer["done"] and answer["eval_count"] == 5, answer
+    assert wait_until(lambda: d.active() == 0, 5)
+    rejects = [e for e in d.events() if e["event"] == "queue.reject"]
+    assert len(rejects) == len(shapes)
+    # nothing stays reserved: the model's batch and queue take two requests again
+    status, _, data = d.call(
+        "POST",
+        "/api/generate",
+        {"model": "tiny-a", "prompt": "x", "stream": False, "options": small},
+    )
+    assert status == 200, data
+
+
 def test_killed_streams_free_their_slots_within_a_second(tiny_daemon):
     d = tiny_daemon(num_parallel=20, max_queue=4)
     client = d.client()

@@ -45,8 +45,9 @@ def test_daemon_json_and_table(daemon, monkeypatch):
     assert system["mlx"] and system["mlx_lm"] and system["peak_memory"] > 0
     tests = {t["test"]: t for t in report["tests"]}
     assert set(tests) == {"pp16", "tg8"}
-    # the nonce keeps the prompt cache out: every repetition prefilled the whole prompt
-    assert 12 <= tests["pp16"]["n_prompt"] <= 20 and len(tests["pp16"]["samples"]) == 2
+    # the nonce keeps the prompt cache out: every repetition prefilled the whole prompt (its 8
+    # hex digits are 2 to 8 tokens, so the count moves a little around 16)
+    assert 12 <= tests["pp16"]["n_prompt"] <= 24 and len(tests["pp16"]["samples"]) == 2
     assert all(t["tps_mean"] > 0 and t["weights"] == "Q4_1" for t in tests.values())
     sweeps = report["concurrency"]
     assert [s["streams"] for s in sweeps] == [1, 2]

@@ -99,7 +99,7 @@ class FakeRuntime:
     def store(self) -> Store:
         return self._store
 
-    def submit(self, request):
+    def submit(self, request, reservation=None):
         self.requests.append(request)
         if self.busy:
             raise Busy("the queue is full")

@@ -148,6 +148,12 @@ class Occupancy:
         """Forget a reservation whose `acquire` was never sent."""
         self.publish(None, name)
 
+    def hold(self, name: str) -> Reservation | None:
+        """`reserve` for a request that is not being submitted yet (the HTTP layer admits
+        a burst as it reads it): the reservation is the submitter's once it `take`s it,
+        and counts for nothing once `release`d. None: the governor would refuse it."""
+        return Reservation(self, name) if self.reserve(name) else None
+
     def publish(self, governor: GovernorActor | None, settled: str | None = None) -> None:
         """The governor's new counts (and the reservation its ask just settled)."""
         with self._lock:
@@ -181,6 +187,40 @@ class Occupancy:
         for name, n in waiting.items():
             out.append(ModelCounts(name, "waiting", 0, n, 0))
         return tuple(out)
+
+
+class Reservation:
+    """A count `Occupancy.hold` made for model `name`, held until a submitter takes it
+    (then `acquire` settles it, as a `reserve` of its own) or its holder releases it (the
+    request never got that far). Either happens once, from any thread."""
+
+    def __init__(self, occupancy: Occupancy, name: str):
+        self.name = name
+        self._occupancy: Occupancy | None = occupancy
+        self._lock = threading.Lock()
+
+    def take(self, name: str) -> bool:
+        """Whether this reservation now counts the submitter's request to `name`; a
+        reservation for another name (the one the model resolved to had changed) or one
+        already released is released, and False says to `reserve` afresh."""
+        occupancy = self._claim()
+        if occupancy is None:
+            return False
+        if name == self.name:
+            return True
+        occupancy.settle(self.name)
+        return False
+
+    def release(self) -> None:
+        """Give the count back, unless it was taken (idempotent)."""
+        occupancy = self._claim()
+        if occupancy is not None:
+            occupancy.settle(self.name)
+
+    def _claim(self) -> Occupancy | None:
+        with self._lock:
+            occupancy, self._occupancy = self._occupancy, None
+            return occupancy
 
 
 class GovernorActor(pykka.ThreadingActor):

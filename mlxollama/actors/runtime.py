@@ -24,7 +24,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
 import structlog
@@ -43,6 +43,9 @@ from mlxollama.recipes.buildspec import BuildSpec
 from mlxollama.store.info import text_layers
 from mlxollama.store.names import parse_name
 from mlxollama.store.store import Store, StoredModel
+
+if TYPE_CHECKING:
+    from mlxollama.actors.governor import Reservation
 
 __all__ = ["DONE", "RunningModel", "Runtime", "Session"]
 
@@ -130,6 +133,26 @@ class RunningModel:
     kv_cache_type: str | None = None  # MLXOLLAMA_KV_CACHE_TYPE; None: no KV cache (encoder)
 
 
+class Names:
+    """The names clients sent and the display names they resolved to, so that `hold` can
+    count a request without touching the store; bounded (cleared when full). A stale entry
+    only costs a reservation that `submit` gives back."""
+
+    LIMIT = 1024
+
+    def __init__(self) -> None:
+        self._names: dict[str, str] = {}
+
+    def remember(self, given: str, display: str) -> None:
+        if self._names.get(given) != display:
+            if len(self._names) >= self.LIMIT:
+                self._names.clear()
+            self._names[given] = display
+
+    def get(self, given: str) -> str | None:
+        return self._names.get(given)
+
+
 class Runtime:
     """Starts and stops the actors; the one object `http/` and `mlxctl serve` hold.
 
@@ -167,6 +190,7 @@ class Runtime:
         self.governor = None
         self.occupancy = None
         self.store_actor = None
+        self._names = Names()  # names clients used -> display names they resolved to
 
     def start(self) -> Runtime:
         from mlxollama.actors.governor import GovernorActor, Occupancy
@@ -207,8 +231,11 @@ class Runtime:
 
     # -- inference ---------------------------------------------------------------------------
 
-    def submit(self, request: InferenceRequest) -> Session:
+    def submit(self, request: InferenceRequest, reservation: Reservation | None = None) -> Session:
         """Admit a generate, chat or embed request.
+
+        `reservation`: the count `hold` made for it while the HTTP layer read it; taken
+        here when it is for the model the request resolves to, else released.
 
         An empty request (no prompt / no messages) loads the model, or unloads it when
         `keep_alive` is 0; its session yields one final chunk with `done_reason` "load" or
@@ -231,6 +258,7 @@ class Runtime:
         stored = self._store.get(request.model)
         info = self._store.config(stored)
         name = stored.name.display()
+        self._names.remember(request.model, name)
         request.require(name, info.get("capabilities", ["completion"]))
         if request.kind != "embed":
             check(request, str(stored.name), capabilities(self._store, stored))
@@ -274,7 +302,7 @@ class Runtime:
         def cancel_model(aid: int) -> None:
             tell(governor, Withdraw(name, aid))
 
-        self._reserve(name, request)
+        self._reserve(name, request, reservation)
         try:
             if request.kind == "embed":  # one answer, nothing to detokenize: no session thread
                 session_ref = DirectReply(admission_id, out, cancel_model)
@@ -364,14 +392,32 @@ class Runtime:
             os.unlink(path)
         return True
 
-    def _reserve(self, name: str, request: InferenceRequest) -> None:
-        """Refuse in this thread what the governor would refuse (see `Occupancy`).
+    def hold(self, model: str) -> Reservation | bool | None:
+        """Count a non-empty request for `model` before it is parsed (the HTTP layer's
+        I/O thread, `http/admission.py`), for `submit` to take.
+
+        Returns:
+            a Reservation; False: the governor would refuse it now (503); None: `model` is
+            not a name a request resolved before (nothing counted: `submit` decides).
+        """
+        name = self._names.get(model)
+        if name is None or self.occupancy is None:
+            return None
+        return self.occupancy.hold(name) or False
+
+    def _reserve(
+        self, name: str, request: InferenceRequest, reservation: Reservation | None
+    ) -> None:
+        """Refuse in this thread what the governor would refuse (see `Occupancy`), unless
+        the request came with its count already reserved.
 
         Raises:
             Busy: the daemon or the model's batch and queue are full.
         """
         from mlxollama.actors.governor import BUSY
 
+        if reservation is not None and reservation.take(name):
+            return
         if not self.occupancy.reserve(name, request.empty):
             log.warning("queue.reject", model=name, request_id=request.request_id)
             raise Busy(BUSY)

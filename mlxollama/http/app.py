@@ -34,6 +34,7 @@ from mlxollama.http import (
     responses,
     transfer,
 )
+from mlxollama.http.admission import Admission
 from mlxollama.metrics import Metrics
 
 log = structlog.get_logger("mlxollama.http")
@@ -171,15 +172,21 @@ class Version:
 
 
 class DaemonApp(falcon.App):
-    """Falcon's App, carrying the checks the server runs on a request's headers alone
-    (`mlxollama.http.channel`): `guards` (Host, Origin, API key) and `body_limit`."""
+    """Falcon's App, carrying the checks the server runs while it reads a request
+    (`mlxollama.http.channel`): `guards` (Host, Origin, API key) and `body_limit` on its
+    headers, `admission` on a whole inference request (`http/admission.py`)."""
 
     def __init__(
-        self, guards: guards.Guards, body_limit: BodyLimit, metrics: Metrics | None = None
+        self,
+        guards: guards.Guards,
+        body_limit: BodyLimit,
+        metrics: Metrics | None = None,
+        admission: Admission | None = None,
     ):
         super().__init__(middleware=[RequestLog(metrics), guards, body_limit])
         self.guards = guards
         self.body_limit = body_limit
+        self.admission = admission
 
 
 def create_app(runtime, config: Config) -> DaemonApp:
@@ -192,7 +199,10 @@ def create_app(runtime, config: Config) -> DaemonApp:
             for the guards (`http/guards.py`), which run before anything reads a body.
     """
     app = DaemonApp(
-        guards.Guards(config), BodyLimit(config.max_body), getattr(runtime, "metrics", None)
+        guards.Guards(config),
+        BodyLimit(config.max_body),
+        getattr(runtime, "metrics", None),
+        Admission(runtime) if hasattr(runtime, "hold") else None,
     )
     json = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json

@@ -38,15 +38,17 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import falcon
 import structlog
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import MultiSocketServer, TcpWSGIServer
-from waitress.task import ErrorTask
+from waitress.task import ErrorTask, WSGITask
 
 from mlxollama.http import errors
+from mlxollama.http.admission import RESERVATION
 from mlxollama.http.app import BodyLimit
 
 log = structlog.get_logger("mlxollama.http")
@@ -73,6 +75,10 @@ class Limits:
     body_limit: Callable[[str], int | None] = no_limit  # per path; None: waitress's outer cap
     # (method, path, header) -> an HTTPError to answer instead of reading the body, or None
     refusal: Callable[..., falcon.HTTPError | None] = no_refusal
+    # (method, path, header, size, body) -> a reservation for the handler (`RESERVATION` in
+    # its environ), a whole answer to write now, or None; asked in the I/O thread when a
+    # connection's only request has been read (`http/admission.py`)
+    admission: Callable[..., Any] | None = None
 
 
 class Refused(Exception):
@@ -99,6 +105,7 @@ class Parser(HTTPRequestParser):
         self.limits = limits
         self.body_started: float | None = None  # time.monotonic() when the headers were in
         self.limit: int | None = None
+        self.reservation: Any = None  # from `Limits.admission`; released when done
 
     def received(self, data: bytes) -> int:
         had_headers = self.headers_finished
@@ -127,6 +134,18 @@ class Parser(HTTPRequestParser):
         if self.limit is not None and self.content_length > self.limit:
             self._refuse(self.content_length)
 
+    def close(self) -> None:
+        """Waitress calls this once the request is done with (served or not): a reservation
+        its handler did not take goes back."""
+        if self.reservation is not None:
+            self.reservation.release()
+            self.reservation = None
+        super().close()
+
+    def peek_body(self) -> bytes:
+        """The body read so far, leaving it for the app to read."""
+        return self.body_rcv.getbuf().get() if self.body_rcv is not None else b""
+
     def _refuse(self, size: int | None) -> None:
         self._fail(body_too_large(BodyLimit.message(size, self.limit or 0)))
 
@@ -154,6 +173,15 @@ class JsonErrorTask(ErrorTask):
         self.write(body)
 
 
+class Task(WSGITask):
+    """Waitress's WSGI task, handing the request's reservation to the app."""
+
+    def get_environment(self) -> dict:
+        environ = super().get_environment()
+        environ[RESERVATION] = getattr(self.request, "reservation", None)
+        return environ
+
+
 class Channel(HTTPChannel):
     """One connection: its header clock, its body rate, and no parsing after an error.
 
@@ -163,6 +191,7 @@ class Channel(HTTPChannel):
     reading a body, or holding output not yet sent is never timed out or shed."""
 
     error_task_class = JsonErrorTask
+    task_class = Task
 
     def __init__(self, server: Server, sock, addr, adj, map=None):
         self.accepted_at = self.idle_since = time.monotonic()
@@ -204,6 +233,45 @@ class Channel(HTTPChannel):
             # a request already begun (pipelined) gets its full time from now
             self.first_byte_at = self.idle_since if self.request is not None else None
             self.in_service = False
+
+    def answered_in_place(self) -> bool:
+        """Ask `Limits.admission` about the connection's only request, just read, and when it
+        answers write that answer now, from the I/O thread (no worker: see
+        `http/admission.py`); True when the request needs no task. Called with
+        `requests_lock` held."""
+        if self.close_when_flushed:  # an answer written here is on its way: nothing after it
+            for request in self.requests:
+                request.close()
+            self.requests = []
+            return True
+        admission = self.server.limits.admission
+        if admission is None or self.in_service or len(self.requests) != 1:
+            return False  # a worker is serving this connection: it answers in order
+        req = self.requests[0]
+        if req.error is not None:
+            return False
+        headers = req.headers
+        decided = admission(
+            req.command,
+            req.path,
+            lambda name: headers.get(name.upper().replace("-", "_")),
+            max(req.content_length, req.body_bytes_received),  # a chunked body: the latter
+            req.peek_body,
+        )
+        if not isinstance(decided, bytes):
+            req.reservation = decided
+            return False
+        sent = 0
+        with contextlib.suppress(OSError):  # sent now: the next pass may be a GIL turn away
+            sent = self.socket.send(decided)
+        if sent < len(decided):  # the rest (a fresh socket's buffer takes it all, in practice)
+            with self.outbuf_lock:
+                self.outbufs[-1].append(decided[sent:])
+                self.total_outbufs_len += len(decided) - sent
+        self.close_when_flushed = True
+        req.close()
+        self.requests = []
+        return True
 
     def busy(self) -> bool:
         """Whether the connection is doing something a deadline or shedding must not cut:
@@ -273,6 +341,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+BURST_WAIT = 0.01  # s: the longest a request read waits for the rest of its burst to be read
 TOO_MANY = errors.error_body("too many connections from this address")
 TOO_MANY_RESPONSE = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
@@ -288,6 +357,9 @@ class Server(TcpWSGIServer):
         self.limits = limits
         self.clients: Counter[str] = Counter()
         self.refused = 0
+        self._pending: list[Channel] = []  # requests read, not yet started (`add_task`)
+        self._pending_since = 0.0
+        self._read = False  # whether this loop pass took a connection or a request
         super().__init__(*args, **kwargs)
 
     def channel_class(self, server, conn, addr, adj, map=None) -> Channel | None:
@@ -302,7 +374,60 @@ class Server(TcpWSGIServer):
             return None
         return Channel(self, conn, addr, adj, map=map)
 
+    def handle_accept(self) -> None:
+        """Accept every connection waiting (up to the connection limit), where waitress takes
+        one per loop pass: each pass waits its turn for the GIL, so under load a burst of 64
+        connections took 64 turns before its overflow could be answered."""
+        for _ in range(max(1, self.adj.connection_limit - len(self._map))):
+            try:
+                accepted = self.accept()
+                if accepted is None:
+                    return  # nothing more is waiting
+                conn, addr = accepted
+                self.set_socket_options(conn)
+            except OSError:  # a connection reset before it was taken (waitress: the same)
+                continue
+            self.reading()
+            self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
+
+    def add_task(self, task) -> None:
+        """From the I/O thread, a request just read is answered here (`answered_in_place`) or
+        held until the loop has read every connection that is ready (`start_read`): a worker
+        started sooner competes with this thread for the GIL while it reads the rest of a
+        burst. From a worker (the next pipelined request), straight to the workers."""
+        if not isinstance(task, Channel) or task.in_service:
+            super().add_task(task)
+            return
+        self.reading()
+        if not task.answered_in_place():
+            if not self._pending:
+                self._pending_since = time.monotonic()
+            self._pending.append(task)
+
+    def reading(self) -> None:
+        """Note that this loop pass took a connection or a request: one more pass follows
+        (the trigger keeps it from sleeping in `select`) before the requests are started."""
+        if not self._read:
+            self._read = True
+            self.trigger.pull_trigger()
+
+    def start_read(self) -> None:
+        """Hand the requests read to the workers, once a loop pass has read nothing new (the
+        burst is in) or the first of them has waited `BURST_WAIT`."""
+        if not self._pending:
+            return
+        if self._read and time.monotonic() - self._pending_since < BURST_WAIT:
+            self._read = False
+            self.trigger.pull_trigger()
+            return
+        self._read = False
+        pending, self._pending = self._pending, []
+        for task in pending:
+            super().add_task(task)
+
     def readable(self) -> bool:
+        # asyncore asks every dispatcher this before each `select`: the end of the last pass
+        self.start_read()
         if self.accepting and len(self._map) >= self.adj.connection_limit:
             self.shed(len(self._map) - self.adj.connection_limit + 1)
         return super().readable()

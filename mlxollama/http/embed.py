@@ -14,6 +14,7 @@ import orjson
 
 from mlxollama import api
 from mlxollama.api import field
+from mlxollama.http.admission import RESERVATION
 from mlxollama.http.errors import bad_request
 from mlxollama.http.native import (
     client_gone,
@@ -76,7 +77,7 @@ def run_embed(runtime, req: falcon.Request, request: api.InferenceRequest) -> ap
     Raises:
         ConnectionAbortedError: the client went away while it waited (nothing to send).
     """
-    session = runtime.submit(request)
+    session = runtime.submit(request, req.env.get(RESERVATION))
     item = first_chunk(session, disconnect_check(req))
     if item is None:
         raise ConnectionAbortedError

@@ -24,6 +24,7 @@ from mlxollama.api import field, json_type
 from mlxollama.engine.features import check, validate
 from mlxollama.engine.grammar import schema_of
 from mlxollama.errors import BlobNotFound, InvalidName, ModelNotFound
+from mlxollama.http.admission import RESERVATION
 from mlxollama.http.errors import bad_request, error_body, log_failure, status_of
 from mlxollama.models import catalog
 from mlxollama.models.catalog import capabilities
@@ -255,7 +256,7 @@ class Inference:
             stored = self.runtime.store.get(request.model)
             check(request, str(stored.name), capabilities(self.runtime.store, stored))
         out = self.output(request, body)
-        session = self.runtime.submit(request)
+        session = self.runtime.submit(request, req.env.get(RESERVATION))
         disconnected = disconnect_check(req)
         first = first_chunk(session, disconnected)
         if first is None:

@@ -52,7 +52,12 @@ def make_server(app, host: str, port: int, threads: int, limits: Limits | None =
     """
     limits = limits or Limits()
     if isinstance(app, DaemonApp):  # refuse on the headers what the app would refuse
-        limits = replace(limits, body_limit=app.body_limit.limit_for, refusal=app.guards.refusal)
+        limits = replace(
+            limits,
+            body_limit=app.body_limit.limit_for,
+            refusal=app.guards.refusal,
+            admission=app.admission,
+        )
     return create_server(
         app,
         limits,
