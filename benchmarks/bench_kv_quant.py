@@ -86,13 +86,14 @@ def mlx_lm_batch(model, streams: list[list[int]], n: int) -> tuple[float, int]:
     size = len(streams)
     gen = BatchGenerator(model, completion_batch_size=size, prefill_batch_size=size)
     gen.insert(streams, max_tokens=[n] * size)
-    first, count, peak = None, 0, 0
-    while count < n * size:
+    first, count, peak, finished = None, 0, 0, 0
+    while finished < size:  # a sequence may stop early (an end token): count finishes, not n
         _, responses = gen.next()
         peak = max(peak, gen.prompt_cache_nbytes)
         if responses and first is None:
             first, count = time.perf_counter(), -len(responses)
         count += len(responses)
+        finished += sum(r.finish_reason is not None for r in responses)
     gen.close()
     return count / (time.perf_counter() - first), peak
 
