@@ -168,10 +168,18 @@ def test_metrics_move_with_a_generate_a_load_and_an_eviction(daemon, tiny_store)
             "tiny-a", "hello", options={"temperature": 0, "num_predict": 5}, stream=True
         )
     )
-    samples = scrape(d)
     model = "tiny-a:latest"
     total = "mlxollama_requests_total"
-    assert value(samples, total, route="/api/generate", method="POST", status="200") == 2
+    samples: dict = {}
+
+    def settled() -> bool:  # a stream's last line is out before its handler counts it
+        samples.update(scrape(d))
+        return (
+            value(samples, total, route="/api/generate", method="POST", status="200") == 2
+            and value(samples, "mlxollama_sessions_active", model=model) == 0
+        )
+
+    assert wait_until(settled, 10), samples
     generated = value(samples, "mlxollama_generated_tokens_total", model=model)
     assert generated == answer.eval_count + parts[-1].eval_count
     assert value(samples, "mlxollama_prompt_tokens_total", model=model, source="evaluated") > 0
@@ -183,11 +191,16 @@ def test_metrics_move_with_a_generate_a_load_and_an_eviction(daemon, tiny_store)
     assert value(samples, "mlxollama_prompt_cache_bytes", model=model) >= 0
     # a second model evicts the first (max_loaded_models=1)
     assert client.generate("tiny-b", "").done_reason == "load"
-    samples = scrape(d)
-    assert value(samples, "mlxollama_model_unloads_total", model=model, reason="evicted") == 1
-    assert wait_until(
-        lambda: value(scrape(d), "mlxollama_model_unload_seconds_count", model=model) == 1, 30
-    )
+    samples.clear()
+
+    def evicted() -> bool:  # the evicted model unloads in its own thread
+        samples.update(scrape(d))
+        return (
+            value(samples, "mlxollama_model_unloads_total", model=model, reason="evicted") == 1
+            and value(samples, "mlxollama_model_unload_seconds_count", model=model) == 1
+        )
+
+    assert wait_until(evicted, 30), samples
     assert value(samples, "mlxollama_model_load_seconds_count", model="tiny-b:latest") == 1
     status, _, body = d.call("GET", "/api/health")
     assert status == 200 and orjson.loads(body)["models"] == ["tiny-b:latest"]
