@@ -57,7 +57,9 @@ SHAPES = {
 }
 
 
-def synthetic_folder(shape: str, tokenizer_dir: Path, out: Path) -> Path:
+def synthetic_folder(shape: str, tokenizer_dir: Path, out: Path, bits: int | None = 4) -> Path:
+    """An mlx-lm folder of a llama of `shape` with random weights (seeded: every run the
+    same), quantized to `bits` (None: dense bf16, the same weights before quantization)."""
     import mlx.core as mx
     import mlx.nn as nn
     from mlx.utils import tree_flatten
@@ -71,8 +73,11 @@ def synthetic_folder(shape: str, tokenizer_dir: Path, out: Path) -> Path:
     }
     mx.random.seed(0)  # the same weights every run: the same tokens, so runs compare
     model = llama.Model(llama.ModelArgs.from_dict(config))
-    nn.quantize(model, group_size=64, bits=4)
-    config["quantization"] = {"group_size": 64, "bits": 4}
+    if bits is None:
+        model.set_dtype(mx.bfloat16)
+    else:
+        nn.quantize(model, group_size=64, bits=bits)
+        config["quantization"] = {"group_size": 64, "bits": bits}
     weights = dict(tree_flatten(model.parameters()))
     mx.eval(weights)
     out.mkdir(parents=True, exist_ok=True)

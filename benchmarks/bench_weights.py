@@ -3,7 +3,8 @@
 One run, one synthetic model (random weights, 4-bit stored: throughput does not depend on
 the values): for each `MLXOLLAMA_WEIGHTS` form a real waitress daemon is started, the first
 8-stream burst after the load is timed, then a warm one, then aggregate decode tokens/s at
-each stream count; then `mlx_lm.server` on the same folder at the same stream counts; and,
+each stream count; then `mlx_lm.server` at the same stream counts, on the same folder and on
+the same weights dense (bf16: what `auto` holds on CUDA); and,
 with `--cold`, the first burst after a load with `MLXOLLAMA_WARMUP=off`. Figures print as
 they come (a run cut short keeps what it printed).
 
@@ -26,10 +27,12 @@ from pathlib import Path
 import mlxollama.engine  # noqa: F401  (OpenBLAS for MLX's CPU backend, before mlx loads)
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_daemon import concurrent
 from bench_engine import SHAPES, synthetic_folder
 
-PROMPT = "Once upon a time, in a land far away, there lived a " * 6
+from mlxollama.bench import concurrent, prompt_of
+from mlxollama.client import Client
+
+PROMPT_TOKENS = 64  # each request's prompt, with a nonce (no prefix is shared)
 
 
 def say(text: str) -> None:
@@ -88,12 +91,17 @@ def run_daemon(store_root, form, warmup, streams, tokens, burst) -> dict[int, fl
         "MLXOLLAMA_PROMPT_CACHE_DISK": "0",
     }
     runtime, server, base = daemon(store_root, env)
+    client = Client(base.removeprefix("http://"), timeout=900)
+
+    def rate(n: int) -> float:
+        return concurrent(client, "bench", PROMPT_TOKENS, tokens, n).tps
+
     rates: dict[int, float] = {}
     try:
         seconds = load_now(base)
         say(f"[{form}, warmup {warmup}] load {seconds:.1f} s; /api/ps: {ps_weights(base)}")
-        first = concurrent(base, PROMPT, tokens, burst)
-        warm = concurrent(base, PROMPT, tokens, burst)
+        first = rate(burst)
+        warm = rate(burst)
         say(
             f"[{form}, warmup {warmup}] {burst}-stream burst: first after load {first:.1f} "
             f"tok/s, warm {warm:.1f} tok/s: first is {warm / first:.2f}x slower"
@@ -101,7 +109,7 @@ def run_daemon(store_root, form, warmup, streams, tokens, burst) -> dict[int, fl
         if warmup == "off":
             return rates
         for n in streams:
-            rates[n] = concurrent(base, PROMPT, tokens, n)
+            rates[n] = rate(n)
             say(f"[{form}] {n:3d} stream(s): {rates[n]:8.1f} tok/s aggregate")
     finally:
         shutdown(server, runtime)
@@ -119,7 +127,12 @@ def mlx_lm_completions(base: str, tokens: int, streams: int) -> float:
 
     def one(i: int) -> None:
         body = json.dumps(
-            {"prompt": PROMPT, "max_tokens": tokens, "temperature": 0.0, "stream": False}
+            {
+                "prompt": prompt_of(PROMPT_TOKENS),
+                "max_tokens": tokens,
+                "temperature": 0.0,
+                "stream": False,
+            }
         ).encode()
         req = urllib.request.Request(
             f"{base}/v1/completions", body, {"Content-Type": "application/json"}
@@ -185,7 +198,11 @@ def main() -> None:
     ap.add_argument("--streams", default="1,8,32")
     ap.add_argument("--burst", type=int, default=8, help="streams in the first-burst test")
     ap.add_argument("--forms", default="stored,auto")
-    ap.add_argument("--no-mlx-lm", action="store_true", help="skip mlx_lm.server")
+    ap.add_argument(
+        "--server-forms",
+        default="stored,dense",
+        help="mlx_lm.server on the 4-bit folder (stored) and on bf16 weights (dense); '': none",
+    )
     ap.add_argument("--cold", action="store_true", help="also a load with warmup off")
     args = ap.parse_args()
 
@@ -217,8 +234,13 @@ def main() -> None:
             results[form] = run_daemon(
                 work / "store", form, "auto", streams, args.tokens, args.burst
             )
-        if not args.no_mlx_lm:
-            results["mlx_lm.server"] = run_mlx_lm(folder, streams, args.tokens)
+        for form in filter(None, args.server_forms.split(",")):
+            source = folder
+            if form == "dense":  # 16 GB for llama8b: built when needed, removed after
+                source = synthetic_folder(args.shape, args.tokenizer, work / "dense", bits=None)
+            say(f"[mlx_lm.server] {form} weights")
+            results[f"mlx_lm {form}"] = run_mlx_lm(source, streams, args.tokens)
+            shutil.rmtree(work / "dense", ignore_errors=True)
         say(f"\n{'streams':>8} " + " ".join(f"{k:>14}" for k in results))
         for n in streams:
             say(f"{n:8d} " + " ".join(f"{r.get(n, 0):14.1f}" for r in results.values()))
@@ -227,11 +249,13 @@ def main() -> None:
                 f"{n}: {results['auto'][n] / results['stored'][n]:.2f}x" for n in streams
             )
             say(f"auto / stored: {ratio}")
-        if "auto" in results and "mlx_lm.server" in results:
-            ratio = " ".join(
-                f"{n}: {results['auto'][n] / results['mlx_lm.server'][n]:.2f}x" for n in streams
-            )
-            say(f"auto / mlx_lm.server: {ratio}")
+        for theirs in ("mlx_lm stored", "mlx_lm dense"):
+            if "auto" in results and theirs in results:
+                ratio = " ".join(
+                    f"{n}: {results['auto'][n] / max(results[theirs].get(n, 0), 1e-9):.2f}x"
+                    for n in streams
+                )
+                say(f"auto / {theirs}: {ratio}")
         if args.cold:
             run_daemon(work / "store", "auto", "off", streams, args.tokens, args.burst)
     finally:

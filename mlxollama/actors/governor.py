@@ -351,7 +351,7 @@ class GovernorActor(pykka.ThreadingActor):
         for entry in list(self.loaded.values()):
             self._unload(entry, "shutdown")
         self._publish()
-        return [ref for ref in self.retiring if ref.is_alive()]
+        return list(self.retiring)  # the caller waits for each (`model.wait_stopped`)
 
     # -- messages from model actors and timers (tells) --------------------------------------
 

@@ -15,7 +15,9 @@ rebuilds itself.
 from __future__ import annotations
 
 import gc
+import threading
 import time
+import weakref
 from collections import deque
 from typing import Any
 
@@ -45,6 +47,19 @@ from mlxollama.actors.messages import (
 from mlxollama.errors import Busy
 
 log = structlog.get_logger("mlxollama.model")
+
+# each running ModelActor's thread, by actor urn, for `wait_stopped`
+THREADS: weakref.WeakValueDictionary[str, threading.Thread] = weakref.WeakValueDictionary()
+
+
+def wait_stopped(ref: pykka.ActorRef, timeout: float) -> None:
+    """Wait until model actor `ref` has freed its model. Pykka marks an actor dead before its
+    `on_stop` runs, so `ref.stop(block=True)` returns at once for one that stopped itself on
+    `Unload`, while its weights are still being freed (and its `model.unload` not logged)."""
+    thread = THREADS.get(ref.actor_urn)
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(timeout)
+
 
 STEP = Step()
 
@@ -101,6 +116,8 @@ class ModelActor(pykka.ThreadingActor):
     def on_start(self) -> None:
         from mlxollama.engine.batch import Batch
         from mlxollama.engine.prompt_cache import DiskTier, PromptCache
+
+        THREADS[self.actor_urn] = threading.current_thread()
 
         tic = time.perf_counter()
         try:

@@ -31,6 +31,7 @@ import structlog
 
 from mlxollama import api
 from mlxollama.actors.messages import Admission, Cancel, Withdraw, tell
+from mlxollama.actors.model import wait_stopped
 from mlxollama.actors.session import DONE, DirectReply, SessionActor
 from mlxollama.api import Chunk, InferenceRequest
 from mlxollama.config import Config
@@ -216,10 +217,13 @@ class Runtime:
         if self.governor is None:
             return
         self._stop_transfers()
+        models = []
         with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
             models = self.governor.proxy().unload_all().get(timeout=30)
-            for ref in models:
+        for ref in models:
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 ref.stop(block=True, timeout=30)
+            wait_stopped(ref, 30)
         for ref in [self.governor, self.store_actor, *list(self._sessions)]:
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 ref.stop(block=True, timeout=30)
