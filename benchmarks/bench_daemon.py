@@ -211,8 +211,6 @@ def main() -> None:
         "from this daemon, to compare with the figures above",
     )
     args = ap.parse_args()
-    if args.switch_interval:
-        sys.setswitchinterval(args.switch_interval)
 
     import mlx.core as mx
     import mlx_lm
@@ -247,6 +245,8 @@ def main() -> None:
             }
         )
         runtime = Runtime(config).start()
+        if args.switch_interval:  # after the start, which sets its own on the CPU backend
+            sys.setswitchinterval(args.switch_interval)
         server = make_server(create_app(runtime, config), "127.0.0.1", 0, threads=32)
         threading.Thread(target=server.run, daemon=True).start()
         client = Client(f"127.0.0.1:{server.effective_port}", timeout=600)

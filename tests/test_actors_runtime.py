@@ -96,6 +96,27 @@ def tiny_daemon(tmp_path, tiny_store):
     assert not pykka.ActorRegistry.get_all()
 
 
+@pytest.mark.parametrize("gpu, expected", [(False, 0.0002), (True, 0.005)])
+def test_the_switch_interval_is_lowered_on_the_cpu_backend_only(
+    gpu, expected, tmp_path, monkeypatch
+):
+    """0.2 ms helps the CPU backend's model thread get the GIL once per step; on a GPU it
+    hands the GIL away while the next step is built (docs/benchmarks.md, "The GIL")."""
+    from mlxollama.actors import governor
+    from mlxollama.actors.runtime import Runtime
+    from mlxollama.config import Config
+
+    monkeypatch.setattr(governor, "on_gpu", lambda: gpu)
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)
+    try:
+        runtime = Runtime(Config.from_env({"MLXOLLAMA_MODELS": str(tmp_path)})).start()
+        runtime.stop()
+        assert sys.getswitchinterval() == pytest.approx(expected)
+    finally:
+        sys.setswitchinterval(before)
+
+
 def test_a_full_queue_answers_503_at_once_and_admitted_requests_complete(tiny_daemon):
     d = tiny_daemon(num_parallel=1, max_queue=1)
     client = d.client()
