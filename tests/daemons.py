@@ -105,3 +105,10 @@ def raw_post(port: int, path: str, body: dict, headers: str = "") -> socket.sock
     )
     sock.sendall(head.encode() + data)
     return sock
+
+
+def answer(sock: socket.socket) -> tuple[int, str, dict]:
+    """Read one HTTP response from a raw socket: (status, content type, JSON body)."""
+    resp = http.client.HTTPResponse(sock)
+    resp.begin()
+    return resp.status, resp.getheader("Content-Type"), orjson.loads(resp.read())

@@ -33,6 +33,7 @@ from mlxollama.store import manifests as mt
 from tests.daemons import (
     Daemon,
     actor_classes,
+    answer,
     no_sessions,
     raw_post,
     start_daemon,
@@ -169,19 +170,6 @@ def test_a_full_queue_answers_503_at_once_and_admitted_requests_complete(tiny_da
     assert len(rejects) == 4
 
 
-def answer_of(sock: socket.socket) -> tuple[int, dict]:
-    """The status and JSON body of a whole (non-streamed) answer on a raw socket."""
-    buf = b""
-    while True:
-        head, _, body = buf.partition(b"\r\n\r\n")
-        length = re.search(rb"Content-Length: (\d+)", head, re.IGNORECASE)
-        if length and len(body) >= int(length.group(1)):
-            return int(head.split()[1]), orjson.loads(body)
-        chunk = sock.recv(65536)
-        assert chunk, f"the connection closed before a whole answer: {buf[:300]!r}"
-        buf += chunk
-
-
 def test_overflow_is_refused_while_every_worker_thread_is_busy(tiny_daemon):
     """The burst's overflow is answered by waitress's I/O thread as it reads the request
     (`http/admission.py`). It failed before: with both worker threads serving the admitted
@@ -217,20 +205,20 @@ def test_overflow_is_refused_while_every_worker_thread_is_busy(tiny_daemon):
         t0 = time.perf_counter()
         sock = raw_post(d.port, path, body)
         sock.settimeout(5)
-        status, answer = answer_of(sock)
+        status, _, got = answer(sock)
         elapsed = time.perf_counter() - t0
         sock.close()
-        assert status == 503 and elapsed < 0.5, (path, status, answer, elapsed)
+        assert status == 503 and elapsed < 0.5, (path, status, got, elapsed)
         if isinstance(expected, dict):
-            assert answer == expected
+            assert got == expected
         else:
-            assert expected in orjson.dumps(answer).decode(), (path, answer)
+            assert expected in orjson.dumps(got).decode(), (path, got)
     assert d.active() == 2  # the admitted two were never disturbed
 
     running.close()  # the stream is cancelled; the queued request runs and answers
     queued.settimeout(60)
-    status, answer = answer_of(queued)
-    assert status == 200 and answer["done"] and answer["eval_count"] == 5, answer
+    status, _, got = answer(queued)
+    assert status == 200 and got["done"] and got["eval_count"] == 5, got
     assert wait_until(lambda: d.active() == 0, 5)
     rejects = [e for e in d.events() if e["event"] == "queue.reject"]
     assert len(rejects) == len(shapes)

@@ -23,6 +23,7 @@ from mlxollama.config import Config
 from mlxollama.http.app import create_app
 from mlxollama.http.channel import Limits
 from mlxollama.http.server import make_server, shutdown
+from tests.daemons import answer
 
 LIMIT = 64 * 1024  # MLXOLLAMA_MAX_BODY in these tests
 OLD_CONNECTION_LIMIT = 100  # waitress's connection_limit before the fix, max(100, 2 * threads)
@@ -58,13 +59,6 @@ def version(port: int, timeout: float = 20) -> tuple[int, float]:
     resp.read()
     conn.close()
     return resp.status, time.monotonic() - began
-
-
-def answer(sock: socket.socket) -> tuple[int, str, dict]:
-    """Read one HTTP response from a raw socket: (status, content type, JSON body)."""
-    resp = http.client.HTTPResponse(sock)
-    resp.begin()
-    return resp.status, resp.getheader("Content-Type"), orjson.loads(resp.read())
 
 
 def closed_by_server(sock: socket.socket) -> bool:
