@@ -50,17 +50,6 @@ PEEK_LIMIT = 64 << 10  # bytes of body parsed in the I/O thread (orjson: ~0.1 ms
 CONTENT = ("prompt", "messages", "input")
 
 
-def busy_response(path: str, request_id: str) -> bytes:
-    """The whole 503 answer, in the error shape of the API under `path`."""
-    body = BODIES[path]
-    head = (
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nX-Request-Id: {request_id}\r\n"
-        "Connection: close\r\n\r\n"
-    )
-    return head.encode() + body
-
-
 BODIES = {path: errors.body_at(path, 503, errors.BUSY_MESSAGE) for path in PATHS}
 
 
@@ -105,7 +94,7 @@ class Admission:
         )
         if self.metrics is not None:
             self.metrics.request(path, method, 503, seconds)
-        return busy_response(path, request_id)
+        return errors.unavailable(BODIES[path], f"X-Request-Id: {request_id}")
 
 
 def model_to_run(data: bytes) -> str | None:

@@ -342,11 +342,7 @@ def is_loopback(host: str) -> bool:
 
 
 BURST_WAIT = 0.01  # s: the longest a request read waits for the rest of its burst to be read
-TOO_MANY = errors.error_body("too many connections from this address")
-TOO_MANY_RESPONSE = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(TOO_MANY), TOO_MANY)
-)
+TOO_MANY_RESPONSE = errors.unavailable(errors.error_body("too many connections from this address"))
 
 
 class Server(TcpWSGIServer):

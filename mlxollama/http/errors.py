@@ -126,6 +126,16 @@ def body_at(path: str, status: int, message: str) -> bytes:
     return error_body(message)
 
 
+def unavailable(body: bytes, *headers: str) -> bytes:
+    """A whole 503 answer (JSON `body`, extra `headers` lines) that the waitress layer writes
+    to a socket itself, with no worker and no app; the connection closes after it."""
+    head = "".join(f"{line}\r\n" for line in headers)
+    return (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n%sConnection: close\r\n\r\n%s" % (len(body), head.encode(), body)
+    )
+
+
 def body_for(req: falcon.Request, status: int, message: str) -> bytes:
     """The error body in the shape of the API the request was for."""
     return body_at(req.path, status, message)
