@@ -33,7 +33,6 @@ from mlxollama.bench import concurrent, prompt_of
 from mlxollama.client import Client
 
 PROMPT_TOKENS = 64  # each request's prompt, with a nonce (no prefix is shared)
-SWITCH_INTERVAL: float | None = None  # --switch-interval
 
 
 def say(text: str) -> None:
@@ -80,7 +79,9 @@ def ps_weights(base: str) -> str:
     return ", ".join(f"{m.get('weights')} size {m['size'] / 1e9:.1f} GB" for m in models)
 
 
-def run_daemon(store_root, form, warmup, streams, tokens, burst) -> dict[int, float]:
+def run_daemon(
+    store_root, form, warmup, streams, tokens, burst, switch_interval=None
+) -> dict[int, float]:
     from mlxollama.http.server import shutdown
 
     env = {
@@ -92,8 +93,8 @@ def run_daemon(store_root, form, warmup, streams, tokens, burst) -> dict[int, fl
         "MLXOLLAMA_PROMPT_CACHE_DISK": "0",
     }
     runtime, server, base = daemon(store_root, env)
-    if SWITCH_INTERVAL:  # after the runtime's start, which lowers it to 0.2 ms
-        sys.setswitchinterval(SWITCH_INTERVAL)
+    if switch_interval:  # after the runtime's start, which sets its own on the CPU backend
+        sys.setswitchinterval(switch_interval)
     client = Client(base.removeprefix("http://"), timeout=900)
 
     def rate(n: int) -> float:
@@ -209,8 +210,6 @@ def main() -> None:
     ap.add_argument("--cold", action="store_true", help="also a load with warmup off")
     ap.add_argument("--switch-interval", type=float, help="sys.setswitchinterval in daemons")
     args = ap.parse_args()
-    global SWITCH_INTERVAL
-    SWITCH_INTERVAL = args.switch_interval
 
     import mlx.core as mx
     import mlx_lm
@@ -238,7 +237,13 @@ def main() -> None:
         results = {}
         for form in args.forms.split(","):
             results[form] = run_daemon(
-                work / "store", form, "auto", streams, args.tokens, args.burst
+                work / "store",
+                form,
+                "auto",
+                streams,
+                args.tokens,
+                args.burst,
+                args.switch_interval,
             )
         for form in filter(None, args.server_forms.split(",")):
             source = folder
@@ -263,7 +268,15 @@ def main() -> None:
                 )
                 say(f"auto / {theirs}: {ratio}")
         if args.cold:
-            run_daemon(work / "store", "auto", "off", streams, args.tokens, args.burst)
+            run_daemon(
+                work / "store",
+                "auto",
+                "off",
+                streams,
+                args.tokens,
+                args.burst,
+                args.switch_interval,
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
         os.sync()
