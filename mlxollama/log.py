@@ -9,15 +9,29 @@ local may be a registry password), the file is private (0600 in a 0700 folder) a
 and a last processor replaces the values of secret-looking keys (`password`, `token`,
 `authorization`, `api_key`, ...) and credentials inside strings (`Basic ...`, `Bearer ...`,
 a URL's `user:pass@`) wherever they sit in an event, tracebacks included.
+
+In the daemon (`configure(..., background=True)`) a log call only queues its record; one
+thread of its own formats and writes them. Written by the caller, every line took the
+handlers' locks: in a burst, twenty handler threads each holding a lock while waiting for
+the GIL made one line cost the I/O thread 10-55 ms, and the 503 it was about to send waited
+as long (docs/benchmarks.md, "Overload"). A slow disk or a stalled console now delays lines,
+never requests. The queue is bounded: past `QUEUE_LINES` waiting, lines are dropped and
+counted (one `log.dropped` line says how many), so a log that cannot be written never
+grows the daemon without end.
 """
 
 from __future__ import annotations
 
+import atexit
+import datetime
 import functools
 import logging
 import logging.handlers
 import os
+import queue
 import re
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +42,7 @@ REDACTED = "[redacted]"
 LOG_FILE = "daemon.log"
 MAX_BYTES = 10 << 20  # per file; 5 rotated files are kept
 BACKUPS = 5
+QUEUE_LINES = 10_000  # records waiting for the writer thread; more are dropped and counted
 
 # a key names a secret if its last word is one of these (`password`, `registry_token`,
 # `Authorization`, `x-api-key`); counts such as `eval_count` are not strings and stay
@@ -149,7 +164,116 @@ def _private_dir(log_dir: Path) -> None:
             os.chmod(old, 0o600)
 
 
-_FOREIGN = [*_SHARED, redact]  # stdlib records (waitress, pykka, httpx) are scrubbed per handler
+def _record_context(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """A stdlib record's request context and time as they were when it was logged: in the
+    background it is formatted later, in another thread (`BackgroundHandler.prepare`)."""
+    record = event_dict.get("_record")
+    context = getattr(record, "mlxollama_context", None)
+    if context is None:
+        return structlog.contextvars.merge_contextvars(logger, method, event_dict)
+    event_dict.update({k: v for k, v in context.items() if k not in event_dict})
+    return event_dict
+
+
+def _record_time(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    record = event_dict.get("_record")
+    when = record.created if record is not None else time.time()
+    stamp = datetime.datetime.fromtimestamp(when, datetime.UTC)
+    event_dict["timestamp"] = stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return event_dict
+
+
+# stdlib records (waitress, pykka, httpx), scrubbed per handler
+_FOREIGN = [
+    _record_context,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    _record_time,
+    redact,
+]
+
+
+class BackgroundHandler(logging.handlers.QueueHandler):
+    """Queues each record as it is, for `Writer` (the module docstring says why). No lock is
+    taken: a `SimpleQueue`'s put is one C call (a `queue.Queue` has a Python lock, and a
+    thread that loses the GIL holding it stalls every other logger behind it), and nothing
+    is formatted in the caller's thread."""
+
+    def __init__(self, capacity: int = QUEUE_LINES):
+        super().__init__(queue.SimpleQueue())
+        self.capacity = capacity
+        self.dropped = 0
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        if not self.filter(record):
+            return False
+        self.enqueue(self.prepare(record))
+        return True
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        if not isinstance(record.msg, dict):  # a stdlib record: keep the caller's context
+            record.mlxollama_context = structlog.contextvars.get_contextvars()
+        return record
+
+    def enqueue(self, record: Any) -> None:
+        if self.queue.qsize() >= self.capacity:
+            self.dropped += 1  # no lock: a count that is off by one under a race is fine
+        else:
+            self.queue.put(record)
+
+    def flush(self) -> None:
+        """Wait until every record queued so far is written (tests, and before exit)."""
+        done = threading.Event()
+        self.queue.put(done)
+        done.wait(30)
+
+
+class Writer(logging.handlers.QueueListener):
+    """The thread that formats and writes what `BackgroundHandler` queued."""
+
+    def __init__(self, handler: BackgroundHandler, *targets: logging.Handler):
+        super().__init__(handler.queue, *targets, respect_handler_level=True)
+        self.source = handler
+
+    def handle(self, record: Any) -> None:
+        if isinstance(record, threading.Event):  # `BackgroundHandler.flush`
+            record.set()
+            return
+        if self.source.dropped:
+            dropped, self.source.dropped = self.source.dropped, 0
+            warning = logging.LogRecord(
+                "mlxollama.log", logging.WARNING, __file__, 0, "log.dropped", None, None
+            )
+            warning.mlxollama_context = {"count": dropped}
+            super().handle(warning)
+        super().handle(record)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then end the thread; a writer stuck on a stalled stream is
+        left behind after `timeout` (it is a daemon thread) rather than hang the exit."""
+        thread = self._thread
+        if thread is None:
+            return
+        self.queue.put(self._sentinel)
+        thread.join(timeout)
+        self._thread = None
+
+
+_writer: Writer | None = None
+
+
+def flush() -> None:
+    """Wait until every line logged so far is written (nothing to do unless in the
+    background)."""
+    if _writer is not None:
+        _writer.source.flush()
+
+
+def _stop_writer() -> None:
+    global _writer
+    if _writer is not None:
+        writer, _writer = _writer, None
+        writer.stop()  # writes what is queued, then ends the thread
 
 
 def configure(
@@ -158,6 +282,7 @@ def configure(
     level: int = logging.INFO,
     max_bytes: int = MAX_BYTES,
     backups: int = BACKUPS,
+    background: bool = False,
 ) -> None:
     """Route every log event to a JSONL file in `log_dir` (if given) and to stderr.
 
@@ -165,6 +290,8 @@ def configure(
         log_dir: the folder for `daemon.log` (made 0700); it rotates at `max_bytes`,
             keeping `backups` older files.
         console: also write readable lines (plain tracebacks, no colours) to stderr.
+        background: a thread of its own writes the lines (the daemon; see the module
+            docstring); `flush()` waits for it. Else each caller writes its own.
     """
     structlog.configure(
         processors=[*_SHARED, redact, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -173,10 +300,12 @@ def configure(
         cache_logger_on_first_use=False,
     )
     root = logging.getLogger()
+    _stop_writer()
     for handler in list(root.handlers):
         if getattr(handler, "_mlxollama", False):
             root.removeHandler(handler)
             handler.close()
+    targets: list[logging.Handler] = []
     if log_dir is not None:
         _private_dir(log_dir)
         file_handler = PrivateRotatingFileHandler(
@@ -193,8 +322,7 @@ def configure(
                 ],
             )
         )
-        file_handler._mlxollama = True
-        root.addHandler(file_handler)
+        targets.append(file_handler)
     if console:
         console_handler = logging.StreamHandler()
         console_handler.setFormatter(
@@ -210,9 +338,20 @@ def configure(
                 ],
             )
         )
-        console_handler._mlxollama = True
-        root.addHandler(console_handler)
+        targets.append(console_handler)
+    if background and targets:
+        global _writer
+        queued = BackgroundHandler()
+        _writer = Writer(queued, *targets)
+        _writer.start()
+        targets = [queued]
+    for handler in targets:
+        handler._mlxollama = True
+        root.addHandler(handler)
     root.setLevel(level)
     # Pykka logs every exception an ask returns to its caller, with its traceback, at INFO;
     # the caller handles (and logs) it, so only Pykka's warnings and errors are kept.
     logging.getLogger("pykka").setLevel(max(level, logging.WARNING))
+
+
+atexit.register(_stop_writer)  # the last lines of a daemon that exits are written

@@ -272,3 +272,36 @@ def test_a_busy_503_logs_one_line_without_a_traceback(full, smollm2_store, tmp_p
         from mlxollama.http.server import shutdown
 
         shutdown(d.srv, d.runtime)
+
+
+def test_in_the_background_a_stalled_stream_never_blocks_a_log_call(tmp_path):
+    """Before: each caller wrote its own line under the handlers' locks, so a console that
+    does not drain (a full pipe) blocked every thread that logged, the I/O thread too."""
+    import threading
+
+    read_end, write_end = os.pipe()
+    stalled = os.fdopen(write_end, "w")
+    saved = sys.stderr
+    sys.stderr = stalled  # the console handler binds to it
+    try:
+        log.configure(tmp_path / "logs", console=True, background=True)
+    finally:
+        sys.stderr = saved
+    logger = structlog.get_logger("mlxollama.test")
+    done = threading.Event()
+
+    def many() -> None:
+        for i in range(3000):  # far more than a pipe's 64 KiB
+            logger.info("line", i=i, pad="x" * 100)
+        done.set()
+
+    threading.Thread(target=many, daemon=True).start()
+    assert done.wait(10), "a log call blocked on the stalled console"
+    # now let the writer go on: drain the pipe until it is closed
+    threading.Thread(
+        target=lambda: [None for _ in iter(lambda: os.read(read_end, 1 << 20), b"")], daemon=True
+    ).start()
+    log.configure(None, console=False)  # writes what is queued, then stops the writer
+    stalled.close()
+    lines = (tmp_path / "logs" / "daemon.log").read_text().splitlines()
+    assert len(lines) == 3000 and '"i":2999' in lines[-1]

@@ -14,7 +14,6 @@ rebuilds itself.
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 import weakref
@@ -25,6 +24,7 @@ import pykka
 import structlog
 
 from mlxollama import api
+from mlxollama.actors import heap
 from mlxollama.actors.messages import (
     Admission,
     Begin,
@@ -139,6 +139,7 @@ class ModelActor(pykka.ThreadingActor):
             tell(self.governor, LoadFailed(self.name, e, self.actor_ref))
             self.actor_ref.tell(Unload())
             return
+        heap.settle()  # a full collection would walk the model's objects: see actors/heap.py
         seconds = time.perf_counter() - tic
         log.info("model.load", model=self.name, seconds=round(seconds, 3))
         tell(self.governor, ModelLoaded(self.name, int(seconds * 1e9), self.actor_ref))
@@ -186,7 +187,7 @@ class ModelActor(pykka.ThreadingActor):
         if self.batch is not None:
             self.batch.close()
         self.batch = self.lm = None
-        gc.collect()
+        heap.release()
         try:
             import mlx.core as mx
 
