@@ -10,7 +10,8 @@ and a last processor replaces the values of secret-looking keys (`password`, `to
 `authorization`, `api_key`, ...) and credentials inside strings (`Basic ...`, `Bearer ...`,
 a URL's `user:pass@`) wherever they sit in an event, tracebacks included.
 
-In the daemon (`configure(..., background=True)`) a log call only queues its record; one
+With `configure(..., background=True)` (meant for the daemon; `serve` does not use it
+yet: with it the daemon did not exit within 15 s of SIGTERM) a log call only queues its record; one
 thread of its own formats and writes them. Written by the caller, every line took the
 handlers' locks: in a burst, twenty handler threads each holding a lock while waiting for
 the GIL made one line cost the I/O thread 10-55 ms, and the 503 it was about to send waited
@@ -269,7 +270,8 @@ def flush() -> None:
         _writer.source.flush()
 
 
-def _stop_writer() -> None:
+def stop() -> None:
+    """Write what is queued and end the writer thread (the daemon, on its way out)."""
     global _writer
     if _writer is not None:
         writer, _writer = _writer, None
@@ -300,7 +302,7 @@ def configure(
         cache_logger_on_first_use=False,
     )
     root = logging.getLogger()
-    _stop_writer()
+    stop()
     for handler in list(root.handlers):
         if getattr(handler, "_mlxollama", False):
             root.removeHandler(handler)
@@ -354,4 +356,4 @@ def configure(
     logging.getLogger("pykka").setLevel(max(level, logging.WARNING))
 
 
-atexit.register(_stop_writer)  # the last lines of a daemon that exits are written
+atexit.register(stop)  # the last lines of a daemon that exits are written

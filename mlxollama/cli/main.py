@@ -117,7 +117,7 @@ def serve(ctx: click.Context) -> None:
     from mlxollama.actors.runtime import Runtime
     from mlxollama.http.server import serve as serve_http
 
-    log.configure(config.models / "logs", background=True)
+    log.configure(config.models / "logs")
     structlog.get_logger("mlxollama.cli").info("server.engine", **engine.describe())
     runtime = Runtime(config).start()
     with signals_seen() as seen:
@@ -127,6 +127,7 @@ def serve(ctx: click.Context) -> None:
             raise click.ClickException(f"cannot listen on {where}: {e.strerror}") from None
         finally:
             runtime.stop()  # again, harmlessly, or after a failure to bind
+            log.stop()
     stops = [s for s in seen if s in (signal.SIGINT, signal.SIGTERM)]
     if stops:
         ctx.exit(128 + stops[0])
