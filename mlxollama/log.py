@@ -10,8 +10,7 @@ and a last processor replaces the values of secret-looking keys (`password`, `to
 `authorization`, `api_key`, ...) and credentials inside strings (`Basic ...`, `Bearer ...`,
 a URL's `user:pass@`) wherever they sit in an event, tracebacks included.
 
-With `configure(..., background=True)` (meant for the daemon; `serve` does not use it
-yet: with it the daemon did not exit within 15 s of SIGTERM) a log call only queues its record; one
+In the daemon (`configure(..., background=True)`) a log call only queues its record; one
 thread of its own formats and writes them. Written by the caller, every line took the
 handlers' locks: in a burst, twenty handler threads each holding a lock while waiting for
 the GIL made one line cost the I/O thread 10-55 ms, and the 503 it was about to send waited
@@ -31,7 +30,6 @@ import logging.handlers
 import os
 import queue
 import re
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -222,12 +220,6 @@ class BackgroundHandler(logging.handlers.QueueHandler):
         else:
             self.queue.put(record)
 
-    def flush(self) -> None:
-        """Wait until every record queued so far is written (tests, and before exit)."""
-        done = threading.Event()
-        self.queue.put(done)
-        done.wait(30)
-
 
 class Writer(logging.handlers.QueueListener):
     """The thread that formats and writes what `BackgroundHandler` queued."""
@@ -237,9 +229,6 @@ class Writer(logging.handlers.QueueListener):
         self.source = handler
 
     def handle(self, record: Any) -> None:
-        if isinstance(record, threading.Event):  # `BackgroundHandler.flush`
-            record.set()
-            return
         if self.source.dropped:
             dropped, self.source.dropped = self.source.dropped, 0
             warning = logging.LogRecord(
@@ -261,13 +250,6 @@ class Writer(logging.handlers.QueueListener):
 
 
 _writer: Writer | None = None
-
-
-def flush() -> None:
-    """Wait until every line logged so far is written (nothing to do unless in the
-    background)."""
-    if _writer is not None:
-        _writer.source.flush()
 
 
 def stop() -> None:
@@ -293,7 +275,7 @@ def configure(
             keeping `backups` older files.
         console: also write readable lines (plain tracebacks, no colours) to stderr.
         background: a thread of its own writes the lines (the daemon; see the module
-            docstring); `flush()` waits for it. Else each caller writes its own.
+            docstring); `stop()` writes what is queued. Else each caller writes its own.
     """
     structlog.configure(
         processors=[*_SHARED, redact, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

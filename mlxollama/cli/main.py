@@ -117,7 +117,7 @@ def serve(ctx: click.Context) -> None:
     from mlxollama.actors.runtime import Runtime
     from mlxollama.http.server import serve as serve_http
 
-    log.configure(config.models / "logs")
+    log.configure(config.models / "logs", background=True)
     structlog.get_logger("mlxollama.cli").info("server.engine", **engine.describe())
     runtime = Runtime(config).start()
     with signals_seen() as seen:
