@@ -9,6 +9,10 @@ loaded, what survives a collection is frozen (`gc.freeze`: out of the collector'
 and later collections walk only what requests made. An unload thaws everything for one full
 collection (the model's own cycles must still be freed) and freezes what is left.
 
+`gc.collect()` does nothing while another thread is collecting (CPython returns at once),
+and a cycle it missed would then be frozen for the model's lifetime: so each full collection
+here is repeated until a `gc.callbacks` hook has seen one finish in this thread.
+
 Process-wide, like the switch interval (`Runtime.start`): in an embedded runtime, a cycle
 that was alive at a load and became garbage later is freed at the next unload, not sooner.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 
 _lock = threading.Lock()  # two models' actors: one thaw/collect/freeze at a time
 
@@ -24,7 +29,7 @@ _lock = threading.Lock()  # two models' actors: one thaw/collect/freeze at a tim
 def settle() -> None:
     """After a load: collect what loading left behind, then freeze the survivors."""
     with _lock:
-        gc.collect()
+        _collect_here()
         gc.freeze()
 
 
@@ -32,5 +37,24 @@ def release() -> None:
     """At an unload: collect over everything, frozen or not, then freeze what is left."""
     with _lock:
         gc.unfreeze()
-        gc.collect()
+        _collect_here()
         gc.freeze()
+
+
+def _collect_here() -> None:
+    """A full collection that ran in this thread, not skipped for another thread's."""
+    me = threading.get_ident()
+    ran = threading.Event()
+
+    def seen(phase: str, info: dict) -> None:
+        if phase == "stop" and info["generation"] == 2 and threading.get_ident() == me:
+            ran.set()
+
+    gc.callbacks.append(seen)
+    try:
+        while not ran.is_set():
+            gc.collect()
+            if not ran.is_set():
+                time.sleep(0.001)  # another thread's collection: let it finish
+    finally:
+        gc.callbacks.remove(seen)
