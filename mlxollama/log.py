@@ -30,7 +30,6 @@ import logging.handlers
 import os
 import queue
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -166,8 +165,7 @@ def _private_dir(log_dir: Path) -> None:
 def _record_context(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """A stdlib record's request context and time as they were when it was logged: in the
     background it is formatted later, in another thread (`BackgroundHandler.prepare`)."""
-    record = event_dict.get("_record")
-    context = getattr(record, "mlxollama_context", None)
+    context = getattr(event_dict["_record"], "mlxollama_context", None)
     if context is None:
         return structlog.contextvars.merge_contextvars(logger, method, event_dict)
     event_dict.update({k: v for k, v in context.items() if k not in event_dict})
@@ -175,9 +173,8 @@ def _record_context(logger: Any, method: str, event_dict: dict[str, Any]) -> dic
 
 
 def _record_time(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    record = event_dict.get("_record")
-    when = record.created if record is not None else time.time()
-    stamp = datetime.datetime.fromtimestamp(when, datetime.UTC)
+    """TimeStamper's ISO UTC form, of the record's creation, not of its formatting."""
+    stamp = datetime.datetime.fromtimestamp(event_dict["_record"].created, datetime.UTC)
     event_dict["timestamp"] = stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return event_dict
 
