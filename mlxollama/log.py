@@ -236,14 +236,19 @@ class Writer(logging.handlers.QueueListener):
         super().handle(record)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Write what is queued, then end the thread; a writer stuck on a stalled stream is
-        left behind after `timeout` (it is a daemon thread) rather than hang the exit."""
+        """Write what is queued, end the thread and close its handlers (they are not on the
+        root logger, so nothing else would); a writer stuck on a stalled stream is left
+        behind after `timeout` (it is a daemon thread), handlers open, rather than hang the
+        exit."""
         thread = self._thread
         if thread is None:
             return
-        self.queue.put(self._sentinel)
+        self.enqueue_sentinel()
         thread.join(timeout)
         self._thread = None
+        if not thread.is_alive():
+            for handler in self.handlers:
+                handler.close()
 
 
 _writer: Writer | None = None

@@ -305,3 +305,15 @@ def test_in_the_background_a_stalled_stream_never_blocks_a_log_call(tmp_path):
     stalled.close()
     lines = (tmp_path / "logs" / "daemon.log").read_text().splitlines()
     assert len(lines) == 3000 and '"i":2999' in lines[-1]
+
+
+def test_a_background_writer_that_stops_closes_its_files(tmp_path):
+    """Before: `stop()` ended the writer thread but left its file handler open (it is not on
+    the root logger in background mode, so configure's cleanup never saw it)."""
+    log.configure(tmp_path / "a", console=False, background=True)
+    (first,) = log._writer.handlers
+    structlog.get_logger("mlxollama.test").info("before")
+    log.configure(tmp_path / "b", console=False, background=True)
+    assert first.stream is None, "the first writer's daemon.log is still open"
+    assert b'"event":"before"' in (tmp_path / "a" / "daemon.log").read_bytes()
+    log.stop()
